@@ -1,0 +1,305 @@
+"""Frozen configuration dataclasses, one per concern, with JSON and TOML round-trips.
+
+- ``ModelConfig``: architecture (what a checkpoint needs to rebuild the network).
+- ``TrainConfig``: data, optimisation, schedule, logging and checkpoint cadence.
+- ``DecodeConfig``: which decoder and its options.
+
+Unknown keys are rejected with a message naming the key, so a typo in a TOML file
+never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is invalid; the message says which field and why."""
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return {f.name: f.type for f in dataclasses.fields(cls)}
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "") -> T:
+    """Build ``cls`` from a dict, rejecting unknown keys and coercing lists to tuples."""
+    known = _field_types(cls)
+    prefix = f"{where}: " if where else ""
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{prefix}unknown {cls.__name__} field(s) {', '.join(unknown)}; "
+            f"known fields: {', '.join(sorted(known))}"
+        )
+    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    try:
+        return cls(**clean)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{prefix}{e}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    out = dataclasses.asdict(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def save_json(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
+
+
+def load_json(cls: type[T], path: str | Path) -> T:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+    return from_dict(cls, data, where=str(path))
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # JSON string escapes are valid TOML basic strings
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if v is None:
+        raise ConfigError("TOML cannot hold None; leave the key out instead")
+    raise ConfigError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dumps_toml(sections: dict[str, Any]) -> str:
+    """Write configs as TOML tables, e.g. ``{"model": ModelConfig(...), "train": ...}``."""
+    lines: list[str] = []
+    for name, cfg in sections.items():
+        lines.append(f"[{name}]")
+        for k, v in to_dict(cfg).items():
+            if v is not None:
+                lines.append(f"{k} = {_toml_value(v)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def read_toml(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a TOML config file into its tables (``[model]``, ``[train]``, ``[decode]``)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML ({e})") from None
+    allowed = {"model", "train", "decode"}
+    for key, val in data.items():
+        if key not in allowed or not isinstance(val, dict):
+            raise ConfigError(
+                f"{path}: unexpected top-level key {key!r}; use tables [model], [train], [decode]"
+            )
+    return data
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of an encoder-decoder.
+
+    ``family`` selects the implementation (``"transformer"``; ``"rnn"`` when present).
+    Special ids follow the SentencePiece layout used by ``seqjax.data.tokenizer``:
+    pad 0, unk 1, bos 2, eos 3.
+    """
+
+    family: str = "transformer"
+    vocab_size: int = 8000
+    d_model: int = 256
+    num_heads: int = 4
+    num_encoder_layers: int = 3
+    num_decoder_layers: int = 3
+    d_ff: int = 1024
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    pre_ln: bool = True
+    share_embeddings: bool = True  # one table for source and target tokens
+    tie_output: bool = True  # output projection = target embedding transposed
+    scale_embeddings: bool = True  # multiply embeddings by sqrt(d_model)
+    max_len: int = 256  # longest position the sinusoid table covers
+    pad_id: int = 0
+    unk_id: int = 1
+    bos_id: int = 2
+    eos_id: int = 3
+    dtype: str = "float32"  # activation/matmul dtype; params stay float32
+
+    def __post_init__(self) -> None:
+        _check(self.family in ("transformer", "rnn"), f"family: unknown {self.family!r}")
+        _check(self.vocab_size > 4, f"vocab_size must be > 4, got {self.vocab_size}")
+        _check(self.d_model > 0 and self.d_ff > 0, "d_model and d_ff must be positive")
+        _check(
+            self.num_heads > 0 and self.d_model % self.num_heads == 0,
+            f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})",
+        )
+        _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+        _check(self.dtype in ("float32", "bfloat16", "float16"), f"dtype: unknown {self.dtype!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # Tests: compiles in seconds.
+    "tiny": dict(
+        vocab_size=64,
+        d_model=32,
+        num_heads=4,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+        d_ff=64,
+        dropout=0.0,
+        max_len=64,
+    ),
+    # CPU default: trains to a usable en->fr model within minutes on 2 cores.
+    "small": dict(
+        vocab_size=4000,
+        d_model=256,
+        num_heads=4,
+        num_encoder_layers=3,
+        num_decoder_layers=3,
+        d_ff=1024,
+        dropout=0.1,
+    ),
+    # Transformer-base (Vaswani et al. 2017): 6+6 layers, d512, 8 heads, ffn 2048.
+    "base": dict(
+        vocab_size=8000,
+        d_model=512,
+        num_heads=8,
+        num_encoder_layers=6,
+        num_decoder_layers=6,
+        d_ff=2048,
+        dropout=0.1,
+    ),
+}
+
+
+def model_preset(name: str, **overrides: Any) -> ModelConfig:
+    """``ModelConfig`` for a named preset (tiny, small, base), with field overrides."""
+    if name not in MODEL_PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(MODEL_PRESETS)}")
+    return from_dict(ModelConfig, {**MODEL_PRESETS[name], **overrides}, where=f"preset {name}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Data, optimisation and bookkeeping for ``seqjax train``.
+
+    ``corpus`` names a bundled corpus; ``src``/``tgt`` (and ``valid_src``/``valid_tgt``)
+    point to user files instead and take precedence when set.
+    """
+
+    preset: str = "small"
+    corpus: str = "bible_en_fr"
+    src: str | None = None
+    tgt: str | None = None
+    valid_src: str | None = None
+    valid_tgt: str | None = None
+    joint_vocab: bool = True
+    max_src_len: int = 128  # tokens; longer training pairs are dropped and counted
+    max_tgt_len: int = 128
+    batch_tokens: int = 4096  # target tokens per batch (padding included)
+    length_buckets: tuple[int, ...] = (16, 24, 32, 48, 64, 96, 128)
+    learning_rate: float = 2e-3
+    warmup_steps: int = 400
+    schedule: str = "inverse_sqrt"  # or "cosine"
+    total_steps: int = 100_000  # horizon for cosine; the run stops at max_minutes too
+    max_minutes: float = 0.0  # 0 = no wall-clock limit
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0
+    adam_b2: float = 0.98
+    label_smoothing: float = 0.1
+    seed: int = 0
+    eval_every: int = 500
+    valid_bleu_sentences: int = 200  # decoded at each validation (0 disables BLEU)
+    save_every: int = 500
+    keep_last: int = 2
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        _check(self.schedule in ("inverse_sqrt", "cosine"), f"schedule: unknown {self.schedule!r}")
+        _check(self.batch_tokens > 0, "batch_tokens must be positive")
+        _check(self.learning_rate > 0, "learning_rate must be positive")
+        _check((self.src is None) == (self.tgt is None), "give both src and tgt, or neither")
+        _check(
+            list(self.length_buckets) == sorted(self.length_buckets) and self.length_buckets,
+            "length_buckets must be a non-empty increasing list",
+        )
+        _check(0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)")
+        _check(self.keep_last >= 1, "keep_last must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """Decoder choice and options (CLI: ``seqjax translate --beam 4 --alpha 0.6 ...``).
+
+    ``method``: ``beam`` (default), ``greedy``, ``sample`` or ``contrastive``.
+    ``max_len`` is ``max_len_a * source_length + max_len_b`` capped at ``max_len``.
+    ``length_penalty``: ``gnmt`` uses ((5+len)/6)**alpha; ``hf`` uses len**alpha.
+    """
+
+    method: str = "beam"
+    beam_size: int = 4
+    n_best: int = 1
+    alpha: float = 0.6
+    length_penalty: str = "gnmt"
+    coverage: float = 0.0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    num_samples: int = 1
+    max_len: int = 256
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    min_len: int = 0
+    no_repeat_ngram_size: int = 0
+    repetition_penalty: float = 1.0
+    contrastive_lambda: float = 0.5
+    contrastive_alpha: float = 0.1
+    amateur_temperature: float = 1.0
+    seed: int = 0
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check(
+            self.method in ("beam", "greedy", "sample", "contrastive"),
+            f"method: unknown {self.method!r}; use beam, greedy, sample or contrastive",
+        )
+        _check(self.beam_size >= 1, f"beam_size must be >= 1, got {self.beam_size}")
+        _check(1 <= self.n_best, f"n_best must be >= 1, got {self.n_best}")
+        _check(
+            self.method != "beam" or self.n_best <= self.beam_size,
+            f"n_best ({self.n_best}) cannot exceed beam_size ({self.beam_size})",
+        )
+        _check(self.length_penalty in ("gnmt", "hf"), "length_penalty: use gnmt or hf")
+        _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        _check(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
+        _check(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}")
+        _check(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")
+        _check(self.max_len >= 1, f"max_len must be >= 1, got {self.max_len}")
+        _check(0 <= self.min_len <= self.max_len, "min_len must be in [0, max_len]")
+        _check(self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size must be >= 0")
+        _check(self.repetition_penalty > 0, "repetition_penalty must be > 0")
+        _check(self.coverage >= 0, "coverage must be >= 0")
+        _check(self.batch_size >= 1, "batch_size must be >= 1")
+        _check(0.0 <= self.contrastive_alpha <= 1.0, "contrastive_alpha must be in [0, 1]")
+        _check(self.amateur_temperature > 0, "amateur_temperature must be > 0")

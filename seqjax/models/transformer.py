@@ -1,0 +1,449 @@
+"""Transformer encoder-decoder (Vaswani et al. 2017) as functional Flax linen.
+
+The module ``TransformerNet`` holds the layers; ``Transformer`` wraps it in the pure
+functions every decoder relies on (see DESIGN.md, "The model interface")::
+
+    model = Transformer(model_preset("tiny"))
+    params = model.init(jax.random.key(0))
+    memory_BxSxD = model.encode(params, src_BxS, src_mask_BxS)
+    cache = model.init_cache(params, memory_BxSxD, src_mask_BxS, max_len=T)
+    logits_BxV, cache, cross_attn_BxS = model.decode_step(params, cache, token_B, position)
+    logits_BxTxV = model.forward(params, src_BxS, src_mask_BxS, tgt_in_BxT)
+
+Cache layout (a pytree whose leaves all lead with the batch axis, so decoders can
+expand it for beams and reorder it with a gather along axis 0)::
+
+    cache["layers"][i]["k"], ["v"]:   [B, H, T, Dh]  self-attention keys/values so far
+    cache["layers"][i]["ck"], ["cv"]: [B, H, S, Dh]  cross-attention keys/values of memory
+    cache["src_mask"]:                [B, S]         True at real source tokens
+
+Cross-attention keys/values are projected once in ``init_cache`` rather than at
+every step: for a 32-token source that projection would otherwise cost more than
+the rest of the step for a transformer-base decoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax.config import ModelConfig
+
+Params = Any
+Cache = dict[str, Any]
+
+_NEG_INF = -1e9  # large finite negative: keeps fully masked rows finite (no NaN)
+
+
+def sinusoid_table(max_len: int, d_model: int) -> np.ndarray:
+    """Fixed sinusoidal position encodings ``[max_len, d_model]`` (sin on even dims)."""
+    pos = np.arange(max_len)[:, None]
+    inv_freq = np.exp(-math.log(10000.0) * np.arange(0, d_model, 2) / d_model)
+    table = np.zeros((max_len, d_model), np.float32)
+    table[:, 0::2] = np.sin(pos * inv_freq)
+    table[:, 1::2] = np.cos(pos * inv_freq)[:, : d_model // 2]
+    return table
+
+
+def _dtype(cfg: ModelConfig) -> jnp.dtype:
+    return jnp.dtype(cfg.dtype)
+
+
+def _dense_init() -> Callable:
+    return nn.initializers.xavier_uniform()
+
+
+def attention(
+    q_BxHxQxD: jax.Array, k_BxHxKxD: jax.Array, v_BxHxKxD: jax.Array, mask_BxQxK: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Scaled dot-product attention; the softmax runs in float32.
+
+    Returns (output ``[B, H, Q, D]``, weights ``[B, H, Q, K]``).
+    """
+    scale = 1.0 / math.sqrt(q_BxHxQxD.shape[-1])
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q_BxHxQxD, k_BxHxKxD).astype(jnp.float32) * scale
+    logits = jnp.where(mask_BxQxK[:, None], logits, _NEG_INF)
+    weights = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v_BxHxKxD.dtype), v_BxHxKxD)
+    return out, weights
+
+
+class MultiHeadProjection(nn.Module):
+    """Projects ``[B, T, D]`` to ``n`` head-split tensors ``[B, H, T, Dh]`` with one matmul."""
+
+    num_heads: int
+    head_dim: int
+    n: int
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array) -> tuple[jax.Array, ...]:
+        kernel = self.param(
+            "kernel",
+            _dense_init(),
+            (x_BxTxD.shape[-1], self.n, self.num_heads, self.head_dim),
+        )
+        y = jnp.einsum("btd,dnhk->nbhtk", x_BxTxD.astype(self.dtype), kernel.astype(self.dtype))
+        return tuple(y[i] for i in range(self.n))
+
+
+class OutputProjection(nn.Module):
+    """Merges heads ``[B, H, T, Dh]`` back to ``[B, T, D]``."""
+
+    d_model: int
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x_BxHxTxDh: jax.Array) -> jax.Array:
+        _, h, _, dh = x_BxHxTxDh.shape
+        kernel = self.param("kernel", _dense_init(), (h, dh, self.d_model))
+        bias = self.param("bias", nn.initializers.zeros, (self.d_model,))
+        y = jnp.einsum("bhtk,hkd->btd", x_BxHxTxDh, kernel.astype(self.dtype))
+        return y + bias.astype(self.dtype)
+
+
+class FeedForward(nn.Module):
+    d_model: int
+    d_ff: int
+    dropout: float
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        h = nn.Dense(self.d_ff, dtype=self.dtype, kernel_init=_dense_init(), name="wi")(x)
+        h = nn.relu(h)
+        h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+        return nn.Dense(self.d_model, dtype=self.dtype, kernel_init=_dense_init(), name="wo")(h)
+
+
+class EncoderLayer(nn.Module):
+    cfg: ModelConfig
+
+    def setup(self) -> None:
+        c, dt = self.cfg, _dtype(self.cfg)
+        self.qkv = MultiHeadProjection(c.num_heads, c.head_dim, 3, dt)
+        self.out = OutputProjection(c.d_model, dt)
+        self.ffn = FeedForward(c.d_model, c.d_ff, c.dropout, dt)
+        self.ln_attn = nn.LayerNorm(dtype=jnp.float32)
+        self.ln_ffn = nn.LayerNorm(dtype=jnp.float32)
+        self.drop = nn.Dropout(c.dropout)
+        self.attn_drop = nn.Dropout(c.attention_dropout)
+
+    def __call__(self, x: jax.Array, mask_BxSxS: jax.Array, deterministic: bool) -> jax.Array:
+        c = self.cfg
+
+        def self_attn(h: jax.Array) -> jax.Array:
+            q, k, v = self.qkv(h)
+            o, w = attention(q, k, v, mask_BxSxS)
+            if c.attention_dropout > 0:
+                w = self.attn_drop(w, deterministic=deterministic)
+                o = jnp.einsum("bhqk,bhkd->bhqd", w.astype(v.dtype), v)
+            return self.out(o)
+
+        return _residual(
+            c, x, self_attn, self.ln_attn, self.drop, deterministic, self.ffn, self.ln_ffn
+        )
+
+
+def _residual(
+    c: ModelConfig,
+    x: jax.Array,
+    attn_fn: Callable[[jax.Array], jax.Array],
+    ln_attn: nn.Module,
+    drop: nn.Module,
+    deterministic: bool,
+    ffn: nn.Module,
+    ln_ffn: nn.Module,
+) -> jax.Array:
+    """Attention + FFN sublayers with residuals, pre-LN or post-LN."""
+    dt = _dtype(c)
+    if c.pre_ln:
+        x = x + drop(attn_fn(ln_attn(x).astype(dt)), deterministic=deterministic)
+        return x + drop(ffn(ln_ffn(x).astype(dt), deterministic), deterministic=deterministic)
+    x = ln_attn(x + drop(attn_fn(x), deterministic=deterministic)).astype(dt)
+    return ln_ffn(x + drop(ffn(x, deterministic), deterministic=deterministic)).astype(dt)
+
+
+class DecoderLayer(nn.Module):
+    cfg: ModelConfig
+
+    def setup(self) -> None:
+        c, dt = self.cfg, _dtype(self.cfg)
+        self.qkv = MultiHeadProjection(c.num_heads, c.head_dim, 3, dt)
+        self.self_out = OutputProjection(c.d_model, dt)
+        self.cross_q = MultiHeadProjection(c.num_heads, c.head_dim, 1, dt)
+        self.cross_kv = MultiHeadProjection(c.num_heads, c.head_dim, 2, dt)
+        self.cross_out = OutputProjection(c.d_model, dt)
+        self.ffn = FeedForward(c.d_model, c.d_ff, c.dropout, dt)
+        self.ln_self = nn.LayerNorm(dtype=jnp.float32)
+        self.ln_cross = nn.LayerNorm(dtype=jnp.float32)
+        self.ln_ffn = nn.LayerNorm(dtype=jnp.float32)
+        self.drop = nn.Dropout(c.dropout)
+        self.attn_drop = nn.Dropout(c.attention_dropout)
+
+    def project_memory(self, memory_BxSxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Cross-attention keys and values ``[B, H, S, Dh]`` of the encoder output."""
+        return self.cross_kv(memory_BxSxD)
+
+    def __call__(
+        self,
+        x_BxTxD: jax.Array,
+        self_kv: tuple[jax.Array, jax.Array] | None,
+        self_mask_BxTxK: jax.Array,
+        cross_kv: tuple[jax.Array, jax.Array],
+        cross_mask_BxTxS: jax.Array,
+        deterministic: bool,
+        position: jax.Array | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array], jax.Array]:
+        """One decoder layer over ``T`` positions.
+
+        With ``position`` given (incremental decoding, T == 1), the new key/value is
+        written into ``self_kv`` (``[B, H, maxT, Dh]``) at that position and attention
+        runs over the whole cache under ``self_mask``. Returns (output, updated self
+        K/V, cross-attention weights ``[B, H, T, S]``).
+        """
+        c = self.cfg
+        dt = _dtype(c)
+        new_kv: tuple[jax.Array, jax.Array] = (None, None)  # type: ignore[assignment]
+        cross_w: jax.Array | None = None
+
+        def maybe_drop_attn(w: jax.Array, v: jax.Array, o: jax.Array) -> jax.Array:
+            if c.attention_dropout > 0 and not deterministic:
+                w = self.attn_drop(w, deterministic=deterministic)
+                return jnp.einsum("bhqk,bhkd->bhqd", w.astype(v.dtype), v)
+            return o
+
+        def self_attn(h: jax.Array) -> jax.Array:
+            nonlocal new_kv
+            q, k, v = self.qkv(h)
+            if position is not None:
+                k_cache, v_cache = self_kv  # type: ignore[misc]
+                k = jax.lax.dynamic_update_slice(
+                    k_cache, k.astype(k_cache.dtype), (0, 0, position, 0)
+                )
+                v = jax.lax.dynamic_update_slice(
+                    v_cache, v.astype(v_cache.dtype), (0, 0, position, 0)
+                )
+            new_kv = (k, v)
+            o, w = attention(q, k.astype(dt), v.astype(dt), self_mask_BxTxK)
+            return self.self_out(maybe_drop_attn(w, v, o))
+
+        def cross_attn(h: jax.Array) -> jax.Array:
+            nonlocal cross_w
+            (q,) = self.cross_q(h)
+            ck, cv = cross_kv
+            o, cross_w = attention(q, ck.astype(dt), cv.astype(dt), cross_mask_BxTxS)
+            return self.cross_out(maybe_drop_attn(cross_w, cv, o))
+
+        drop = self.drop
+        x = x_BxTxD
+        if c.pre_ln:
+            x = x + drop(self_attn(self.ln_self(x).astype(dt)), deterministic=deterministic)
+            x = x + drop(cross_attn(self.ln_cross(x).astype(dt)), deterministic=deterministic)
+            x = x + drop(
+                self.ffn(self.ln_ffn(x).astype(dt), deterministic), deterministic=deterministic
+            )
+        else:
+            x = self.ln_self(x + drop(self_attn(x), deterministic=deterministic)).astype(dt)
+            x = self.ln_cross(x + drop(cross_attn(x), deterministic=deterministic)).astype(dt)
+            x = self.ln_ffn(x + drop(self.ffn(x, deterministic), deterministic=deterministic))
+            x = x.astype(dt)
+        return x, new_kv, cross_w  # type: ignore[return-value]
+
+
+class TransformerNet(nn.Module):
+    """The layers; use ``Transformer`` for the pure-function interface."""
+
+    cfg: ModelConfig
+
+    def setup(self) -> None:
+        c = self.cfg
+        emb_init = nn.initializers.normal(stddev=c.d_model**-0.5)
+        self.tgt_embed = nn.Embed(c.vocab_size, c.d_model, embedding_init=emb_init)
+        if not c.share_embeddings:
+            self.src_embed = nn.Embed(c.vocab_size, c.d_model, embedding_init=emb_init)
+        if not c.tie_output:
+            self.logits_dense = nn.Dense(c.vocab_size, dtype=_dtype(c), kernel_init=_dense_init())
+        self.encoder_layers = [EncoderLayer(c) for _ in range(c.num_encoder_layers)]
+        self.decoder_layers = [DecoderLayer(c) for _ in range(c.num_decoder_layers)]
+        if c.pre_ln:
+            self.encoder_ln = nn.LayerNorm(dtype=jnp.float32)
+            self.decoder_ln = nn.LayerNorm(dtype=jnp.float32)
+        self.drop = nn.Dropout(c.dropout)
+
+    # -- pieces -------------------------------------------------------------
+    def _embed(self, ids: jax.Array, table: nn.Embed, positions: jax.Array) -> jax.Array:
+        c = self.cfg
+        x = table(ids)
+        if c.scale_embeddings:
+            x = x * math.sqrt(c.d_model)
+        pos = jnp.asarray(sinusoid_table(c.max_len, c.d_model))[positions]
+        return (x + pos).astype(_dtype(c))
+
+    def _logits(self, x: jax.Array) -> jax.Array:
+        c = self.cfg
+        if c.pre_ln:
+            x = self.decoder_ln(x)
+        x = x.astype(_dtype(c))
+        if c.tie_output:
+            logits = self.tgt_embed.attend(x)
+        else:
+            logits = self.logits_dense(x)
+        return logits.astype(jnp.float32)
+
+    # -- public methods (called through ``Transformer``) ---------------------
+    def encode(self, src_BxS: jax.Array, src_mask_BxS: jax.Array, deterministic: bool = True):
+        c = self.cfg
+        table = self.tgt_embed if c.share_embeddings else self.src_embed
+        x = self._embed(src_BxS, table, jnp.arange(src_BxS.shape[1]))
+        x = self.drop(x, deterministic=deterministic)
+        mask = jnp.broadcast_to(src_mask_BxS[:, None, :], (*src_BxS.shape, src_BxS.shape[1]))
+        for layer in self.encoder_layers:
+            x = layer(x, mask, deterministic)
+        if c.pre_ln:
+            x = self.encoder_ln(x).astype(_dtype(c))
+        return x
+
+    def project_memory(self, memory_BxSxD: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
+        return [layer.project_memory(memory_BxSxD) for layer in self.decoder_layers]
+
+    def decode(
+        self,
+        memory_BxSxD: jax.Array,
+        src_mask_BxS: jax.Array,
+        tgt_in_BxT: jax.Array,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        """Teacher-forced decoder: logits ``[B, T, V]`` for all target positions."""
+        t = tgt_in_BxT.shape[1]
+        x = self._embed(tgt_in_BxT, self.tgt_embed, jnp.arange(t))
+        x = self.drop(x, deterministic=deterministic)
+        causal = jnp.tril(jnp.ones((t, t), bool))[None]
+        cross_mask = jnp.broadcast_to(
+            src_mask_BxS[:, None, :], (x.shape[0], t, src_mask_BxS.shape[1])
+        )
+        for layer, kv in zip(self.decoder_layers, self.project_memory(memory_BxSxD), strict=True):
+            x, _, _ = layer(x, None, causal, kv, cross_mask, deterministic)
+        return self._logits(x)
+
+    def forward(
+        self,
+        src_BxS: jax.Array,
+        src_mask_BxS: jax.Array,
+        tgt_in_BxT: jax.Array,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        memory = self.encode(src_BxS, src_mask_BxS, deterministic)
+        return self.decode(memory, src_mask_BxS, tgt_in_BxT, deterministic)
+
+    def __call__(self, src_BxS, src_mask_BxS, tgt_in_BxT, deterministic: bool = True):
+        return self.forward(src_BxS, src_mask_BxS, tgt_in_BxT, deterministic)
+
+    def init_cache(self, memory_BxSxD: jax.Array, src_mask_BxS: jax.Array, max_len: int) -> Cache:
+        c = self.cfg
+        b = memory_BxSxD.shape[0]
+        zeros = jnp.zeros((b, c.num_heads, max_len, c.head_dim), _dtype(c))
+        layers = tuple(
+            {"k": zeros, "v": zeros, "ck": ck, "cv": cv}
+            for ck, cv in self.project_memory(memory_BxSxD)
+        )
+        return {"layers": layers, "src_mask": src_mask_BxS.astype(bool)}
+
+    def decode_step(
+        self, cache: Cache, token_B: jax.Array, position: jax.Array
+    ) -> tuple[jax.Array, Cache, jax.Array]:
+        x = self._embed(token_B[:, None], self.tgt_embed, jnp.reshape(position, (1,)))
+        max_t = cache["layers"][0]["k"].shape[2]
+        self_mask = (jnp.arange(max_t) <= position)[None, None, :]
+        cross_mask = cache["src_mask"][:, None, :]
+        new_layers = []
+        cross_w = None
+        for layer, lc in zip(self.decoder_layers, cache["layers"], strict=True):
+            x, (k, v), cross_w = layer(
+                x, (lc["k"], lc["v"]), self_mask, (lc["ck"], lc["cv"]), cross_mask, True, position
+            )
+            new_layers.append({"k": k, "v": v, "ck": lc["ck"], "cv": lc["cv"]})
+        logits = self._logits(x)[:, 0]
+        # Coverage uses the last layer's cross-attention averaged over heads: [B, S].
+        attn_BxS = jnp.mean(cross_w[:, :, 0, :], axis=1)
+        return logits, {"layers": tuple(new_layers), "src_mask": cache["src_mask"]}, attn_BxS
+
+
+@dataclasses.dataclass(frozen=True)
+class Transformer:
+    """Pure-function interface over ``TransformerNet`` (params are an explicit pytree)."""
+
+    config: ModelConfig
+
+    @property
+    def net(self) -> TransformerNet:
+        return TransformerNet(self.config)
+
+    def init(self, key: jax.Array) -> Params:
+        """Random parameters (``{"params": ...}``) for this configuration."""
+        src = jnp.ones((1, 4), jnp.int32)
+        return self.net.init(key, src, src > 0, src)
+
+    def encode(self, params: Params, src_BxS: jax.Array, src_mask_BxS: jax.Array) -> jax.Array:
+        """Encoder output ``memory [B, S, D]`` (padding positions are masked downstream)."""
+        return self.net.apply(params, src_BxS, src_mask_BxS, method=TransformerNet.encode)
+
+    def init_cache(
+        self, params: Params, memory_BxSxD: jax.Array, src_mask_BxS: jax.Array, max_len: int
+    ) -> Cache:
+        """Empty self-attention cache for ``max_len`` steps plus projected memory."""
+        return self.net.apply(
+            params, memory_BxSxD, src_mask_BxS, max_len, method=TransformerNet.init_cache
+        )
+
+    def decode_step(
+        self, params: Params, cache: Cache, token_B: jax.Array, position: jax.Array
+    ) -> tuple[jax.Array, Cache, jax.Array]:
+        """One target position: ``(logits [B, V], new cache, cross-attention [B, S])``."""
+        return self.net.apply(
+            params,
+            cache,
+            token_B,
+            jnp.asarray(position, jnp.int32),
+            method=TransformerNet.decode_step,
+        )
+
+    def step_fn(self, params: Params) -> Callable:
+        """``step_fn(tokens [B], position [], cache)`` for ``seqjax.decoding``."""
+
+        def step(token_B: jax.Array, position: jax.Array, cache: Cache):
+            return self.decode_step(params, cache, token_B, position)
+
+        return step
+
+    def forward(
+        self,
+        params: Params,
+        src_BxS: jax.Array,
+        src_mask_BxS: jax.Array,
+        tgt_in_BxT: jax.Array,
+        *,
+        dropout_rng: jax.Array | None = None,
+    ) -> jax.Array:
+        """Teacher-forced logits ``[B, T, V]``; dropout is on iff ``dropout_rng`` is given."""
+        train = dropout_rng is not None
+        return self.net.apply(
+            params,
+            src_BxS,
+            src_mask_BxS,
+            tgt_in_BxT,
+            not train,
+            rngs={"dropout": dropout_rng} if train else None,
+            method=TransformerNet.forward,
+        )
+
+
+def count_params(params: Params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
