@@ -1,0 +1,29 @@
+"""seqjax: compiled sequence generation in JAX/Flax.
+
+Two lines to translate with a trained run directory::
+
+    import seqjax
+    seqjax.load("runs/default").translate(["In the beginning God created the heavens."])
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from seqjax.inference import Translator
+
+
+def load(path: str, **kwargs: Any) -> Translator:
+    """Restore a run directory written by ``seqjax train`` as a ``Translator``.
+
+    Keyword arguments go to ``seqjax.inference.load`` (``decode_config``, ``which``).
+    """
+    from seqjax.inference import load as _load
+
+    return _load(path, **kwargs)
+
+
+__all__ = ["__version__", "load"]

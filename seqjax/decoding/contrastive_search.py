@@ -1,0 +1,117 @@
+"""Contrastive decoding (Li et al. 2023): an expert steered away from an amateur."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from seqjax.decoding.batch_tree import infer_batch_size
+from seqjax.decoding.beam import check_beam_args, coverage_source_len, run_beam_loop
+from seqjax.decoding.greedy_search import loop_result
+from seqjax.decoding.logit_processors import Controls
+from seqjax.decoding.result import DecodeResult
+from seqjax.decoding.step import StepFn, step_output_shapes
+from seqjax.decoding.step_scores import contrastive_scores
+from seqjax.decoding.token_loop import choose_argmax, run_token_loop
+
+
+def contrastive(
+    expert_step_fn: StepFn,
+    expert_cache: Any,
+    amateur_step_fn: StepFn,
+    amateur_cache: Any,
+    *,
+    max_len: int,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int,
+    contrastive_lambda: float | jax.Array = 0.5,
+    contrastive_alpha: float | jax.Array = 0.1,
+    amateur_temperature: float | jax.Array = 1.0,
+    beam_size: int = 1,
+    n_best: int = 1,
+    alpha: float | jax.Array = 0.0,
+    length_penalty: str = "gnmt",
+    beta: float | jax.Array = 0.0,
+    src_mask: jax.Array | None = None,
+    min_len: int | jax.Array = 0,
+    no_repeat_ngram_size: int = 0,
+    repetition_penalty: float | jax.Array = 1.0,
+    prefix: jax.Array | None = None,
+    batch_size: int | None = None,
+) -> DecodeResult:
+    """Maximise ``log p_expert - contrastive_lambda * log p_amateur`` over plausible tokens.
+
+    Plausible tokens satisfy ``p_expert >= contrastive_alpha * max p_expert``; the
+    amateur's log-probs use ``amateur_temperature``. Both models see the same tokens
+    and positions; their caches travel together (and are reordered together in beam
+    search). With ``beam_size == 1`` the search is greedy and ``scores`` is the
+    expert's summed log-prob; with ``beam_size > 1`` it is beam search over summed
+    contrastive scores (``alpha``, ``length_penalty``, ``beta`` as in
+    ``beam_search``; early exit only once every beam is dead, as contrastive step
+    scores can be positive) and ``scores`` is the penalised contrastive score.
+    ``log_probs`` are always the expert's. ``contrastive_lambda = 0`` recovers the
+    expert's greedy / beam search restricted to the plausible set.
+
+    Static: both step functions, ``max_len``, ``beam_size``, ``n_best``,
+    ``length_penalty``, ``no_repeat_ngram_size``, ``batch_size``, the token ids.
+    Traced: ``contrastive_lambda``, ``contrastive_alpha``, ``amateur_temperature``,
+    ``alpha``, ``beta``, ``min_len``, ``repetition_penalty``, the caches, ``src_mask``,
+    ``prefix``.
+
+    Example (the amateur over-rates token 2, so the expert's runner-up 3 wins)::
+
+        >>> import jax, jax.numpy as jnp
+        >>> expert = lambda tok, pos, c: (jnp.log(jnp.array([[1e-9, .1, .5, .4]])), c)
+        >>> amateur = lambda tok, pos, c: (jnp.log(jnp.array([[1e-9, .1, .8, .1]])), c)
+        >>> r = contrastive(expert, None, amateur, None, batch_size=1, max_len=1,
+        ...                 bos_id=0, eos_id=1, pad_id=0, contrastive_lambda=1.0)
+        >>> r.tokens.tolist()
+        [[[3]]]
+    """
+    check_beam_args(beam_size, n_best, length_penalty)
+    B = infer_batch_size(expert_cache, batch_size)
+    controls = Controls(eos_id, pad_id, min_len, repetition_penalty, no_repeat_ngram_size)
+    score_fn = contrastive_scores(
+        expert_step_fn,
+        amateur_step_fn,
+        controls,
+        contrastive_lambda=contrastive_lambda,
+        contrastive_alpha=contrastive_alpha,
+        amateur_temperature=amateur_temperature,
+    )
+    cache = (expert_cache, amateur_cache)
+    if beam_size == 1:
+        out = run_token_loop(
+            score_fn,
+            choose_argmax,
+            cache,
+            num_rows=B,
+            max_len=max_len,
+            bos_id=bos_id,
+            eos_id=eos_id,
+            pad_id=pad_id,
+            prefix_NxP=prefix,
+        )
+        return loop_result(out, B, 1)
+    vocab_size, source_len = step_output_shapes(expert_step_fn, B, expert_cache)
+    return run_beam_loop(
+        score_fn,
+        cache,
+        batch_size=B,
+        beam_size=beam_size,
+        n_best=n_best,
+        max_len=max_len,
+        vocab_size=vocab_size,
+        source_len=coverage_source_len(source_len, beta),
+        alpha=alpha,
+        length_penalty_kind=length_penalty,
+        beta=beta,
+        src_mask_BxS=src_mask,
+        monotone=False,
+        bos_id=bos_id,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        prefix_BxP=prefix,
+    )

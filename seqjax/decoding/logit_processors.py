@@ -1,0 +1,201 @@
+"""Per-step logit processing: repetition penalty, token bans, truncation, forced prefixes.
+
+All functions are pure and work on ``N`` rows at once (``N`` = batch x beams/samples).
+``history_NxL`` holds the tokens generated so far in its first ``length`` columns
+(``length`` a traced scalar); later columns hold padding and are ignored. Numeric
+options (``penalty``, ``min_len``, ``top_k``, ``top_p``) may be traced values, so
+changing them never recompiles; ``no_repeat_ngram_size`` is static (it sets shapes).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+class Controls(NamedTuple):
+    """Options every decoder honours (a pytree; ``no_repeat_ngram_size`` stays static).
+
+    ``min_len``: EOS is banned while fewer than ``min_len`` tokens were generated.
+    ``repetition_penalty``: CTRL-style penalty on already generated tokens (1 = off).
+    """
+
+    eos_id: int | jax.Array
+    pad_id: int | jax.Array
+    min_len: int | jax.Array = 0
+    repetition_penalty: float | jax.Array = 1.0
+    no_repeat_ngram_size: int = 0
+
+
+def seen_tokens(history_NxL: jax.Array, length: jax.Array, vocab_size: int) -> jax.Array:
+    """``bool[N, V]``: True where a token occurs among the first ``length`` history tokens.
+
+    >>> seen_tokens(jnp.array([[2, 3, 3, 0]]), 2, 5).tolist()
+    [[False, False, True, True, False]]
+    """
+    n, L = history_NxL.shape
+    valid_L = (jnp.arange(L) < length).astype(jnp.int32)
+    counts = jnp.zeros((n, vocab_size), jnp.int32)
+    counts = counts.at[jnp.arange(n)[:, None], history_NxL].add(jnp.broadcast_to(valid_L, (n, L)))
+    return counts > 0
+
+
+def repetition_penalty(
+    logits_NxV: jax.Array, history_NxL: jax.Array, length: jax.Array, penalty: float | jax.Array
+) -> jax.Array:
+    """CTRL penalty (Keskar et al. 2019) on tokens already generated.
+
+    A seen token's logit is divided by ``penalty`` when positive and multiplied by it
+    when negative, so ``penalty > 1`` always makes repeats less likely and
+    ``penalty == 1`` changes nothing.
+
+    >>> repetition_penalty(jnp.array([[2.0, -2.0, 2.0]]), jnp.array([[0, 1]]), 2, 2.0).tolist()
+    [[1.0, -4.0, 2.0]]
+    """
+    seen = seen_tokens(history_NxL, length, logits_NxV.shape[-1])
+    penalised = jnp.where(logits_NxV > 0, logits_NxV / penalty, logits_NxV * penalty)
+    return jnp.where(seen, penalised, logits_NxV)
+
+
+def ngram_banned(history_NxL: jax.Array, length: jax.Array, n: int, vocab_size: int) -> jax.Array:
+    """``bool[N, V]``: tokens that would complete an ``n``-gram already in the history.
+
+    The last ``n - 1`` generated tokens are matched against every earlier window; the
+    token that followed each match is banned (``n == 1`` bans every seen token).
+
+    >>> # history "5 6 5": emitting 6 would repeat the bigram "5 6"
+    >>> ngram_banned(jnp.array([[5, 6, 5, 0]]), 3, 2, 8)[0].nonzero()[0].tolist()
+    [6]
+    """
+    num_rows, L = history_NxL.shape
+    banned = jnp.zeros((num_rows, vocab_size), bool)
+    if n <= 0 or L < n:
+        return banned
+    num_windows = L - n + 1
+    windows_NxWxn = jnp.stack([history_NxL[:, k : k + num_windows] for k in range(n)], axis=-1)
+    # window j covers positions j .. j+n-1; it is complete once j + n - 1 < length
+    match_NxW = jnp.broadcast_to(jnp.arange(num_windows) <= length - n, (num_rows, num_windows))
+    if n > 1:
+        start = jnp.maximum(length - (n - 1), 0)  # clamped; no window is valid then anyway
+        suffix = lax.dynamic_slice_in_dim(history_NxL, start, n - 1, axis=1)
+        match_NxW = match_NxW & jnp.all(windows_NxWxn[..., :-1] == suffix[:, None, :], axis=-1)
+    counts = jnp.zeros((num_rows, vocab_size), jnp.int32)
+    counts = counts.at[jnp.arange(num_rows)[:, None], windows_NxWxn[..., -1]].add(match_NxW)
+    return counts > 0
+
+
+def banned_tokens(
+    history_NxL: jax.Array, length: jax.Array, vocab_size: int, controls: Controls
+) -> jax.Array:
+    """``bool[N, V]`` tokens no search may pick at this step.
+
+    PAD is never generated (unless it doubles as EOS); EOS is banned before
+    ``min_len``; ``no_repeat_ngram_size`` bans n-gram repeats. A row with every token
+    banned gets EOS back, so it ends instead of emitting garbage.
+    """
+    v = jnp.arange(vocab_size)
+    is_eos = v == controls.eos_id
+    ban = (v == controls.pad_id) & (controls.pad_id != controls.eos_id)
+    ban = ban | (is_eos & (length < controls.min_len))
+    ban = jnp.broadcast_to(ban, (history_NxL.shape[0], vocab_size))
+    if controls.no_repeat_ngram_size:
+        ban = ban | ngram_banned(history_NxL, length, controls.no_repeat_ngram_size, vocab_size)
+    stuck_N1 = jnp.all(ban, axis=-1, keepdims=True)
+    return ban & ~(stuck_N1 & is_eos)
+
+
+def process_logits(
+    logits_NxV: jax.Array, history_NxL: jax.Array, length: jax.Array, controls: Controls
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The common pipeline: ``(model_log_probs, processed_log_probs, banned)``, all ``[N, V]``.
+
+    ``model_log_probs`` is the unmodified ``log_softmax(logits)`` (what gets reported);
+    ``processed_log_probs`` has the repetition penalty applied; ``banned`` comes from
+    ``banned_tokens``.
+    """
+    logits = logits_NxV.astype(jnp.float32)
+    model_lp = jax.nn.log_softmax(logits, axis=-1)
+    penalty = controls.repetition_penalty
+    # a runtime branch: the [N, V] scatter is skipped when the (traced) penalty is off
+    processed_lp = lax.cond(
+        jnp.asarray(penalty) == 1.0,
+        lambda: model_lp,
+        lambda: jax.nn.log_softmax(
+            repetition_penalty(logits, history_NxL, length, penalty), axis=-1
+        ),
+    )
+    banned = banned_tokens(history_NxL, length, logits.shape[-1], controls)
+    return model_lp, processed_lp, banned
+
+
+def top_k_allowed(logits_NxV: jax.Array, top_k: int | jax.Array) -> jax.Array:
+    """``bool[N, V]``: the ``top_k`` highest logits per row (``top_k <= 0`` keeps all).
+
+    ``top_k`` may be traced: the threshold is read from the sorted row at a dynamic
+    index. Ties with the k-th value are all kept.
+
+    >>> top_k_allowed(jnp.array([[0.1, 3.0, 2.0, -1.0]]), 2).tolist()
+    [[False, True, True, False]]
+    """
+    vocab_size = logits_NxV.shape[-1]
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab_size), vocab_size)
+    sorted_desc = -jnp.sort(-logits_NxV, axis=-1)
+    threshold_N1 = lax.dynamic_slice_in_dim(sorted_desc, k - 1, 1, axis=-1)
+    return logits_NxV >= threshold_N1
+
+
+def top_p_allowed(logits_NxV: jax.Array, top_p: float | jax.Array) -> jax.Array:
+    """``bool[N, V]``: the nucleus, i.e. the most likely tokens whose mass reaches ``top_p``.
+
+    A token is kept when the probability of the tokens ranked above it is below
+    ``top_p`` (so the token crossing ``top_p`` is kept, and the best token always is);
+    ``top_p >= 1`` keeps every token. Ties with the last kept probability are kept.
+
+    >>> # probabilities 0.5, 0.3, 0.2: top_p 0.6 keeps the first two
+    >>> top_p_allowed(jnp.log(jnp.array([[0.5, 0.3, 0.2]])), 0.6).tolist()
+    [[True, True, False]]
+    """
+    probs = jax.nn.softmax(logits_NxV, axis=-1)
+    sorted_desc = -jnp.sort(-probs, axis=-1)
+    mass_above = jnp.cumsum(sorted_desc, axis=-1) - sorted_desc
+    keep_sorted = (mass_above < top_p) | (top_p >= 1.0)
+    num_kept = jnp.sum(keep_sorted, axis=-1, keepdims=True)
+    threshold_N1 = jnp.take_along_axis(sorted_desc, num_kept - 1, axis=-1)
+    return probs >= threshold_N1
+
+
+def prefix_lengths(prefix_NxP: jax.Array, pad_id: int | jax.Array) -> jax.Array:
+    """``int32[N]``: number of forced tokens per row (prefixes are left-aligned, PAD-padded)."""
+    return jnp.sum(prefix_NxP != pad_id, axis=-1).astype(jnp.int32)
+
+
+def forced_tokens(
+    prefix_NxP: jax.Array, prefix_len_N: jax.Array, position: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """``(is_forced bool[N], token int32[N])``: which rows must emit a prefix token now.
+
+    >>> forced_tokens(jnp.array([[7, 8], [9, 0]]), jnp.array([2, 1]), 1)
+    (Array([ True, False], dtype=bool), Array([8, 0], dtype=int32))
+    """
+    column = jnp.minimum(position, prefix_NxP.shape[1] - 1)
+    token = lax.dynamic_index_in_dim(prefix_NxP, column, axis=1, keepdims=False)
+    return position < prefix_len_N, token.astype(jnp.int32)
+
+
+def selection_scores(
+    step: tuple[jax.Array, jax.Array], forced: tuple[jax.Array, jax.Array] | None
+) -> jax.Array:
+    """``[N, V]`` scores with ``-inf`` at tokens the search may not pick.
+
+    ``step`` is ``(scores_NxV, allowed_NxV)``; ``forced`` is ``(is_forced_N, token_N)``
+    or ``None``. A forced row keeps only its forced token, whatever the bans say.
+    """
+    scores, allowed = step
+    if forced is not None:
+        is_forced, token = forced
+        onehot = jnp.arange(scores.shape[-1]) == token[:, None]
+        allowed = jnp.where(is_forced[:, None], onehot, allowed)
+    return jnp.where(allowed, scores, -jnp.inf)

@@ -1,0 +1,74 @@
+"""Ancestral sampling with temperature, top-k and top-p (nucleus) truncation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from seqjax.decoding.batch_tree import infer_batch_size, repeat_rows
+from seqjax.decoding.greedy_search import loop_result
+from seqjax.decoding.logit_processors import Controls
+from seqjax.decoding.result import DecodeResult
+from seqjax.decoding.step import StepFn
+from seqjax.decoding.step_scores import sampling_scores
+from seqjax.decoding.token_loop import choose_categorical, run_token_loop
+
+
+def sample(
+    step_fn: StepFn,
+    cache: Any,
+    *,
+    key: jax.Array,
+    max_len: int,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int,
+    num_samples: int = 1,
+    temperature: float | jax.Array = 1.0,
+    top_k: int | jax.Array = 0,
+    top_p: float | jax.Array = 1.0,
+    min_len: int | jax.Array = 0,
+    no_repeat_ngram_size: int = 0,
+    repetition_penalty: float | jax.Array = 1.0,
+    prefix: jax.Array | None = None,
+    batch_size: int | None = None,
+) -> DecodeResult:
+    """Draw ``num_samples`` sequences per source (``K = num_samples``), in draw order.
+
+    Each token is drawn from ``softmax(processed_log_probs / temperature)`` restricted
+    to the ``top_k`` most likely tokens (0 = off) and then to the nucleus of mass
+    ``top_p`` (1.0 = off). ``score`` is the summed *model* log-prob, and
+    ``log_probs`` are untouched by temperature or truncation. The same ``key`` gives
+    the same samples.
+
+    Static: ``step_fn``, ``max_len``, ``num_samples``, ``no_repeat_ngram_size``,
+    ``batch_size``, the token ids. Traced: ``key``, ``temperature``, ``top_k``,
+    ``top_p``, ``min_len``, ``repetition_penalty``, ``cache``, ``prefix``.
+
+    Example::
+
+        >>> import jax, jax.numpy as jnp
+        >>> logp_V = jnp.log(jnp.array([0.0, 0.6, 0.4]))  # pad, EOS, token 2
+        >>> step = lambda tok, pos, c: (jnp.tile(logp_V, (tok.shape[0], 1)), c)
+        >>> r = sample(step, None, key=jax.random.key(0), batch_size=2, num_samples=3,
+        ...            max_len=4, bos_id=0, eos_id=1, pad_id=0, top_k=1)
+        >>> r.tokens.shape, r.tokens[0, 0].tolist()  # top_k=1: argmax, token 1 = EOS
+        ((2, 3, 4), [1, 0, 0, 0])
+    """
+    B = infer_batch_size(cache, batch_size)
+    controls = Controls(eos_id, pad_id, min_len, repetition_penalty, no_repeat_ngram_size)
+    score_fn = sampling_scores(step_fn, controls, temperature=temperature, top_k=top_k, top_p=top_p)
+    out = run_token_loop(
+        score_fn,
+        choose_categorical,
+        repeat_rows(cache, num_samples),
+        num_rows=B * num_samples,
+        max_len=max_len,
+        bos_id=bos_id,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        prefix_NxP=None if prefix is None else repeat_rows(prefix, num_samples),
+        key=key,
+    )
+    return loop_result(out, B, num_samples)

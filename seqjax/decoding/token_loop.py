@@ -1,0 +1,109 @@
+"""One hypothesis per row: the compiled loop behind greedy, sampling and greedy contrastive.
+
+``run_token_loop`` is a single ``lax.while_loop`` over positions that stops as soon
+as every row has emitted EOS (or at ``max_len``). Each iteration asks a ``score_fn``
+(see ``seqjax.decoding.step``) for scores, applies forced-prefix tokens, and lets a
+``choose_fn`` pick one token per row: ``argmax`` for greedy, a categorical draw for
+sampling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from seqjax.decoding.logit_processors import forced_tokens, prefix_lengths, selection_scores
+from seqjax.decoding.step import ScoreFn
+
+# choose_fn(scores_NxV, key or None) -> tokens int32[N]; banned tokens are -inf in scores.
+ChooseFn = Callable[[jax.Array, jax.Array | None], jax.Array]
+
+
+def choose_argmax(scores_NxV: jax.Array, key: jax.Array | None) -> jax.Array:
+    """Greedy choice (lowest id among ties)."""
+    del key
+    return jnp.argmax(scores_NxV, axis=-1).astype(jnp.int32)
+
+
+def choose_categorical(scores_NxV: jax.Array, key: jax.Array | None) -> jax.Array:
+    """Draw from ``softmax(scores)``; ``-inf`` tokens are never drawn."""
+    return jax.random.categorical(key, scores_NxV, axis=-1).astype(jnp.int32)
+
+
+class TokenLoopOutput(NamedTuple):
+    """``tokens int32[N, L]``, ``lengths int32[N]``, ``log_probs float32[N, L]``."""
+
+    tokens: jax.Array
+    lengths: jax.Array
+    log_probs: jax.Array
+
+
+class _State(NamedTuple):
+    position: jax.Array  # int32[]: index of the token generated next
+    tokens: jax.Array  # int32[N, L]
+    log_probs: jax.Array  # float32[N, L]
+    lengths: jax.Array  # int32[N]
+    done: jax.Array  # bool[N]
+    cache: Any
+
+
+def run_token_loop(
+    score_fn: ScoreFn,
+    choose_fn: ChooseFn,
+    cache: Any,
+    *,
+    num_rows: int,
+    max_len: int,
+    bos_id: int | jax.Array,
+    eos_id: int | jax.Array,
+    pad_id: int | jax.Array,
+    prefix_NxP: jax.Array | None = None,
+    key: jax.Array | None = None,
+) -> TokenLoopOutput:
+    """Generate one sequence per row of ``cache`` (``num_rows`` rows, static ``max_len``).
+
+    Position ``t`` consumes the token emitted at ``t - 1`` (BOS at ``t = 0``) and emits
+    token ``t``. Finished rows keep stepping (a batch moves in lockstep) but emit PAD
+    with log-prob 0. The PRNG key for position ``t`` is ``fold_in(key, t)``.
+    """
+    forced_len_N = None if prefix_NxP is None else prefix_lengths(prefix_NxP, pad_id)
+
+    def cond(s: _State) -> jax.Array:
+        return (s.position < max_len) & ~jnp.all(s.done)
+
+    def body(s: _State) -> _State:
+        t = s.position
+        previous = lax.dynamic_index_in_dim(s.tokens, jnp.maximum(t - 1, 0), 1, keepdims=False)
+        inputs = jnp.where(t == 0, bos_id, previous).astype(jnp.int32)
+        step = score_fn(inputs, t, s.cache, s.tokens)
+        forced = None if prefix_NxP is None else forced_tokens(prefix_NxP, forced_len_N, t)
+        scores = selection_scores((step.scores, step.allowed), forced)
+        token = choose_fn(scores, None if key is None else jax.random.fold_in(key, t))
+        if forced is not None:  # exact even if the scores underflowed to -inf
+            token = jnp.where(forced[0], forced[1], token)
+        token = jnp.where(s.done, pad_id, token).astype(jnp.int32)
+        lp = jnp.take_along_axis(step.model_log_probs, token[:, None], axis=-1)[:, 0]
+        lp = jnp.where(s.done, 0.0, lp)
+        return _State(
+            position=t + 1,
+            tokens=lax.dynamic_update_index_in_dim(s.tokens, token, t, axis=1),
+            log_probs=lax.dynamic_update_index_in_dim(s.log_probs, lp, t, axis=1),
+            lengths=s.lengths + (~s.done).astype(jnp.int32),
+            done=s.done | (token == eos_id),
+            cache=step.cache,
+        )
+
+    init = _State(
+        position=jnp.zeros((), jnp.int32),
+        tokens=jnp.full((num_rows, max_len), pad_id, jnp.int32),
+        log_probs=jnp.zeros((num_rows, max_len), jnp.float32),
+        lengths=jnp.zeros((num_rows,), jnp.int32),
+        done=jnp.zeros((num_rows,), bool),
+        cache=cache,
+    )
+    final = lax.while_loop(cond, body, init)
+    return TokenLoopOutput(final.tokens, final.lengths, final.log_probs)

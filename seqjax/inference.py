@@ -1,0 +1,193 @@
+"""Text in, text out: batching, bucketing and decoding for a trained model.
+
+::
+
+    tr = seqjax.load("runs/default")
+    tr.translate(["In the beginning God created the heavens and the earth."])
+
+Sources are sorted by length, cut into batches of at most ``DecodeConfig.batch_size``
+rows, padded to a length bucket and to a power-of-two row count, so a stream of
+inputs compiles once per (bucket, rows) pair and never per batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax.config import DecodeConfig, ModelConfig
+from seqjax.data import Tokenizer, pad_batch
+from seqjax.decoding import DecodeResult, decode, numeric_options, static_part
+from seqjax.progress import Progress
+
+DECODE_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256)
+
+
+def _row_bucket(n: int, cap: int) -> int:
+    """Smallest power of two >= n, at most ``cap`` (bounds the set of compiled shapes)."""
+    rows = 1
+    while rows < n:
+        rows *= 2
+    return min(rows, cap)
+
+
+def output_max_len(cfg: DecodeConfig, src_len: int, model_max_len: int) -> int:
+    """Longest output for a source bucket: ``a * src_len + b`` capped by the config and model."""
+    return max(1, min(cfg.max_len, int(cfg.max_len_a * src_len + cfg.max_len_b), model_max_len))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "config", "max_len", "amateur_model"))
+def _decode_batch(
+    model: Any,
+    params: Any,
+    src_BxS: jax.Array,
+    key: jax.Array,
+    numerics: dict[str, jax.Array],
+    config: DecodeConfig,
+    max_len: int,
+    amateur_model: Any = None,
+    amateur_params: Any = None,
+) -> DecodeResult:
+    """Encode and decode one padded batch; compiled once per (shape, static options)."""
+    mc: ModelConfig = model.config
+    mask = src_BxS != mc.pad_id
+
+    def prepare(m: Any, p: Any) -> tuple[Any, Any]:
+        return m.step_fn(p), m.init_cache(p, m.encode(p, src_BxS, mask), mask, max_len)
+
+    step_fn, cache = prepare(model, params)
+    amateur = prepare(amateur_model, amateur_params) if amateur_model is not None else None
+    return decode(
+        step_fn,
+        cache,
+        config,
+        key=key,
+        max_len=max_len,
+        bos_id=mc.bos_id,
+        eos_id=mc.eos_id,
+        pad_id=mc.pad_id,
+        src_mask=mask,
+        numerics=numerics,
+        amateur=amateur,
+    )
+
+
+@dataclasses.dataclass
+class Translator:
+    """A model, its parameters and tokenizers, ready to translate text."""
+
+    model: Any
+    params: Any
+    src_tokenizer: Tokenizer
+    tgt_tokenizer: Tokenizer
+    config: ModelConfig
+    decode_config: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
+    buckets: tuple[int, ...] = DECODE_BUCKETS
+    warn_stream: Any = None
+    amateur: Translator | None = None  # small model for contrastive decoding (same vocab)
+
+    @property
+    def max_source_tokens(self) -> int:
+        return min(max(self.buckets), self.config.max_len)
+
+    def translate(
+        self,
+        sentences: Sequence[str],
+        config: DecodeConfig | None = None,
+        *,
+        progress: bool = False,
+    ) -> list[str]:
+        """Best translation per sentence, line-aligned (an empty line gives an empty line)."""
+        return [nbest[0][0] for nbest in self.translate_nbest(sentences, config, progress=progress)]
+
+    def translate_nbest(
+        self,
+        sentences: Sequence[str],
+        config: DecodeConfig | None = None,
+        *,
+        progress: bool = False,
+    ) -> list[list[tuple[str, float]]]:
+        """Up to ``n_best`` (beam) or ``num_samples`` (sampling) ``(text, score)`` per sentence."""
+        cfg = config or self.decode_config
+        ids = self.src_tokenizer.encode(list(sentences))
+        cap = self.max_source_tokens
+        too_long = [i for i, x in enumerate(ids) if len(x) > cap]
+        if too_long:
+            # Policy: over-long inputs are truncated (never dropped, so output stays aligned).
+            stream = self.warn_stream or sys.stderr
+            print(
+                f"warning: {len(too_long)} input line(s) longer than {cap} tokens were "
+                f"truncated (first: line {too_long[0] + 1})",
+                file=stream,
+            )
+            ids = [x[:cap] for x in ids]
+        out: list[list[tuple[str, float]]] = [[("", 0.0)] for _ in ids]
+        todo = sorted((i for i, x in enumerate(ids) if x), key=lambda i: -len(ids[i]))
+        bar = Progress(len(todo), "translate", unit="sent") if progress else None
+        key = jax.random.key(cfg.seed)
+        amateur: tuple[Any, ...] = ()
+        if cfg.method == "contrastive":
+            if self.amateur is None:
+                raise ValueError("contrastive decoding needs an amateur model (--amateur DIR)")
+            amateur = (self.amateur.model, self.amateur.params)
+        for start in range(0, len(todo), cfg.batch_size):
+            chunk = todo[start : start + cfg.batch_size]
+            rows = _row_bucket(len(chunk), cfg.batch_size)
+            src, n = pad_batch([ids[i] for i in chunk], self.buckets, self.config.pad_id, rows)
+            max_len = output_max_len(cfg, src.shape[1], self.config.max_len)
+            res = _decode_batch(
+                self.model,
+                self.params,
+                jnp.asarray(src),
+                jax.random.fold_in(key, start),
+                numeric_options(cfg),
+                static_part(cfg),
+                max_len,
+                *amateur,
+            )
+            tokens = np.asarray(res.tokens)[:n]
+            scores = np.asarray(res.scores)[:n]
+            keep = cfg.n_best if cfg.method == "beam" else tokens.shape[1]
+            for r, i in enumerate(chunk):
+                texts = self.tgt_tokenizer.decode(tokens[r, :keep])
+                out[i] = list(zip(texts, scores[r, :keep].tolist(), strict=True))
+            if bar:
+                bar.update(len(chunk))
+        if bar:
+            bar.close()
+        return out
+
+
+def load(
+    path: str, *, decode_config: DecodeConfig | None = None, which: str = "best"
+) -> Translator:
+    """Restore a run directory (config + tokenizer + Orbax params) as a ``Translator``.
+
+    ``which`` is ``best`` (best validation BLEU; falls back to latest) or ``latest``.
+    """
+    from pathlib import Path
+
+    from seqjax import checkpoint
+    from seqjax.data import load_tokenizers
+    from seqjax.models import build_model
+
+    run_dir = Path(path)
+    model_cfg, _ = checkpoint.read_run_config(run_dir)
+    src_tok, tgt_tok = load_tokenizers(run_dir / "tokenizer")
+    model = build_model(model_cfg)
+    target = jax.eval_shape(model.init, jax.random.key(0))
+    ckpt = checkpoint.Checkpointer(run_dir, async_save=False)
+    try:
+        params, _ = ckpt.restore_params(target, which=which)
+    finally:
+        ckpt.close()
+    return Translator(
+        model, params, src_tok, tgt_tok, model_cfg, decode_config=decode_config or DecodeConfig()
+    )

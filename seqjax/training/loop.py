@@ -1,0 +1,330 @@
+"""The teacher-forced train loop behind ``seqjax train``.
+
+One run = one directory (see ``seqjax.checkpoint``). Rerunning with the same directory
+resumes from the latest complete checkpoint: same data order (epoch, batch index), same
+dropout keys (folded from the step), same optimizer state, so the loss curve continues
+as if never interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax import checkpoint
+from seqjax.config import DecodeConfig, ModelConfig, TrainConfig, to_dict
+from seqjax.data import (
+    DataError,
+    ParallelText,
+    TokenizedPairs,
+    drop_empty_pairs,
+    epoch_batches,
+    filter_long,
+    iterate_batches,
+    load_bundled,
+    load_tokenizers,
+    make_batch,
+    read_parallel,
+    tokenize_pairs,
+    train_tokenizers,
+)
+from seqjax.metrics import corpus_scores
+from seqjax.models import build_model
+from seqjax.models.transformer import count_params
+from seqjax.progress import Progress
+from seqjax.training.optimizer import make_optimizer
+from seqjax.training.steps import TrainState, init_train_state, make_eval_step, make_train_step
+
+# Fields that may differ between the first run and a resume (they do not change what is
+# being trained, only for how long and how often it reports).
+RUNTIME_FIELDS = {
+    "max_minutes",
+    "total_steps",
+    "eval_every",
+    "save_every",
+    "log_every",
+    "valid_bleu_sentences",
+    "keep_last",
+}
+
+Log = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    valid: dict[str, float]
+    minutes: float
+    params: int
+
+
+def load_training_data(cfg: TrainConfig) -> tuple[ParallelText, ParallelText | None]:
+    """(train, valid) text pairs from the bundled corpus or the user's files."""
+    if cfg.src is not None:
+        train = read_parallel(cfg.src, cfg.tgt)
+        valid = None
+        if cfg.valid_src is not None:
+            valid = read_parallel(cfg.valid_src, cfg.valid_tgt)
+        return train, valid
+    return load_bundled(cfg.corpus, "train"), load_bundled(cfg.corpus, "valid")
+
+
+def _check_resume_config(saved: TrainConfig, given: TrainConfig, run_dir: Path) -> TrainConfig:
+    """A resume must train the same thing; runtime fields take the new values."""
+    a, b = to_dict(saved), to_dict(given)
+    for k in sorted(a):
+        if k not in RUNTIME_FIELDS and a[k] != b[k]:
+            raise checkpoint.CheckpointError(
+                f"{run_dir} was started with {k}={a[k]!r} but this run asks for {b[k]!r}; "
+                "rerun with the original options to resume, or use a new --out directory"
+            )
+    return dataclasses.replace(saved, **{k: b[k] for k in RUNTIME_FIELDS})
+
+
+def _to_device(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return {k: jnp.asarray(v) for k, v in batch.items()}
+
+
+def evaluate_loss(
+    eval_step: Callable,
+    params: Any,
+    pairs: TokenizedPairs,
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+) -> dict[str, float]:
+    """Token NLL, perplexity and teacher-forced accuracy over ``pairs`` (fixed order)."""
+    nll = tok = correct = 0.0
+    plans = epoch_batches(
+        pairs, epoch=0, seed=0, batch_tokens=cfg.batch_tokens, buckets=cfg.length_buckets
+    )
+    for plan in plans:
+        batch = make_batch(
+            pairs, *plan, pad_id=model_cfg.pad_id, bos_id=model_cfg.bos_id, eos_id=model_cfg.eos_id
+        )
+        m = eval_step(params, _to_device(batch))
+        nll += float(m["nll_sum"])
+        tok += float(m["tokens"])
+        correct += float(m["correct"])
+    tok = max(tok, 1.0)
+    return {
+        "valid_nll": nll / tok,
+        "valid_ppl": math.exp(min(nll / tok, 50.0)),
+        "valid_acc": correct / tok,
+    }
+
+
+def train(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    log: Log = _stderr,
+    decode_cfg: DecodeConfig | None = None,
+) -> TrainResult:
+    """Train (or resume) a model in ``run_dir``; returns the final step and validation scores.
+
+    Validation BLEU is computed on the first ``cfg.valid_bleu_sentences`` validation
+    sentences with ``decode_cfg`` (greedy by default, to keep validation cheap).
+    """
+    run_dir = Path(run_dir)
+    t_setup = time.monotonic()
+    train_text, valid_text = load_training_data(cfg)
+    train_text, n_empty = drop_empty_pairs(train_text)
+    if n_empty:
+        log(f"skipped {n_empty} training pairs with an empty side")
+
+    resuming = (run_dir / "config.json").exists()
+    if resuming:
+        model_cfg, saved_cfg = checkpoint.read_run_config(run_dir)
+        cfg = _check_resume_config(saved_cfg, cfg, run_dir)
+        src_tok, tgt_tok = load_tokenizers(run_dir / "tokenizer")
+        log(f"resuming {run_dir}")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
+            t0 = time.monotonic()
+            src_tok, tgt_tok = train_tokenizers(
+                train_text.src,
+                train_text.tgt,
+                model_cfg.vocab_size,
+                tmp,
+                joint=cfg.joint_vocab,
+                seed=cfg.seed,
+            )
+            log(
+                f"trained {'joint ' if cfg.joint_vocab else ''}SentencePiece BPE "
+                f"(vocab {tgt_tok.vocab_size}) in {time.monotonic() - t0:.1f}s"
+            )
+            model_cfg = dataclasses.replace(model_cfg, vocab_size=tgt_tok.vocab_size)
+            checkpoint.write_run_files(run_dir, model_cfg, cfg, Path(tmp))
+    if src_tok.vocab_size != tgt_tok.vocab_size:
+        raise DataError("separate source/target vocabularies must have the same size")
+
+    pairs, n_long = filter_long(
+        tokenize_pairs(train_text, src_tok, tgt_tok),
+        cfg.max_src_len,
+        cfg.max_tgt_len,
+        cfg.length_buckets,
+    )
+    log(
+        f"train: {len(pairs)} pairs"
+        + (f" ({n_long} longer than the limits dropped)" if n_long else "")
+    )
+    valid_pairs = None
+    if valid_text is not None:
+        valid_text, _ = drop_empty_pairs(valid_text)
+        valid_pairs, _ = filter_long(
+            tokenize_pairs(valid_text, src_tok, tgt_tok),
+            cfg.max_src_len,
+            cfg.max_tgt_len,
+            cfg.length_buckets,
+        )
+
+    model = build_model(model_cfg)
+    optimizer = make_optimizer(cfg)
+    key = jax.random.key(cfg.seed)
+    init_key, dropout_key = jax.random.split(key)
+    params = model.init(init_key)
+    n_params = count_params(params)
+    state = init_train_state(params, optimizer)
+    ckpt = checkpoint.Checkpointer(run_dir, keep_last=cfg.keep_last)
+    epoch, index = 0, 0
+    if ckpt.latest_step() is not None:
+        params, opt_state, meta = ckpt.restore(state.params, state.opt_state)
+        state = TrainState(jnp.asarray(meta["step"], jnp.int32), params, opt_state)
+        epoch, index = meta["epoch"], meta["index"]
+        log(f"restored step {meta['step']} (epoch {epoch}, batch {index})")
+    log(
+        f"model: {model_cfg.family} {n_params / 1e6:.2f}M parameters; "
+        f"setup {time.monotonic() - t_setup:.1f}s"
+    )
+
+    train_step = make_train_step(
+        model, optimizer, label_smoothing=cfg.label_smoothing, pad_id=model_cfg.pad_id
+    )
+    eval_step = make_eval_step(model, pad_id=model_cfg.pad_id)
+    valid_decode = decode_cfg or DecodeConfig(method="greedy", batch_size=64)
+
+    def validate(params: Any) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if valid_pairs is None or len(valid_pairs) == 0:
+            return out
+        out.update(evaluate_loss(eval_step, params, valid_pairs, cfg, model_cfg))
+        n = min(cfg.valid_bleu_sentences, len(valid_text))
+        if n:
+            from seqjax.inference import Translator  # local: avoids an import cycle
+
+            tr = Translator(model, params, src_tok, tgt_tok, model_cfg)
+            hyps = tr.translate(valid_text.src[:n], valid_decode)
+            s = corpus_scores(hyps, valid_text.tgt[:n])
+            out.update(valid_bleu=s.bleu, valid_chrf=s.chrf)
+        return out
+
+    metrics_path = run_dir / "metrics.jsonl"
+    step = int(state.step)
+    start = time.monotonic()
+    budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
+    progress = Progress(cfg.total_steps if math.isinf(budget) else None, "train", unit="steps")
+    progress.n = step
+    window: list[dict[str, jax.Array]] = []
+    last_valid: dict[str, float] = {}
+    t_window = time.monotonic()
+    batches = iterate_batches(
+        pairs,
+        seed=cfg.seed,
+        batch_tokens=cfg.batch_tokens,
+        buckets=cfg.length_buckets,
+        start_epoch=epoch,
+        start_index=index,
+    )
+
+    def save(valid_score: float | None = None) -> None:
+        # (epoch, index) is the next batch to train on: a resume starts exactly there.
+        meta = {
+            "step": step,
+            "epoch": epoch,
+            "index": index,
+            "minutes": (time.monotonic() - start) / 60,
+        }
+        ckpt.save(step, state.params, state.opt_state, meta, valid_score=valid_score)
+
+    def write_metrics(record: dict[str, Any]) -> None:
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    interrupted = False
+    try:
+        while step < cfg.total_steps and time.monotonic() - start < budget:
+            batch_epoch, batch_index, batch = next(batches)
+            state, m = train_step(state, _to_device(batch), dropout_key)
+            step += 1
+            epoch, index = batch_epoch, batch_index + 1
+            window.append(m)
+            if step % cfg.log_every == 0:
+                host = jax.device_get(window)
+                window = []
+                tokens = sum(float(w["tokens"]) for w in host)
+                nll = sum(float(w["nll_sum"]) for w in host)
+                dt = time.monotonic() - t_window
+                t_window = time.monotonic()
+                rec = {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": float(np.mean([float(w["loss"]) for w in host])),
+                    "train_nll": nll / max(tokens, 1.0),
+                    "grad_norm": float(np.mean([float(w["grad_norm"]) for w in host])),
+                    "skipped": int(sum(int(w["skipped"]) for w in host)),
+                    "tgt_tok_per_s": tokens / max(dt, 1e-9),
+                    "minutes": (time.monotonic() - start) / 60,
+                }
+                write_metrics(rec)
+                progress.update(
+                    cfg.log_every,
+                    loss=rec["loss"],
+                    tok_s=int(rec["tgt_tok_per_s"]),
+                    epoch=epoch,
+                    min=round(rec["minutes"], 1),
+                )
+            if step % cfg.eval_every == 0:
+                last_valid = validate(state.params)
+                write_metrics({"step": step, **last_valid})
+                log(
+                    "\n"
+                    + f"step {step}: "
+                    + " ".join(f"{k}={v:.4g}" for k, v in last_valid.items())
+                )
+                save(last_valid.get("valid_bleu", -last_valid.get("valid_nll", 0.0)))
+            elif step % cfg.save_every == 0:
+                save()
+    except KeyboardInterrupt:
+        interrupted = True
+        log(f"\ninterrupted at step {step}; saving a checkpoint")
+    progress.close()
+    minutes = (time.monotonic() - start) / 60
+    if not interrupted:
+        last_valid = validate(state.params)
+        write_metrics({"step": step, **last_valid, "final": True})
+        log(f"final step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in last_valid.items()))
+    save(None if interrupted else last_valid.get("valid_bleu", -last_valid.get("valid_nll", 0.0)))
+    ckpt.wait()
+    ckpt.close()
+    if interrupted:
+        log(f"saved step {step} in {run_dir}; rerun the same command to resume")
+        raise KeyboardInterrupt
+    return TrainResult(run_dir, step, last_valid, minutes, n_params)

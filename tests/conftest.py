@@ -1,0 +1,30 @@
+"""Shared tiny fixtures: JAX compile time dominates small tests, so build things once."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Keep CPU tests deterministic and quiet regardless of the developer's environment.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+@pytest.fixture(scope="session")
+def toy_corpus(tmp_path_factory):
+    """A small synthetic parallel corpus on disk: target = reversed, upper-cased source words."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    words = "alpha beta gamma delta eps zeta eta theta iota kappa lambda mu".split()
+    d = tmp_path_factory.mktemp("corpus")
+    src, tgt = [], []
+    for _ in range(300):
+        n = int(rng.integers(2, 7))
+        s = [words[i] for i in rng.integers(0, len(words), n)]
+        src.append(" ".join(s))
+        tgt.append(" ".join(w.upper() for w in reversed(s)))
+    for name, lines in [("train.src", src[:260]), ("train.tgt", tgt[:260]),
+                        ("valid.src", src[260:]), ("valid.tgt", tgt[260:])]:  # fmt: skip
+        (d / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return d
