@@ -70,7 +70,7 @@ def test_dropout_only_in_training():
 
 
 @pytest.mark.parametrize(
-    "name, lo, hi", [("tiny", 1e4, 1e5), ("small", 2e6, 1e7), ("base", 4e7, 8e7)]
+    "name, lo, hi", [("tiny", 1e4, 1e5), ("small", 1e6, 1e7), ("base", 4e7, 8e7)]
 )
 def test_preset_sizes(name, lo, hi):
     cfg = model_preset(name)
