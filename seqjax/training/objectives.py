@@ -46,65 +46,25 @@ from seqjax.decoding.scoring import target_mask
 from seqjax.metrics.bleu import sentence_bleu
 from seqjax.training.losses import smoothed_cross_entropy
 from seqjax.training.schedules import constant_schedule
-from seqjax.training.steps import Batch, TrainState
+from seqjax.training.steps import (
+    Batch,
+    LossFn,
+    Metrics,
+    Step,
+    TrainState,
+    apply_if_finite,
+    build_step,
+    token_loss,
+)
 
-Metrics = dict[str, jax.Array]
-Step = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]
-# loss_fn(params, batch, key, step) -> (loss, metrics); metrics hold nll_sum and tokens.
-LossFn = Callable[[Any, Batch, jax.Array, jax.Array], tuple[jax.Array, Metrics]]
 Schedule = Callable[[jax.Array], jax.Array]
 
 
 # -- shared step machinery ---------------------------------------------------------------
 
 
-def apply_if_finite(
-    optimizer: optax.GradientTransformation, state: TrainState, loss: jax.Array, grads: Any
-) -> tuple[TrainState, jax.Array, jax.Array]:
-    """One optimizer update, kept only if ``loss`` and the gradient norm are finite.
-
-    Returns ``(new_state, ok bool[], grad_norm float32[])``; the step counter always
-    advances (as in ``make_train_step``), so a skipped batch is not retried.
-    """
-    grad_norm = optax.global_norm(grads)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-    new_state = TrainState(
-        state.step + 1, keep(new_params, state.params), keep(new_opt, state.opt_state)
-    )
-    return new_state, ok, grad_norm
-
-
-def build_step(loss_fn: LossFn, optimizer: optax.GradientTransformation) -> Step:
-    """Jitted ``step(state, batch, key) -> (state, metrics)`` minimising ``loss_fn``."""
-
-    def step(state: TrainState, batch: Batch, key: jax.Array):
-        key = jax.random.fold_in(key, state.step)
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, batch, key, state.step
-        )
-        new_state, ok, grad_norm = apply_if_finite(optimizer, state, loss, grads)
-        skipped = 1 - ok.astype(jnp.int32)
-        return new_state, {**metrics, "loss": loss, "grad_norm": grad_norm, "skipped": skipped}
-
-    return jax.jit(step, donate_argnums=(0,))
-
-
 def _as_schedule(schedule: Schedule | float) -> Schedule:
     return constant_schedule(float(schedule)) if isinstance(schedule, int | float) else schedule
-
-
-def _token_loss(
-    logits_BxTxV: jax.Array, batch: Batch, label_smoothing: float, pad_id: int
-) -> tuple[jax.Array, Metrics]:
-    """Per-token mean label-smoothed CE against ``tgt_out`` (what ``make_train_step`` uses)."""
-    mask = batch["tgt_out"] != pad_id
-    loss_sum, nll_sum, n = smoothed_cross_entropy(
-        logits_BxTxV, batch["tgt_out"], mask, label_smoothing
-    )
-    return loss_sum / jnp.maximum(n, 1.0), {"nll_sum": nll_sum, "tokens": n}
 
 
 def _predict(logits_NxV: jax.Array, key: jax.Array, sample_tokens: bool, temperature: float):
@@ -270,7 +230,7 @@ def make_scheduled_sampling_loss(
         if mode == "parallel" or loss_pass == "forward":
             # the same dropout key as make_train_step: eps = 1 reproduces it exactly
             logits = model.forward(params, src, src != pad_id, fed, dropout_rng=dropout_key)
-        loss, metrics = _token_loss(logits, batch, label_smoothing, pad_id)
+        loss, metrics = token_loss(logits, batch, label_smoothing, pad_id)
         real = (tgt_in != pad_id).at[:, 0].set(False)
         gold = jnp.sum((fed == tgt_in) & real) / jnp.maximum(jnp.sum(real), 1)
         return loss, {**metrics, "tf_prob": eps, "gold_fraction": gold}
@@ -479,7 +439,7 @@ def make_mrt_loss(
 
         # reference NLL (logged; the MLE term) from the reference's own rows
         ref_logits = logits.reshape(B, C, L, -1)[:, 0]
-        mle, ref_metrics = _token_loss(ref_logits, {"tgt_out": ref_BxL}, label_smoothing, pad_id)
+        mle, ref_metrics = token_loss(ref_logits, {"tgt_out": ref_BxL}, label_smoothing, pad_id)
         loss = risk + mle_weight * mle if mle_weight else risk
         sampled = valid_BxC & ~ref_row & (row[:, None] > 0)
         metrics = {

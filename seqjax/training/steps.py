@@ -29,54 +29,78 @@ def init_train_state(params: Any, optimizer: optax.GradientTransformation) -> Tr
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
 
+Metrics = dict[str, jax.Array]
+Step = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]
+# loss_fn(params, batch, key, step) -> (loss, metrics); metrics hold nll_sum and tokens.
+LossFn = Callable[[Any, Batch, jax.Array, jax.Array], tuple[jax.Array, Metrics]]
+
+
+def token_loss(
+    logits_BxTxV: jax.Array, batch: Batch, label_smoothing: float, pad_id: int
+) -> tuple[jax.Array, Metrics]:
+    """Per-token mean label-smoothed CE against ``tgt_out``, plus ``nll_sum``/``tokens``."""
+    mask = batch["tgt_out"] != pad_id
+    loss_sum, nll_sum, n = smoothed_cross_entropy(
+        logits_BxTxV, batch["tgt_out"], mask, label_smoothing
+    )
+    return loss_sum / jnp.maximum(n, 1.0), {"nll_sum": nll_sum, "tokens": n}
+
+
+def apply_if_finite(
+    optimizer: optax.GradientTransformation, state: TrainState, loss: jax.Array, grads: Any
+) -> tuple[TrainState, jax.Array, jax.Array]:
+    """One optimizer update, kept only if ``loss`` and the gradient norm are finite.
+
+    Returns ``(new_state, ok bool[], grad_norm float32[])``; the step counter always
+    advances, so a skipped batch is not retried.
+    """
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+    new_state = TrainState(
+        state.step + 1, keep(new_params, state.params), keep(new_opt, state.opt_state)
+    )
+    return new_state, ok, grad_norm
+
+
+def build_step(loss_fn: LossFn, optimizer: optax.GradientTransformation) -> Step:
+    """Jitted ``step(state, batch, key) -> (state, metrics)`` minimising ``loss_fn``.
+
+    The key for an update is ``fold_in(key, state.step)``, so a resumed run draws
+    exactly the dropout masks and samples an uninterrupted run would. A step whose
+    loss or gradient is not finite leaves params and optimizer state unchanged and
+    reports ``skipped = 1``.
+    """
+
+    def step(state: TrainState, batch: Batch, key: jax.Array):
+        key = jax.random.fold_in(key, state.step)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, batch, key, state.step
+        )
+        new_state, ok, grad_norm = apply_if_finite(optimizer, state, loss, grads)
+        skipped = 1 - ok.astype(jnp.int32)
+        return new_state, {**metrics, "loss": loss, "grad_norm": grad_norm, "skipped": skipped}
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
 def make_train_step(
     model: Any,
     optimizer: optax.GradientTransformation,
     *,
     label_smoothing: float,
     pad_id: int,
-) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
-    """Build ``train_step(state, batch, dropout_key) -> (state, metrics)`` (jitted).
+) -> Step:
+    """Teacher-forced (MLE) ``train_step(state, batch, dropout_key) -> (state, metrics)``."""
 
-    The dropout key for an update is ``fold_in(dropout_key, state.step)``, so a resumed
-    run draws exactly the masks an uninterrupted run would. A step whose loss or
-    gradient is not finite leaves params and optimizer state unchanged and reports
-    ``skipped = 1``.
-    """
-
-    def loss_fn(params: Any, batch: Batch, key: jax.Array):
+    def loss_fn(params: Any, batch: Batch, key: jax.Array, step: jax.Array):
         src = batch["src"]
         logits = model.forward(params, src, src != pad_id, batch["tgt_in"], dropout_rng=key)
-        mask = batch["tgt_out"] != pad_id
-        loss_sum, nll_sum, n = smoothed_cross_entropy(
-            logits, batch["tgt_out"], mask, label_smoothing
-        )
-        n = jnp.maximum(n, 1.0)
-        return loss_sum / n, (nll_sum, n)
+        return token_loss(logits, batch, label_smoothing, pad_id)
 
-    def train_step(state: TrainState, batch: Batch, dropout_key: jax.Array):
-        key = jax.random.fold_in(dropout_key, state.step)
-        (loss, (nll_sum, n)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, batch, key
-        )
-        grad_norm = optax.global_norm(grads)
-        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-        new_state = TrainState(
-            state.step + 1, keep(new_params, state.params), keep(new_opt, state.opt_state)
-        )
-        metrics = {
-            "loss": loss,
-            "nll_sum": nll_sum,
-            "tokens": n,
-            "grad_norm": grad_norm,
-            "skipped": 1 - ok.astype(jnp.int32),
-        }
-        return new_state, metrics
-
-    return jax.jit(train_step, donate_argnums=(0,))
+    return build_step(loss_fn, optimizer)
 
 
 def make_eval_step(model: Any, *, pad_id: int) -> Callable[[Any, Batch], dict[str, jax.Array]]:
