@@ -54,7 +54,7 @@ def _apply_sets(sections: dict[str, dict[str, Any]], sets: list[str]) -> None:
 
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("decoding (default: beam 4 with GNMT length penalty 0.6)")
+    g = p.add_argument_group("decoding (default: beam 4, score = log-prob / length^1.0)")
     m = g.add_mutually_exclusive_group()
     m.add_argument("--greedy", action="store_true", help="greedy (argmax) decoding")
     m.add_argument(
@@ -66,11 +66,11 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
         "--contrastive", action="store_true", help="contrastive decoding (needs --amateur)"
     )
     g.add_argument("--beam", type=int, metavar="N", help="beam size (default 4)")
-    g.add_argument("--alpha", type=float, help="length penalty exponent (default 0.6; 0 = none)")
+    g.add_argument("--alpha", type=float, help="length penalty exponent (default 1.0; 0 = none)")
     g.add_argument(
         "--length-penalty",
         choices=["gnmt", "hf"],
-        help="gnmt: ((5+len)/6)^alpha (default); hf: len^alpha",
+        help="hf: len^alpha (default); gnmt: ((5+len)/6)^alpha",
     )
     g.add_argument(
         "--coverage", type=float, metavar="BETA", help="GNMT coverage penalty weight (default 0)"
@@ -152,6 +152,16 @@ def _train_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
         ("valid_src", "valid_src"),
         ("valid_tgt", "valid_tgt"),
         ("eval_every", "eval_every"),
+        ("objective", "objective"),
+        ("init_from", "init_from"),
+        ("ss_mode", "ss_mode"),
+        ("ss_schedule", "ss_schedule"),
+        ("ss_k", "ss_k"),
+        ("mrt_samples", "mrt_samples"),
+        ("mrt_alpha", "mrt_alpha"),
+        ("mrt_mle_weight", "mrt_mle_weight"),
+        ("teacher", "teacher"),
+        ("distill_temperature", "distill_temperature"),
     ]:
         v = getattr(args, flag)
         if v is not None:
@@ -173,7 +183,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"trained {result.step} steps in {result.minutes:.1f} min "
         f"({result.params / 1e6:.2f}M parameters) -> {result.run_dir}"
     )
-    if train_cfg.src is None and not args.no_test:
+    if train_cfg.src is None and not args.no_test and result.step > 0:
         from seqjax.evaluation import evaluate_split
 
         evaluate_split(
@@ -260,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="override any config field, e.g. --set model.d_model=128 (repeatable)",
     )
     t.add_argument(
-        "--max-minutes", type=float, help="wall-clock budget of the train loop (default 11; 0 = none)"
+        "--max-minutes",
+        type=float,
+        help="wall-clock budget of the train loop (default 11; 0 = none)",
     )
     t.add_argument("--steps", type=int, help="stop after this many steps (default 100000)")
     t.add_argument(
@@ -279,6 +291,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-every", type=int, help="validate (loss + BLEU) every N steps (default 500)"
     )
     t.add_argument("--no-test", action="store_true", help="skip the final test-set evaluation")
+    o = t.add_argument_group("objective (default mle: teacher forcing with label smoothing)")
+    o.add_argument(
+        "--objective",
+        choices=["mle", "scheduled-sampling", "mrt", "distill"],
+        help="training objective; mrt and distill usually start from --init-from",
+    )
+    o.add_argument(
+        "--init-from", metavar="DIR", help="start from this run's best params and tokenizer"
+    )
+    o.add_argument(
+        "--ss-mode",
+        choices=["parallel", "sequential"],
+        help="scheduled sampling: two-pass parallel (Transformer) or exact sequential scan",
+    )
+    o.add_argument(
+        "--ss-schedule",
+        type=lambda v: v.replace("-", "_"),
+        choices=["linear", "exponential", "inverse_sigmoid"],
+        help="decay of the gold-token probability (default inverse_sigmoid)",
+    )
+    o.add_argument("--ss-k", type=float, help="schedule constant k (see TrainConfig docs)")
+    o.add_argument("--mrt-samples", type=int, help="MRT candidates per source (default 8)")
+    o.add_argument(
+        "--mrt-alpha", type=float, help="MRT sharpness over summed log-probs (default 0.005)"
+    )
+    o.add_argument(
+        "--mrt-mle-weight", type=float, help="weight of token MLE mixed into MRT (default 0)"
+    )
+    o.add_argument("--teacher", metavar="DIR", help="distill: run directory of the teacher model")
+    o.add_argument(
+        "--distill-temperature", type=float, help="distill: softmax temperature T (default 2)"
+    )
     t.set_defaults(func=cmd_train)
 
     tr = sub.add_parser(

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -165,29 +166,33 @@ class Translator:
         return out
 
 
+def load_model(path: str | Path, *, which: str = "best") -> tuple[Any, Any]:
+    """``(model, params)`` of a run directory; ``which`` is ``best`` or ``latest``."""
+    from seqjax import checkpoint
+    from seqjax.models import build_model
+
+    model_cfg, _ = checkpoint.read_run_config(path)
+    model = build_model(model_cfg)
+    target = jax.eval_shape(model.init, jax.random.key(0))
+    ckpt = checkpoint.Checkpointer(path, async_save=False)
+    try:
+        params, _ = ckpt.restore_params(target, which=which)
+    finally:
+        ckpt.close()
+    return model, params
+
+
 def load(
-    path: str, *, decode_config: DecodeConfig | None = None, which: str = "best"
+    path: str | Path, *, decode_config: DecodeConfig | None = None, which: str = "best"
 ) -> Translator:
     """Restore a run directory (config + tokenizer + Orbax params) as a ``Translator``.
 
     ``which`` is ``best`` (best validation BLEU; falls back to latest) or ``latest``.
     """
-    from pathlib import Path
-
-    from seqjax import checkpoint
     from seqjax.data import load_tokenizers
-    from seqjax.models import build_model
 
-    run_dir = Path(path)
-    model_cfg, _ = checkpoint.read_run_config(run_dir)
-    src_tok, tgt_tok = load_tokenizers(run_dir / "tokenizer")
-    model = build_model(model_cfg)
-    target = jax.eval_shape(model.init, jax.random.key(0))
-    ckpt = checkpoint.Checkpointer(run_dir, async_save=False)
-    try:
-        params, _ = ckpt.restore_params(target, which=which)
-    finally:
-        ckpt.close()
+    model, params = load_model(path, which=which)
+    src_tok, tgt_tok = load_tokenizers(Path(path) / "tokenizer")
     return Translator(
-        model, params, src_tok, tgt_tok, model_cfg, decode_config=decode_config or DecodeConfig()
+        model, params, src_tok, tgt_tok, model.config, decode_config=decode_config or DecodeConfig()
     )

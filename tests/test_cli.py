@@ -146,3 +146,25 @@ def test_unknown_option_exits_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--no-such-flag"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--objective", "scheduled-sampling", "--ss-schedule", "inverse-sigmoid", "--ss-k", "2",
+         "--ss-mode", "parallel", "--set", "train.ss_warmup=0"],
+        ["--objective", "scheduled-sampling", "--ss-mode", "sequential", "--set", "train.ss_warmup=0"],
+        ["--objective", "mrt", "--mrt-samples", "3"],
+        ["--objective", "distill", "--teacher", "TRAINED"],
+    ],
+    ids=["ss-parallel", "ss-sequential", "mrt", "distill"],
+)  # fmt: skip
+def test_objectives_fine_tune_from_a_run(trained, toy_corpus, tmp_path, flags):
+    flags = [str(trained) if f == "TRAINED" else f for f in flags]
+    run = tmp_path / "tuned"
+    _train(run, toy_corpus, 5, "--init-from", str(trained), *flags)
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train"]["objective"] == flags[1]
+    assert cfg["model"] == json.loads((trained / "config.json").read_text())["model"]
+    losses = _losses(run)
+    assert losses and all(np.isfinite(v) for v in losses.values())

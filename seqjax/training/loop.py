@@ -43,8 +43,16 @@ from seqjax.metrics import corpus_scores
 from seqjax.models import build_model
 from seqjax.models.transformer import count_params
 from seqjax.progress import Progress
+from seqjax.training import objectives
 from seqjax.training.optimizer import make_optimizer
-from seqjax.training.steps import TrainState, init_train_state, make_eval_step, make_train_step
+from seqjax.training.schedules import make_teacher_forcing_schedule
+from seqjax.training.steps import (
+    Step,
+    TrainState,
+    init_train_state,
+    make_eval_step,
+    make_train_step,
+)
 
 # Fields that may differ between the first run and a resume (they do not change what is
 # being trained, only for how long and how often it reports).
@@ -129,6 +137,42 @@ def evaluate_loss(
     }
 
 
+def make_objective_step(cfg: TrainConfig, model: Any, optimizer: Any) -> Step:
+    """The jitted ``step(state, batch, key) -> (state, metrics)`` for ``cfg.objective``."""
+    mc: ModelConfig = model.config
+    ids = dict(pad_id=mc.pad_id, bos_id=mc.bos_id, eos_id=mc.eos_id)
+    if cfg.objective == "scheduled-sampling":
+        schedule = make_teacher_forcing_schedule(
+            cfg.ss_schedule, k=cfg.ss_k, c=cfg.ss_c, eps_min=cfg.ss_eps_min, warmup=cfg.ss_warmup
+        )
+        return objectives.make_scheduled_sampling_step(
+            model, optimizer, schedule=schedule, mode=cfg.ss_mode,
+            label_smoothing=cfg.label_smoothing, pad_id=mc.pad_id, sample_tokens=cfg.ss_sample,
+        )  # fmt: skip
+    if cfg.objective == "mrt":
+        return objectives.make_mrt_step(
+            model, optimizer, num_samples=cfg.mrt_samples, alpha=cfg.mrt_alpha,
+            mle_weight=cfg.mrt_mle_weight, include_reference=cfg.mrt_include_reference,
+            candidates=cfg.mrt_candidates, label_smoothing=cfg.label_smoothing, **ids,
+        )  # fmt: skip
+    if cfg.objective == "distill":
+        from seqjax.inference import load_model
+
+        teacher, teacher_params = load_model(cfg.teacher)
+        if teacher.config.vocab_size != mc.vocab_size:
+            raise DataError(
+                f"teacher {cfg.teacher} has vocab {teacher.config.vocab_size}, student "
+                f"{mc.vocab_size}; distill from a teacher trained with the same tokenizer "
+                "(start the student with --init-from the teacher or its tokenizer)"
+            )
+        step = objectives.make_distill_step(
+            model, optimizer, teacher_model=teacher, temperature=cfg.distill_temperature,
+            top_p=cfg.distill_top_p, **ids,
+        )  # fmt: skip
+        return lambda state, batch, key: step(state, batch, key, teacher_params)[:2]
+    return make_train_step(model, optimizer, label_smoothing=cfg.label_smoothing, pad_id=mc.pad_id)
+
+
 def train(
     model_cfg: ModelConfig,
     cfg: TrainConfig,
@@ -155,6 +199,13 @@ def train(
         cfg = _check_resume_config(saved_cfg, cfg, run_dir)
         src_tok, tgt_tok = load_tokenizers(run_dir / "tokenizer")
         log(f"resuming {run_dir}")
+    elif cfg.init_from is not None:
+        # Fine-tuning keeps the starting model's architecture and tokenizer.
+        model_cfg, _ = checkpoint.read_run_config(cfg.init_from)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_run_files(run_dir, model_cfg, cfg, Path(cfg.init_from) / "tokenizer")
+        src_tok, tgt_tok = load_tokenizers(run_dir / "tokenizer")
+        log(f"starting from {cfg.init_from} ({cfg.objective})")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
@@ -200,7 +251,12 @@ def train(
     optimizer = make_optimizer(cfg)
     key = jax.random.key(cfg.seed)
     init_key, dropout_key = jax.random.split(key)
-    params = model.init(init_key)
+    if cfg.init_from is not None:
+        from seqjax.inference import load_model
+
+        params = load_model(cfg.init_from)[1]
+    else:
+        params = model.init(init_key)
     n_params = count_params(params)
     state = init_train_state(params, optimizer)
     ckpt = checkpoint.Checkpointer(run_dir, keep_last=cfg.keep_last)
@@ -215,9 +271,7 @@ def train(
         f"setup {time.monotonic() - t_setup:.1f}s"
     )
 
-    train_step = make_train_step(
-        model, optimizer, label_smoothing=cfg.label_smoothing, pad_id=model_cfg.pad_id
-    )
+    train_step = make_objective_step(cfg, model, optimizer)
     eval_step = make_eval_step(model, pad_id=model_cfg.pad_id)
     valid_decode = decode_cfg or DecodeConfig(method="greedy", batch_size=64)
 
