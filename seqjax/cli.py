@@ -54,7 +54,7 @@ def _apply_sets(sections: dict[str, dict[str, Any]], sets: list[str]) -> None:
 
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("decoding (default: beam 4, score = log-prob / length^1.0)")
+    g = p.add_argument_group("decoding (default: beam 4 with GNMT length penalty, alpha 0.6)")
     m = g.add_mutually_exclusive_group()
     m.add_argument("--greedy", action="store_true", help="greedy (argmax) decoding")
     m.add_argument(
@@ -66,11 +66,11 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
         "--contrastive", action="store_true", help="contrastive decoding (needs --amateur)"
     )
     g.add_argument("--beam", type=int, metavar="N", help="beam size (default 4)")
-    g.add_argument("--alpha", type=float, help="length penalty exponent (default 1.0; 0 = none)")
+    g.add_argument("--alpha", type=float, help="length penalty exponent (default 0.6; 0 = none)")
     g.add_argument(
         "--length-penalty",
         choices=["gnmt", "hf"],
-        help="hf: len^alpha (default); gnmt: ((5+len)/6)^alpha",
+        help="gnmt: ((5+len)/6)^alpha (default); hf: len^alpha",
     )
     g.add_argument(
         "--coverage", type=float, metavar="BETA", help="GNMT coverage penalty weight (default 0)"

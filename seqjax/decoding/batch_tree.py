@@ -49,4 +49,7 @@ def gather_rows(tree: Any, rows_N: jax.Array) -> Any:
     >>> gather_rows(jnp.array([10, 20, 30]), jnp.array([2, 2, 0])).tolist()
     [30, 30, 10]
     """
-    return jax.tree.map(lambda x: x if jnp.ndim(x) == 0 else jnp.take(x, rows_N, axis=0), tree)
+    # "clip": decoders pass in-range rows; the default "fill" mode adds a select per leaf.
+    return jax.tree.map(
+        lambda x: x if jnp.ndim(x) == 0 else jnp.take(x, rows_N, axis=0, mode="clip"), tree
+    )

@@ -58,6 +58,28 @@ def _take_beams(x_BxKx: jax.Array, beam_BxJ: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x_BxKx, idx, axis=1)
 
 
+def reorder_cache(new_cache: Any, old_cache: Any, rows_N: jax.Array) -> Any:
+    """``gather_rows(new_cache, rows_N)``, skipping leaves the step passed through.
+
+    ``rows_N`` only permutes rows within each source's block of ``K`` beams, and the
+    loop's cache starts as ``K`` identical copies of each source row. A leaf that the
+    step function returns unchanged (the very same array, e.g. the encoder memory or
+    projected cross-attention keys/values) therefore stays identical within every block
+    and the gather would be a no-op copy of it at every step.
+    """
+    new_leaves, treedef = jax.tree.flatten(new_cache)
+    old_leaves, old_treedef = jax.tree.flatten(old_cache)
+    if treedef != old_treedef:
+        return gather_rows(new_cache, rows_N)
+    return jax.tree.unflatten(
+        treedef,
+        [
+            new if new is old else gather_rows(new, rows_N)
+            for new, old in zip(new_leaves, old_leaves, strict=True)
+        ],
+    )
+
+
 def _set_column(x_BxJxL: jax.Array, value_BxJ: jax.Array, position: jax.Array) -> jax.Array:
     return lax.dynamic_update_index_in_dim(x_BxJxL, value_BxJ, position, axis=2)
 
@@ -128,9 +150,15 @@ def run_beam_loop(
             lp = jnp.take_along_axis(lp, token_BxJ[..., None], axis=2)[..., 0]
             return tokens, _set_column(_take_beams(s.live_log_probs, beam_BxJ), lp, t)
 
+        # An EOS extension is only accepted when it ranks among the K best candidates of
+        # this step by raw total (as fairseq and HuggingFace do). Accepting every beam's
+        # EOS would let a weak model's beam keep an early, barely-likely EOS that the
+        # search itself never ranked, and beam 1 would no longer equal greedy.
+        kth_B = lax.top_k(totals_BxKxV.reshape(B, K * V), K)[0][:, K - 1]
+        ranked_BxKxV = totals_BxKxV >= kth_B[:, None, None]
         # Finished: best M new ones (penalised), merged with the M kept so far.
         new_fin = penalised(totals_BxKxV, t + 1, coverage)
-        new_fin = jnp.where(finishing_V, new_fin, -jnp.inf).reshape(B, K * V)
+        new_fin = jnp.where(finishing_V & ranked_BxKxV, new_fin, -jnp.inf).reshape(B, K * V)
         fin_scores, flat = lax.top_k(new_fin, M)
         fin_tokens, fin_lp = extend(flat // V, flat % V)
         all_scores = jnp.concatenate([s.finished_scores, fin_scores], axis=1)
@@ -165,7 +193,7 @@ def run_beam_loop(
             live_log_probs=live_lp,
             live_scores=live_scores,
             live_coverage=_take_beams(coverage, beam_BxK),
-            cache=gather_rows(step.cache, rows_N),
+            cache=reorder_cache(step.cache, s.cache, rows_N),
             done=s.done | (all_scores[:, M - 1] >= bound_B),
             finished_tokens=finished_tokens,
             finished_log_probs=finished_lp,

@@ -61,10 +61,20 @@ def numeric_options(config: DecodeConfig) -> dict[str, jax.Array]:
     }
 
 
+# DecodeConfig fields that never reach a compiled decoder: the PRNG seed (callers pass
+# ``key=``) and the host-side batch size (the batch shape is a separate cache key).
+HOST_FIELDS = ("seed", "batch_size")
+
+
 def static_part(config: DecodeConfig) -> DecodeConfig:
-    """``config`` with its numeric options reset to defaults: a jit cache key for the rest."""
+    """``config`` with its numeric and host-side options reset: a jit cache key for the rest.
+
+    Pass the PRNG key explicitly (``decode(..., key=...)``) when decoding with it: its
+    ``seed`` is reset too, so a new seed does not recompile.
+    """
     defaults = DecodeConfig()
-    return dataclasses.replace(config, **{f: getattr(defaults, f) for f in NUMERIC_FIELDS})
+    reset = (*NUMERIC_FIELDS, *HOST_FIELDS)
+    return dataclasses.replace(config, **{f: getattr(defaults, f) for f in reset})
 
 
 def _numeric(value: Any, kind: type) -> Any:

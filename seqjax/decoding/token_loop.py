@@ -24,9 +24,16 @@ ChooseFn = Callable[[jax.Array, jax.Array | None], jax.Array]
 
 
 def choose_argmax(scores_NxV: jax.Array, key: jax.Array | None) -> jax.Array:
-    """Greedy choice (lowest id among ties)."""
+    """Greedy choice (lowest id among ties).
+
+    Two plain reductions (max, then the lowest index holding it): the same result as
+    ``jnp.argmax`` for non-NaN scores, and cheaper on CPU than its variadic reduce.
+    """
     del key
-    return jnp.argmax(scores_NxV, axis=-1).astype(jnp.int32)
+    vocab_size = scores_NxV.shape[-1]
+    best_N1 = jnp.max(scores_NxV, axis=-1, keepdims=True)
+    iota = lax.broadcasted_iota(jnp.int32, scores_NxV.shape, scores_NxV.ndim - 1)
+    return jnp.min(jnp.where(scores_NxV == best_N1, iota, vocab_size), axis=-1)
 
 
 def choose_categorical(scores_NxV: jax.Array, key: jax.Array | None) -> jax.Array:
@@ -83,6 +90,10 @@ def run_token_loop(
         forced = None if prefix_NxP is None else forced_tokens(prefix_NxP, forced_len_N, t)
         scores = selection_scores((step.scores, step.allowed), forced)
         token = choose_fn(scores, None if key is None else jax.random.fold_in(key, t))
+        # A dead end (no pickable token has a finite score, e.g. a model that masks its
+        # vocabulary while min_len bans EOS) ends the row rather than emitting PAD.
+        dead_N = ~jnp.any(scores > -jnp.inf, axis=-1)
+        token = jnp.where(dead_N, eos_id, token).astype(jnp.int32)
         if forced is not None:  # exact even if the scores underflowed to -inf
             token = jnp.where(forced[0], forced[1], token)
         token = jnp.where(s.done, pad_id, token).astype(jnp.int32)

@@ -105,6 +105,25 @@ def _check_resume_config(saved: TrainConfig, given: TrainConfig, run_dir: Path) 
     return dataclasses.replace(saved, **{k: b[k] for k in RUNTIME_FIELDS})
 
 
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records past ``step`` (written by a run killed after its last checkpoint).
+
+    The resumed run rewrites those steps, so the file stays one record per step; a torn
+    last line (killed mid-write) is dropped too.
+    """
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and rec.get("step", 0) <= step:
+            keep.append(line + "\n")
+    path.write_text("".join(keep), encoding="utf-8")
+
+
 def _to_device(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     return {k: jnp.asarray(v) for k, v in batch.items()}
 
@@ -189,6 +208,8 @@ def train(
     run_dir = Path(run_dir)
     t_setup = time.monotonic()
     train_text, valid_text = load_training_data(cfg)
+    if train_text.n_control:
+        log(f"warning: replaced {train_text.n_control} control character(s) in the training data")
     train_text, n_empty = drop_empty_pairs(train_text)
     if n_empty:
         log(f"skipped {n_empty} training pairs with an empty side")
@@ -292,6 +313,7 @@ def train(
 
     metrics_path = run_dir / "metrics.jsonl"
     step = int(state.step)
+    _truncate_metrics(metrics_path, step)
     start = time.monotonic()
     budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
     progress = Progress(cfg.total_steps if math.isinf(budget) else None, "train", unit="steps")
