@@ -280,7 +280,8 @@ class Checkpointer:
     """
 
     def __init__(self, run_dir: str | Path, keep_last: int = 2, async_save: bool = True):
-        self.run_dir = Path(run_dir)
+        # Orbax requires absolute paths (a relative one fails inside its async writer).
+        self.run_dir = Path(run_dir).absolute()
         if not self.run_dir.is_dir():
             raise _no_run_dir(self.run_dir)
         if keep_last < 1:

@@ -417,3 +417,21 @@ def test_incompatible_format_and_bad_fields(tmp_path: Path):
     path.write_text(json.dumps(doc))
     with pytest.raises(CheckpointError, match=r"config.json \[model\]: unknown ModelConfig field"):
         read_run_config(run)
+
+
+def test_relative_run_dir_saves_and_restores(tmp_path, monkeypatch):
+    """`seqjax train --out runs/default` passes a relative path; Orbax needs absolute ones."""
+    import jax.numpy as jnp
+
+    from seqjax.checkpoint import Checkpointer
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rel").mkdir()
+    params = {"w": jnp.arange(6.0).reshape(2, 3)}
+    ck = Checkpointer("rel", keep_last=1, async_save=True)
+    ck.save(1, params, {"count": jnp.zeros(())}, {"note": "x"})
+    ck.wait()
+    restored, _ = ck.restore_params(params, which="latest")
+    ck.close()
+    assert (tmp_path / "rel" / "checkpoints" / "1").is_dir()
+    assert float(restored["w"][1, 2]) == 5.0
