@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model (default: the small Transformer on the bundled en->fr corpus)",
         description="Train a model into --out. Rerunning with the same --out resumes from its "
         "latest checkpoint. With no options: the 'small' preset on the bundled Bible en->fr "
-        "corpus for 11 minutes, then test BLEU/chrF and sample translations.",
+        "corpus for 10 minutes, then test BLEU/chrF and sample translations.",
     )
     t.add_argument("--out", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")
     t.add_argument(
@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--max-minutes",
         type=float,
-        help="wall-clock budget of the train loop (default 11; 0 = none)",
+        help="wall-clock budget of the train loop (default 10; 0 = none)",
     )
     t.add_argument("--steps", type=int, help="stop after this many steps (default 100000)")
     t.add_argument(
@@ -370,12 +370,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from seqjax.checkpoint import CheckpointError
     from seqjax.data import DataError
+    from seqjax.training.loop import TrainingDiverged
 
     try:
         return args.func(args)
     except (UsageError, ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
         print(f"seqjax: error: {e}", file=sys.stderr)
         return 2
+    except TrainingDiverged as e:
+        print(f"seqjax: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -250,7 +250,7 @@ class TrainConfig:
     warmup_steps: int = 300
     schedule: str = "inverse_sqrt"  # or "cosine"
     total_steps: int = 100_000  # horizon for cosine; the run stops at max_minutes too
-    max_minutes: float = 11.0  # wall-clock budget of the train loop; 0 = no limit
+    max_minutes: float = 10.0  # wall-clock budget of the train loop; 0 = no limit
     weight_decay: float = 0.01
     clip_norm: float = 1.0
     adam_b2: float = 0.98
@@ -261,6 +261,7 @@ class TrainConfig:
     save_every: int = 500
     keep_last: int = 2
     log_every: int = 50
+    max_bad_steps: int = 20  # consecutive non-finite (skipped) steps before the run stops
     # Objective: mle (teacher forcing), scheduled-sampling, mrt, distill.
     objective: str = "mle"
     init_from: str | None = None  # run directory whose best params start this run
@@ -307,6 +308,7 @@ class TrainConfig:
         )
         _check(0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)")
         _check(self.keep_last >= 1, "keep_last must be >= 1")
+        _check(self.max_bad_steps >= 1, "max_bad_steps must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -168,3 +168,18 @@ def test_objectives_fine_tune_from_a_run(trained, toy_corpus, tmp_path, flags):
     assert cfg["model"] == json.loads((trained / "config.json").read_text())["model"]
     losses = _losses(run)
     assert losses and all(np.isfinite(v) for v in losses.values())
+
+
+def test_run_stops_after_consecutive_non_finite_steps(toy_corpus, tmp_path, capsys):
+    run = tmp_path / "diverged"
+    args = ["train", "--out", str(run), "--steps", "60", *TINY, "--lr", "1e30",
+            "--set", "train.max_bad_steps=5", "--set", "train.save_every=1",
+            "--src", str(toy_corpus / "train.src"), "--tgt", str(toy_corpus / "train.tgt")]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("seqjax: error: stopped at step") and "consecutive" in err
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert recs[-1]["step"] < 60 and recs[-1]["skipped"] == 5
+    # The checkpoint left behind holds finite parameters (skipped updates never land).
+    params = load(str(run), which="latest").params
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))

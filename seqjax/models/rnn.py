@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -45,9 +45,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqjax.config import ModelConfig
-
-Params = Any
-Cache = dict[str, Any]
+from seqjax.models.interface import Cache, EncoderDecoder
 
 _NEG_INF = -1e9  # large finite negative: keeps an all-PAD row finite (no NaN)
 
@@ -372,63 +370,7 @@ class RNNNet(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class RNN:
-    """Pure-function interface over ``RNNNet`` (params are an explicit pytree)."""
+class RNN(EncoderDecoder):
+    """The bi-LSTM encoder / attentional LSTM decoder on the shared interface."""
 
-    config: ModelConfig
-
-    @property
-    def net(self) -> RNNNet:
-        return RNNNet(self.config)
-
-    def init(self, key: jax.Array) -> Params:
-        """Random parameters (``{"params": ...}``) for this configuration."""
-        src = jnp.ones((1, 4), jnp.int32)
-        return self.net.init(key, src, src > 0, src)
-
-    def encode(self, params: Params, src_BxS: jax.Array, src_mask_BxS: jax.Array) -> jax.Array:
-        """Bi-LSTM output ``memory [B, S, 2H]`` (0 at padding)."""
-        return self.net.apply(params, src_BxS, src_mask_BxS, method=RNNNet.encode)
-
-    def init_cache(
-        self, params: Params, memory_BxSxM: jax.Array, src_mask_BxS: jax.Array, max_len: int
-    ) -> Cache:
-        """Initial decoder state plus projected memory (fixed size; ``max_len`` unused)."""
-        return self.net.apply(params, memory_BxSxM, src_mask_BxS, max_len, method=RNNNet.init_cache)
-
-    def decode_step(
-        self, params: Params, cache: Cache, token_B: jax.Array, position: jax.Array
-    ) -> tuple[jax.Array, Cache, jax.Array]:
-        """One target position: ``(logits [B, V], new cache, cross-attention [B, S])``."""
-        return self.net.apply(
-            params, cache, token_B, jnp.asarray(position, jnp.int32), method=RNNNet.decode_step
-        )
-
-    def step_fn(self, params: Params) -> Callable:
-        """``step_fn(tokens [B], position [], cache)`` for ``seqjax.decoding``."""
-
-        def step(token_B: jax.Array, position: jax.Array, cache: Cache):
-            return self.decode_step(params, cache, token_B, position)
-
-        return step
-
-    def forward(
-        self,
-        params: Params,
-        src_BxS: jax.Array,
-        src_mask_BxS: jax.Array,
-        tgt_in_BxT: jax.Array,
-        *,
-        dropout_rng: jax.Array | None = None,
-    ) -> jax.Array:
-        """Teacher-forced logits ``[B, T, V]``; dropout is on iff ``dropout_rng`` is given."""
-        train = dropout_rng is not None
-        return self.net.apply(
-            params,
-            src_BxS,
-            src_mask_BxS,
-            tgt_in_BxT,
-            not train,
-            rngs={"dropout": dropout_rng} if train else None,
-            method=RNNNet.forward,
-        )
+    net_class = RNNNet

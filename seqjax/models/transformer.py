@@ -46,9 +46,7 @@ import numpy as np
 from jax import lax
 
 from seqjax.config import ModelConfig
-
-Params = Any
-Cache = dict[str, Any]
+from seqjax.models.interface import Cache, EncoderDecoder, Params
 
 _NEG_INF = -1e9  # large finite negative: keeps fully masked rows finite (no NaN)
 
@@ -388,31 +386,10 @@ class TransformerNet(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class Transformer:
-    """Pure-function interface over ``TransformerNet`` (params are an explicit pytree)."""
+class Transformer(EncoderDecoder):
+    """The Transformer on the shared interface; incremental decoding uses a fast path."""
 
-    config: ModelConfig
-
-    @property
-    def net(self) -> TransformerNet:
-        return TransformerNet(self.config)
-
-    def init(self, key: jax.Array) -> Params:
-        """Random parameters (``{"params": ...}``) for this configuration."""
-        src = jnp.ones((1, 4), jnp.int32)
-        return self.net.init(key, src, src > 0, src)
-
-    def encode(self, params: Params, src_BxS: jax.Array, src_mask_BxS: jax.Array) -> jax.Array:
-        """Encoder output ``memory [B, S, D]`` (padding positions are masked downstream)."""
-        return self.net.apply(params, src_BxS, src_mask_BxS, method=TransformerNet.encode)
-
-    def init_cache(
-        self, params: Params, memory_BxSxD: jax.Array, src_mask_BxS: jax.Array, max_len: int
-    ) -> Cache:
-        """Empty self-attention cache for ``max_len`` steps plus projected memory."""
-        return self.net.apply(
-            params, memory_BxSxD, src_mask_BxS, max_len, method=TransformerNet.init_cache
-        )
+    net_class = TransformerNet
 
     def decode_step(
         self, params: Params, cache: Cache, token_B: jax.Array, position: jax.Array
@@ -434,27 +411,6 @@ class Transformer:
             return fast_decode_step(self.config, weights, cache, token_B, position)
 
         return step
-
-    def forward(
-        self,
-        params: Params,
-        src_BxS: jax.Array,
-        src_mask_BxS: jax.Array,
-        tgt_in_BxT: jax.Array,
-        *,
-        dropout_rng: jax.Array | None = None,
-    ) -> jax.Array:
-        """Teacher-forced logits ``[B, T, V]``; dropout is on iff ``dropout_rng`` is given."""
-        train = dropout_rng is not None
-        return self.net.apply(
-            params,
-            src_BxS,
-            src_mask_BxS,
-            tgt_in_BxT,
-            not train,
-            rngs={"dropout": dropout_rng} if train else None,
-            method=TransformerNet.forward,
-        )
 
 
 # -- incremental decoding on decode-layout weights ---------------------------------

@@ -64,6 +64,7 @@ RUNTIME_FIELDS = {
     "log_every",
     "valid_bleu_sentences",
     "keep_last",
+    "max_bad_steps",
 }
 
 Log = Callable[[str], None]
@@ -71,6 +72,10 @@ Log = Callable[[str], None]
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite steps; the last good checkpoint is left as it was."""
 
 
 @dataclasses.dataclass
@@ -345,6 +350,7 @@ def train(
             f.write(json.dumps(record) + "\n")
 
     interrupted = False
+    bad_run = skipped_total = 0  # consecutive / all non-finite (skipped) updates
     try:
         while step < cfg.total_steps and time.monotonic() - start < budget:
             batch_epoch, batch_index, batch = next(batches)
@@ -370,6 +376,19 @@ def train(
                     "minutes": (time.monotonic() - start) / 60,
                 }
                 write_metrics(rec)
+                for w in host:
+                    bad_run = bad_run + 1 if int(w["skipped"]) else 0
+                skipped_total += rec["skipped"]
+                if bad_run >= cfg.max_bad_steps:
+                    ckpt.wait()
+                    last = ckpt.latest_step()
+                    ckpt.close()
+                    raise TrainingDiverged(
+                        f"stopped at step {step}: {bad_run} consecutive steps had a non-finite "
+                        f"loss or gradient ({skipped_total} skipped in all); the last good "
+                        f"checkpoint is step {last} in {run_dir / 'checkpoints'}; lower --lr "
+                        "or check the data"
+                    )
                 progress.update(
                     cfg.log_every,
                     loss=rec["loss"],

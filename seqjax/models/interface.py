@@ -1,0 +1,84 @@
+"""The pure-function model interface shared by every family (see DESIGN.md).
+
+A family subclasses ``EncoderDecoder`` and names its Flax module in ``net_class``; the
+module provides ``encode``, ``init_cache``, ``decode_step`` and ``forward`` methods.
+The wrapper is a frozen (hashable) dataclass so it can be a static ``jax.jit`` argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from seqjax.config import ModelConfig
+
+Params = Any
+Cache = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderDecoder:
+    """Pure functions over an explicit params pytree; the Flax module holds the layers."""
+
+    config: ModelConfig
+    net_class: ClassVar[type[nn.Module]]
+
+    @property
+    def net(self) -> nn.Module:
+        return self.net_class(self.config)
+
+    def init(self, key: jax.Array) -> Params:
+        """Random parameters (``{"params": ...}``) for this configuration."""
+        src = jnp.ones((1, 4), jnp.int32)
+        return self.net.init(key, src, src > 0, src)
+
+    def encode(self, params: Params, src_BxS: jax.Array, src_mask_BxS: jax.Array) -> jax.Array:
+        """Encoder output ``memory [B, S, ...]`` (padding positions are masked downstream)."""
+        return self.net.apply(params, src_BxS, src_mask_BxS, method="encode")
+
+    def init_cache(
+        self, params: Params, memory: jax.Array, src_mask_BxS: jax.Array, max_len: int
+    ) -> Cache:
+        """Decoder state for up to ``max_len`` steps plus what it needs of the memory."""
+        return self.net.apply(params, memory, src_mask_BxS, max_len, method="init_cache")
+
+    def decode_step(
+        self, params: Params, cache: Cache, token_B: jax.Array, position: jax.Array
+    ) -> tuple[jax.Array, Cache, jax.Array]:
+        """One target position: ``(logits [B, V], new cache, cross-attention [B, S])``."""
+        position = jnp.asarray(position, jnp.int32)
+        return self.net.apply(params, cache, token_B, position, method="decode_step")
+
+    def step_fn(self, params: Params) -> Callable:
+        """``step_fn(tokens [B], position [], cache)`` for ``seqjax.decoding``."""
+
+        def step(token_B: jax.Array, position: jax.Array, cache: Cache):
+            return self.decode_step(params, cache, token_B, position)
+
+        return step
+
+    def forward(
+        self,
+        params: Params,
+        src_BxS: jax.Array,
+        src_mask_BxS: jax.Array,
+        tgt_in_BxT: jax.Array,
+        *,
+        dropout_rng: jax.Array | None = None,
+    ) -> jax.Array:
+        """Teacher-forced logits ``[B, T, V]``; dropout is on iff ``dropout_rng`` is given."""
+        train = dropout_rng is not None
+        return self.net.apply(
+            params,
+            src_BxS,
+            src_mask_BxS,
+            tgt_in_BxT,
+            not train,
+            rngs={"dropout": dropout_rng} if train else None,
+            method="forward",
+        )
