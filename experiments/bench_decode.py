@@ -113,7 +113,11 @@ def main(argv=None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Timings on a shared CPU drift between passes: compare variants interleaved.",
     )
-    p.add_argument("--model", default="base", help="model preset (tiny, small, base)")
+    p.add_argument(
+        "--model",
+        default="base",
+        help="model preset (tiny, small, base, rnn_tiny, rnn_small; 'rnn' = rnn_small)",
+    )
     p.add_argument("--batches", default="1,16", help="comma-separated batch sizes")
     p.add_argument("--methods", default="greedy,beam", help="greedy and/or beam")
     p.add_argument("--beam-size", type=int, default=4, help="beams for the beam cells")
@@ -130,7 +134,8 @@ def main(argv=None) -> None:
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
 
-    cfg = model_preset(args.model, dropout=0.0, max_len=max(256, args.new_tokens))
+    preset = {"rnn": "rnn_small"}.get(args.model, args.model)
+    cfg = model_preset(preset, dropout=0.0, max_len=max(256, args.new_tokens))
     model = build_model(cfg)
     params = jax.jit(model.init)(jax.random.key(args.seed))
     rng = np.random.default_rng(args.seed)

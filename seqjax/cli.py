@@ -26,6 +26,7 @@ from seqjax.config import (
 )
 
 DEFAULT_RUN = "runs/default"
+FAMILY_PRESETS = {"transformer": "small", "rnn": "rnn_small"}  # --model picks the CPU default
 
 
 class UsageError(Exception):
@@ -140,6 +141,8 @@ def _train_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
         sections = read_toml(args.config)
     _apply_sets(sections, args.set or [])
     train_values = dict(sections.get("train", {}))
+    if args.model is not None and args.preset is None:
+        train_values.setdefault("preset", FAMILY_PRESETS[args.model])
     for flag, field in [
         ("preset", "preset"),
         ("max_minutes", "max_minutes"),
@@ -262,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--preset", choices=sorted(MODEL_PRESETS), help="model size preset (default small)"
+    )
+    t.add_argument(
+        "--model",
+        choices=sorted(FAMILY_PRESETS),
+        help="model family; picks its CPU preset (transformer: small, rnn: rnn_small)",
     )
     t.add_argument(
         "--set",

@@ -183,3 +183,17 @@ def test_run_stops_after_consecutive_non_finite_steps(toy_corpus, tmp_path, caps
     # The checkpoint left behind holds finite parameters (skipped updates never land).
     params = load(str(run), which="latest").params
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+
+
+def test_model_flag_picks_the_family_preset():
+    from seqjax.cli import _train_configs, build_parser
+
+    model, train = _train_configs(build_parser().parse_args(["train", "--model", "rnn"]))
+    assert (model.family, train.preset) == ("rnn", "rnn_small")
+    model, train = _train_configs(build_parser().parse_args(["train"]))
+    assert (model.family, train.preset) == ("transformer", "small")
+    # An explicit preset wins over the family default.
+    model, _ = _train_configs(
+        build_parser().parse_args(["train", "--model", "rnn", "--preset", "tiny"])
+    )
+    assert model.family == "transformer"
