@@ -154,12 +154,30 @@ def run_beam_loop(
         # this step by raw total (as fairseq and HuggingFace do). Accepting every beam's
         # EOS would let a weak model's beam keep an early, barely-likely EOS that the
         # search itself never ranked, and beam 1 would no longer equal greedy.
-        kth_B = lax.top_k(totals_BxKxV.reshape(B, K * V), K)[0][:, K - 1]
-        ranked_BxKxV = totals_BxKxV >= kth_B[:, None, None]
+        # Live: best K candidates that did not finish, ranked by raw totals.
+        live = jnp.where(finishing_V, -jnp.inf, totals_BxKxV).reshape(B, K * V)
+        live_scores, live_flat = lax.top_k(live, K)
+        # The K best of all candidates lie among the K best live ones and the K EOS
+        # extensions, so the K-th best total needs a top-k over 2K values, not K * V.
+        eos_BxK = jnp.take(totals_BxKxV, jnp.asarray(eos_id, jnp.int32), axis=2)
+        kth_B = lax.top_k(jnp.concatenate([live_scores, eos_BxK], axis=1), K)[0][:, K - 1]
+        # At the last position every candidate finishes; the n-best merge ranks them.
+        ranked_BxKxV = (totals_BxKxV >= kth_B[:, None, None]) | (t == L - 1)
+
         # Finished: best M new ones (penalised), merged with the M kept so far.
-        new_fin = penalised(totals_BxKxV, t + 1, coverage)
-        new_fin = jnp.where(finishing_V & ranked_BxKxV, new_fin, -jnp.inf).reshape(B, K * V)
-        fin_scores, flat = lax.top_k(new_fin, M)
+        def finish_any() -> tuple[jax.Array, jax.Array]:  # last position: any token ends
+            new_fin = penalised(totals_BxKxV, t + 1, coverage)
+            new_fin = jnp.where(finishing_V & ranked_BxKxV, new_fin, -jnp.inf)
+            scores, flat = lax.top_k(new_fin.reshape(B, K * V), M)
+            return scores, flat
+
+        def finish_eos() -> tuple[jax.Array, jax.Array]:  # otherwise only EOS: K values
+            new_fin = penalised(eos_BxK[..., None], t + 1, coverage)[..., 0]
+            new_fin = jnp.where(eos_BxK >= kth_B[:, None], new_fin, -jnp.inf)
+            scores, beam = lax.top_k(new_fin, M)
+            return scores, beam * V + jnp.asarray(eos_id, jnp.int32)
+
+        fin_scores, flat = lax.cond(t == L - 1, finish_any, finish_eos)
         fin_tokens, fin_lp = extend(flat // V, flat % V)
         all_scores = jnp.concatenate([s.finished_scores, fin_scores], axis=1)
         all_scores, keep = lax.top_k(all_scores, M)  # ties keep the older hypothesis
@@ -170,11 +188,8 @@ def run_beam_loop(
         finished_lp = _take_beams(jnp.concatenate([s.finished_log_probs, fin_lp], 1), keep)
         finished_lengths = jnp.take_along_axis(all_lengths, keep, axis=1)
 
-        # Live: best K candidates that did not finish, ranked by raw totals.
-        live = jnp.where(finishing_V, -jnp.inf, totals_BxKxV).reshape(B, K * V)
-        live_scores, flat = lax.top_k(live, K)
-        beam_BxK = flat // V
-        live_tokens, live_lp = extend(beam_BxK, flat % V)
+        beam_BxK = live_flat // V
+        live_tokens, live_lp = extend(beam_BxK, live_flat % V)
         rows_N = (jnp.arange(B)[:, None] * K + beam_BxK).reshape(N)
 
         # Early exit: can any live beam still beat the worst kept finished hypothesis?
