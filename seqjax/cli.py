@@ -22,7 +22,6 @@ from seqjax.config import (
     from_dict,
     model_preset,
     read_toml,
-    to_dict,
 )
 
 DEFAULT_RUN = "runs/default"
@@ -396,4 +395,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["main", "build_parser", "to_dict"]
+__all__ = ["main", "build_parser"]

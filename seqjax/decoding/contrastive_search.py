@@ -8,12 +8,11 @@ import jax
 
 from seqjax.decoding.batch_tree import infer_batch_size
 from seqjax.decoding.beam import check_beam_args, coverage_source_len, run_beam_loop
-from seqjax.decoding.greedy_search import loop_result
+from seqjax.decoding.greedy_search import argmax_loop
 from seqjax.decoding.logit_processors import Controls
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, step_output_shapes
 from seqjax.decoding.step_scores import contrastive_scores
-from seqjax.decoding.token_loop import choose_argmax, run_token_loop
 
 
 def contrastive(
@@ -83,18 +82,7 @@ def contrastive(
     )
     cache = (expert_cache, amateur_cache)
     if beam_size == 1:
-        out = run_token_loop(
-            score_fn,
-            choose_argmax,
-            cache,
-            num_rows=B,
-            max_len=max_len,
-            bos_id=bos_id,
-            eos_id=eos_id,
-            pad_id=pad_id,
-            prefix_NxP=prefix,
-        )
-        return loop_result(out, B, 1)
+        return argmax_loop(score_fn, cache, B, max_len, bos_id, eos_id, pad_id, prefix)
     vocab_size, source_len = step_output_shapes(expert_step_fn, B, expert_cache)
     return run_beam_loop(
         score_fn,

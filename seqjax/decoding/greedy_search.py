@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from seqjax.decoding.batch_tree import infer_batch_size
 from seqjax.decoding.logit_processors import Controls
 from seqjax.decoding.result import DecodeResult
-from seqjax.decoding.step import StepFn
+from seqjax.decoding.step import ScoreFn, StepFn
 from seqjax.decoding.step_scores import log_prob_scores
 from seqjax.decoding.token_loop import TokenLoopOutput, choose_argmax, run_token_loop
 
@@ -60,15 +60,31 @@ def greedy(
     """
     B = infer_batch_size(cache, batch_size)
     controls = Controls(eos_id, pad_id, min_len, repetition_penalty, no_repeat_ngram_size)
+    return argmax_loop(
+        log_prob_scores(step_fn, controls), cache, B, max_len, bos_id, eos_id, pad_id, prefix
+    )
+
+
+def argmax_loop(
+    score_fn: ScoreFn,
+    cache: Any,
+    batch_size: int,
+    max_len: int,
+    bos_id: int | jax.Array,
+    eos_id: int | jax.Array,
+    pad_id: int | jax.Array,
+    prefix: jax.Array | None,
+) -> DecodeResult:
+    """Pick the best-scoring token at every step (greedy, and greedy contrastive)."""
     out = run_token_loop(
-        log_prob_scores(step_fn, controls),
+        score_fn,
         choose_argmax,
         cache,
-        num_rows=B,
+        num_rows=batch_size,
         max_len=max_len,
         bos_id=bos_id,
         eos_id=eos_id,
         pad_id=pad_id,
         prefix_NxP=prefix,
     )
-    return loop_result(out, B, 1)
+    return loop_result(out, batch_size, 1)
