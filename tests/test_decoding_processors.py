@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import importlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from seqjax.decoding.logit_processors import (
     selection_scores,
     top_k_allowed,
     top_p_allowed,
+    truncation_allowed,
 )
 from seqjax.decoding.penalties import coverage_penalty, length_penalty
 from seqjax.decoding.scoring import target_mask
@@ -101,6 +103,23 @@ def test_top_k_and_top_p_match_reference():
     masked = jnp.asarray(logits).at[:, :3].set(-jnp.inf)
     assert not np.asarray(top_p_allowed(masked, 0.9)[:, :3]).any()
     assert not np.asarray(top_k_allowed(masked, 2)[:, :3]).any()
+
+
+def test_one_sort_truncation_equals_top_k_then_top_p():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(16, 9)).astype(np.float32) * 2
+    logits[:4, :3] = logits[:4, 3:4]  # ties at the thresholds
+    logits[4:6, :2] = -np.inf  # banned tokens
+    x = jnp.asarray(logits)
+    fn = jax.jit(truncation_allowed)  # k and p traced: one compilation for all
+    for k in (0, 1, 2, 4, 9, 12):
+        for top_p in (0.1, 0.5, 0.8, 1.0):
+            by_k = top_k_allowed(x, k)
+            expected = by_k & top_p_allowed(jnp.where(by_k, x, -jnp.inf), top_p)
+            got = fn(x, k, top_p)
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(expected), f"k={k} p={top_p}")
+    assert fn._cache_size() == 1
+    assert np.asarray(truncation_allowed(x, 0, 1.0)).all()  # both off: nothing dropped
 
 
 def test_forced_prefix_selection():

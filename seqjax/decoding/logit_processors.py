@@ -167,6 +167,35 @@ def top_p_allowed(logits_NxV: jax.Array, top_p: float | jax.Array) -> jax.Array:
     return probs >= threshold_N1
 
 
+def truncation_allowed(
+    logits_NxV: jax.Array, top_k: int | jax.Array, top_p: float | jax.Array
+) -> jax.Array:
+    """``bool[N, V]``: top-k, then top-p on what top-k kept, from one sort per row.
+
+    Equal to ``top_k_allowed(x, k) & top_p_allowed(where(top_k_allowed(x, k), x, -inf), p)``
+    (a test pins it) but sorts the row once, and not at all when both are off
+    (``top_k <= 0`` or ``>= V``, and ``top_p >= 1``): a full-vocabulary sort costs more
+    than the rest of a small model's sampling step. The options may be traced; the
+    skip is a ``lax.cond`` on them.
+    """
+    vocab_size = logits_NxV.shape[-1]
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab_size), vocab_size)
+
+    def truncate(x_NxV: jax.Array) -> jax.Array:
+        sorted_desc = -jnp.sort(-x_NxV, axis=-1)
+        k_threshold_N1 = lax.dynamic_slice_in_dim(sorted_desc, k - 1, 1, axis=-1)
+        kept_sorted = jnp.where(sorted_desc >= k_threshold_N1, sorted_desc, -jnp.inf)
+        probs = jax.nn.softmax(kept_sorted, axis=-1)
+        mass_above = jnp.cumsum(probs, axis=-1) - probs
+        keep = ((mass_above < top_p) | (top_p >= 1.0)) & (kept_sorted > -jnp.inf)
+        num_kept = jnp.maximum(jnp.sum(keep, axis=-1, keepdims=True), 1)
+        p_threshold_N1 = jnp.take_along_axis(kept_sorted, num_kept - 1, axis=-1)
+        return x_NxV >= jnp.maximum(k_threshold_N1, p_threshold_N1)
+
+    active = (k < vocab_size) | (top_p < 1.0)
+    return lax.cond(active, truncate, lambda x: jnp.ones(x.shape, bool), logits_NxV)
+
+
 def prefix_lengths(prefix_NxP: jax.Array, pad_id: int | jax.Array) -> jax.Array:
     """``int32[N]``: number of forced tokens per row (prefixes are left-aligned, PAD-padded)."""
     return jnp.sum(prefix_NxP != pad_id, axis=-1).astype(jnp.int32)

@@ -18,8 +18,7 @@ import jax.numpy as jnp
 from seqjax.decoding.logit_processors import (
     Controls,
     process_logits,
-    top_k_allowed,
-    top_p_allowed,
+    truncation_allowed,
 )
 from seqjax.decoding.step import ScoreFn, StepFn, StepScores, call_step
 
@@ -54,8 +53,7 @@ def sampling_scores(
         model_lp, processed_lp, banned = process_logits(logits, history_NxL, position, controls)
         scaled = processed_lp / temperature
         allowed = ~banned
-        allowed = allowed & top_k_allowed(jnp.where(allowed, scaled, -jnp.inf), top_k)
-        allowed = allowed & top_p_allowed(jnp.where(allowed, scaled, -jnp.inf), top_p)
+        allowed = allowed & truncation_allowed(jnp.where(allowed, scaled, -jnp.inf), top_k, top_p)
         return StepScores(model_lp, scaled, allowed, new_cache, attention)
 
     return score_fn
