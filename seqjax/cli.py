@@ -163,6 +163,7 @@ def _train_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
         ("mrt_alpha", "mrt_alpha"),
         ("mrt_mle_weight", "mrt_mle_weight"),
         ("teacher", "teacher"),
+        ("distill_ema", "distill_ema"),
         ("distill_temperature", "distill_temperature"),
     ]:
         v = getattr(args, flag)
@@ -327,6 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--mrt-mle-weight", type=float, help="weight of token MLE mixed into MRT (default 0)"
     )
     o.add_argument("--teacher", metavar="DIR", help="distill: run directory of the teacher model")
+    o.add_argument(
+        "--distill-ema",
+        type=float,
+        metavar="DECAY",
+        help="distill: the teacher is an EMA of the student with this decay (e.g. 0.999), "
+        "instead of --teacher; the EMA is checkpointed with the optimizer state",
+    )
     o.add_argument(
         "--distill-temperature", type=float, help="distill: softmax temperature T (default 2)"
     )

@@ -278,6 +278,7 @@ class TrainConfig:
     mrt_include_reference: bool = True
     mrt_candidates: str = "sample"  # sample or beam
     teacher: str | None = None  # distill: run directory of the teacher
+    distill_ema: float | None = None  # distill: teacher = EMA of the student (decay)
     distill_temperature: float = 2.0
     distill_top_p: float = 0.9
 
@@ -294,8 +295,13 @@ class TrainConfig:
         _check(self.mrt_samples >= 1, "mrt_samples must be >= 1")
         _check(self.mrt_candidates in ("sample", "beam"), "mrt_candidates: use sample or beam")
         _check(
-            self.objective != "distill" or self.teacher is not None,
-            "objective distill needs teacher (a run directory: --teacher DIR)",
+            self.objective != "distill" or (self.teacher is None) != (self.distill_ema is None),
+            "objective distill needs exactly one teacher: a run directory (--teacher DIR) "
+            "or an EMA of the student (--distill-ema DECAY)",
+        )
+        _check(
+            self.distill_ema is None or 0.0 < self.distill_ema < 1.0,
+            "distill_ema must be in (0, 1), e.g. 0.999",
         )
         _check(self.distill_temperature > 0, "distill_temperature must be > 0")
         _check(self.schedule in ("inverse_sqrt", "cosine"), f"schedule: unknown {self.schedule!r}")

@@ -156,8 +156,9 @@ def test_unknown_option_exits_2(capsys):
         ["--objective", "scheduled-sampling", "--ss-mode", "sequential", "--set", "train.ss_warmup=0"],
         ["--objective", "mrt", "--mrt-samples", "3"],
         ["--objective", "distill", "--teacher", "TRAINED"],
+        ["--objective", "distill", "--distill-ema", "0.99"],
     ],
-    ids=["ss-parallel", "ss-sequential", "mrt", "distill"],
+    ids=["ss-parallel", "ss-sequential", "mrt", "distill", "distill-ema"],
 )  # fmt: skip
 def test_objectives_fine_tune_from_a_run(trained, toy_corpus, tmp_path, flags):
     flags = [str(trained) if f == "TRAINED" else f for f in flags]
@@ -168,6 +169,13 @@ def test_objectives_fine_tune_from_a_run(trained, toy_corpus, tmp_path, flags):
     assert cfg["model"] == json.loads((trained / "config.json").read_text())["model"]
     losses = _losses(run)
     assert losses and all(np.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize("teacher", [[], ["--teacher", "x", "--distill-ema", "0.9"]])
+def test_distill_needs_exactly_one_teacher(capsys, tmp_path, teacher):
+    assert main(["train", "--out", str(tmp_path / "r"), "--objective", "distill", *teacher]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--teacher DIR" in err and "--distill-ema" in err
 
 
 def test_run_stops_after_consecutive_non_finite_steps(toy_corpus, tmp_path, capsys):

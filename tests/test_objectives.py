@@ -8,6 +8,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from seqjax.config import TrainConfig, model_preset
@@ -22,7 +23,7 @@ from seqjax.training.objectives import (
     parallel_scheduled_sampling_inputs,
     sequential_scheduled_sampling,
 )
-from seqjax.training.optimizer import make_optimizer
+from seqjax.training.optimizer import make_optimizer, params_ema, track_params_ema
 from seqjax.training.schedules import make_teacher_forcing_schedule, teacher_forcing_prob
 from seqjax.training.steps import init_train_state, make_train_step
 
@@ -276,3 +277,21 @@ def test_distill_self_teacher_gives_zero_kl(setup):
     _, m2, _ = step(_state(params, opt), batch, jax.random.key(0), other)
     assert float(m2["kl"]) > 1e-3 and float(m2["grad_norm"]) > 0
     _assert_skips(step, params, opt, batch, jax.tree.map(jnp.copy, params))
+
+
+def test_distill_ema_teacher_lives_in_the_optimizer_state(setup):
+    model, opt, params, batch = setup
+    opt = optax.chain(opt, track_params_ema(0.5))
+    step = make_distill_step(
+        model, opt, temperature=2.0, top_p=0.9, teacher_from_opt_state=True,
+        student_dropout=False, **IDS,
+    )  # fmt: skip
+    state = _state(params, opt)
+    before = jax.tree.map(np.asarray, state.params)
+    state, m, returned = step(state, batch, jax.random.key(0), None)
+    # The EMA starts at the student, so the first step's KL is 0.
+    assert returned is None and abs(float(m["kl"])) < 1e-6 and float(m["tokens"]) > 0
+    mid = jax.tree.map(lambda a, b: 0.5 * a + 0.5 * b, before, state.params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), params_ema(state.opt_state), mid
+    )

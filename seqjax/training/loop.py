@@ -179,6 +179,12 @@ def make_objective_step(cfg: TrainConfig, model: Any, optimizer: Any) -> Step:
             mle_weight=cfg.mrt_mle_weight, include_reference=cfg.mrt_include_reference,
             candidates=cfg.mrt_candidates, label_smoothing=cfg.label_smoothing, **ids,
         )  # fmt: skip
+    if cfg.objective == "distill" and cfg.distill_ema is not None:
+        step = objectives.make_distill_step(
+            model, optimizer, temperature=cfg.distill_temperature, top_p=cfg.distill_top_p,
+            teacher_from_opt_state=True, **ids,
+        )  # fmt: skip
+        return lambda state, batch, key: step(state, batch, key, None)[:2]
     if cfg.objective == "distill":
         from seqjax.inference import load_model
 

@@ -45,6 +45,7 @@ from seqjax.decoding import beam_search, sample
 from seqjax.decoding.scoring import target_mask
 from seqjax.metrics.bleu import sentence_bleu
 from seqjax.training.losses import smoothed_cross_entropy
+from seqjax.training.optimizer import params_ema
 from seqjax.training.schedules import constant_schedule
 from seqjax.training.steps import (
     Batch,
@@ -510,6 +511,7 @@ def make_distill_step(
     sample_temperature: float = 1.0,
     max_len: int | None = None,
     ema_decay: float | None = None,
+    teacher_from_opt_state: bool = False,
     student_dropout: bool = True,
     pad_id: int,
     bos_id: int,
@@ -529,6 +531,9 @@ def make_distill_step(
     ``teacher_params = state.params`` (copy; the state is donated) and each kept
     update returns ``d * teacher + (1 - d) * student``. Without it the returned
     teacher params are the ones passed in (a fixed, separately trained teacher).
+    With ``teacher_from_opt_state`` the teacher is the EMA kept in the optimizer
+    state by ``optimizer.track_params_ema`` (pass ``teacher_params=None``): the form
+    ``seqjax train --distill-ema`` uses, since it checkpoints and resumes exactly.
     Metrics: ``kl`` (per token, times T^2), ``nll_sum``/``tokens`` of the student on the
     teacher's sequences at temperature 1.
     """
@@ -566,10 +571,14 @@ def make_distill_step(
 
     def step(state: TrainState, batch: Batch, key: jax.Array, teacher_params: Any):
         key = jax.random.fold_in(key, state.step)
+        if teacher_from_opt_state:
+            teacher_params = params_ema(state.opt_state)
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, batch, key, teacher_params
         )
         new_state, ok, grad_norm = apply_if_finite(optimizer, state, loss, grads)
+        if teacher_from_opt_state:
+            teacher_params = None
         if ema_decay is not None:
             ema = lambda t, s: jnp.where(ok, ema_decay * t + (1.0 - ema_decay) * s, t)  # noqa: E731
             teacher_params = jax.tree.map(ema, teacher_params, new_state.params)
