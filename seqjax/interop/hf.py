@@ -366,6 +366,25 @@ def load_hf(path: str | Path) -> tuple[Transformer, dict, Any]:
     return model, params, load_hf_tokenizer(path, cfg)
 
 
+def load_hf_translator(path: str | Path, decode_config: DecodeConfig | None = None) -> Any:
+    """A ``seqjax.inference.Translator`` for a HF checkpoint directory.
+
+    Text in/out when the directory has a Marian tokenizer, whitespace-separated token ids
+    otherwise. ``decode_config`` defaults to the checkpoint's generation settings
+    (``hf_decode_config``).
+    """
+    from seqjax.inference import Translator
+    from seqjax.interop.hf_tokenizer import IdTokenizer
+
+    model, params, tokenizer = load_hf(path)
+    if decode_config is None:
+        decode_config = hf_decode_config(hf_generation_settings(path), model.config)
+    tokenizer = tokenizer or IdTokenizer(model.config)
+    return Translator(
+        model, params, tokenizer, tokenizer, model.config, decode_config=decode_config
+    )
+
+
 # -- generation settings ------------------------------------------------------------------
 
 
@@ -427,7 +446,7 @@ def hf_decode_config(
         values["max_len"] = max(1, int(s["max_length"]) - 1)
     else:
         values["max_len"] = 19  # HF's default max_length 20, minus the start token
-    values["max_len_b"] = values["max_len"]
+    values["max_len_b"] = 1_000_000  # max_len alone bounds the output, as HF's max_length
     if s.get("min_new_tokens"):
         values["min_len"] = int(s["min_new_tokens"])
     elif s.get("min_length"):
@@ -452,5 +471,6 @@ __all__ = [
     "hf_generation_settings",
     "hf_model_config",
     "load_hf",
+    "load_hf_translator",
     "read_hf_config",
 ]
