@@ -98,8 +98,11 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def decode_config_from_args(args: argparse.Namespace) -> DecodeConfig:
-    values: dict[str, Any] = {}
+def decode_config_from_args(
+    args: argparse.Namespace, base: dict[str, Any] | None = None
+) -> DecodeConfig:
+    """Decoding options: ``base`` (e.g. a checkpoint's own), then the TOML file, then flags."""
+    values: dict[str, Any] = dict(base or {})
     if args.decode_config:
         values.update(read_toml(args.decode_config).get("decode", {}))
     if args.greedy:
@@ -207,14 +210,23 @@ def cmd_translate(args: argparse.Namespace) -> int:
     from seqjax.data import decode_lines, read_lines
     from seqjax.inference import load
 
-    cfg = decode_config_from_args(args)
+    if args.hf:
+        from seqjax.config import to_dict
+        from seqjax.interop.hf import hf_decode_config, hf_generation_settings, load_hf_translator
+
+        translator = load_hf_translator(args.hf)
+        base = to_dict(hf_decode_config(hf_generation_settings(args.hf), translator.config))
+        cfg = decode_config_from_args(args, base)
+    else:
+        cfg = decode_config_from_args(args)
     if args.input:
         lines = read_lines(args.input)
     else:
         data = sys.stdin.buffer.read()
         # An empty stdin is an empty batch (pipelines), not an error.
         lines = decode_lines(data, "<stdin>")[0] if data.strip() else []
-    translator = load(args.checkpoint, decode_config=cfg)
+    if not args.hf:
+        translator = load(args.checkpoint, decode_config=cfg)
     nbest = translator.translate_nbest(lines, cfg, progress=args.input is not None)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     try:
@@ -346,8 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Translate one segment per line from --input (or stdin) to --output (or "
         "stdout). Output is line-aligned with input: an empty line gives an empty line.",
     )
-    tr.add_argument(
-        "--checkpoint", required=True, metavar="DIR", help="run directory written by seqjax train"
+    which = tr.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", metavar="DIR", help="run directory written by seqjax train")
+    which.add_argument(
+        "--hf",
+        metavar="DIR",
+        help="local HuggingFace Marian/BART directory (config.json + model.safetensors); "
+        "text in/out with a Marian tokenizer (source.spm, target.spm, vocab.json), else token "
+        "ids; decoding defaults come from its generation settings",
     )
     tr.add_argument("--input", metavar="FILE", help="input file (default: stdin)")
     tr.add_argument("--output", metavar="FILE", help="output file (default: stdout)")

@@ -113,13 +113,22 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swish")
+POSITION_EMBEDDINGS = ("sinusoidal", "sinusoidal_marian", "learned")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Architecture of an encoder-decoder.
 
     ``family`` selects the implementation (``"transformer"``; ``"rnn"`` when present).
     Special ids follow the SentencePiece layout used by ``seqjax.data.tokenizer``:
-    pad 0, unk 1, bos 2, eos 3.
+    pad 0, unk 1, bos 2, eos 3. ``bos_id`` is the token the decoder starts from (an
+    imported Marian model starts from its pad id, BART from its eos id).
+
+    The fields from ``activation`` on describe imported checkpoints
+    (``seqjax.interop.hf``); their defaults are seqjax's own architecture, and configs
+    written before they existed load unchanged.
     """
 
     family: str = "transformer"
@@ -143,6 +152,15 @@ class ModelConfig:
     dtype: str = "float32"  # activation/matmul dtype; params stay float32
     rnn_attention: str = "bahdanau"  # rnn family: "bahdanau" (additive) or "luong" (general)
     rnn_hidden: int = 0  # rnn family: LSTM size per direction; 0 = d_model
+    activation: str = "relu"  # FFN activation: relu, gelu (erf), gelu_tanh, swish (= silu)
+    # sinusoidal: sin/cos interleaved; sinusoidal_marian: [sin half | cos half] (HF Marian);
+    # learned: a trained table per side, position p at row p + position_offset (BART: 2)
+    position_embedding: str = "sinusoidal"
+    position_offset: int = 0
+    qkv_bias: bool = False  # biases on the query/key/value projections (HF models have them)
+    layernorm_embedding: bool = False  # LayerNorm on embedding + position, per side (BART)
+    final_logits_bias: bool = False  # learned bias added to the tied output logits (HF)
+    layer_norm_eps: float = 1e-6  # HF models: 1e-5
 
     def __post_init__(self) -> None:
         _check(self.family in ("transformer", "rnn"), f"family: unknown {self.family!r}")
@@ -159,6 +177,17 @@ class ModelConfig:
             f"rnn_attention: unknown {self.rnn_attention!r}; use bahdanau or luong",
         )
         _check(self.rnn_hidden >= 0, f"rnn_hidden must be >= 0, got {self.rnn_hidden}")
+        _check(
+            self.activation in ACTIVATIONS,
+            f"activation: unknown {self.activation!r}; use one of {', '.join(ACTIVATIONS)}",
+        )
+        _check(
+            self.position_embedding in POSITION_EMBEDDINGS,
+            f"position_embedding: unknown {self.position_embedding!r}; "
+            f"use one of {', '.join(POSITION_EMBEDDINGS)}",
+        )
+        _check(self.position_offset >= 0, "position_offset must be >= 0")
+        _check(self.layer_norm_eps > 0, f"layer_norm_eps must be > 0, got {self.layer_norm_eps}")
 
     @property
     def head_dim(self) -> int:

@@ -35,6 +35,7 @@ compute the same function; tests pin them against ``forward``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -61,6 +62,46 @@ def sinusoid_table(max_len: int, d_model: int) -> np.ndarray:
     return table
 
 
+def marian_sinusoid_table(max_len: int, d_model: int) -> np.ndarray:
+    """HF Marian's sinusoidal positions ``[max_len, d_model]``: sines in the first half of
+    the features, cosines in the second (same frequencies as ``sinusoid_table``)."""
+    pos = np.arange(max_len, dtype=np.float64)[:, None]
+    j = np.arange(d_model)
+    angles = pos / np.power(10000.0, 2 * (j // 2) / d_model)  # float64, then cast
+    half = (d_model + 1) // 2
+    table = np.empty((max_len, d_model), np.float32)
+    table[:, :half] = np.sin(angles[:, 0::2])
+    table[:, half:] = np.cos(angles[:, 1::2])
+    return table
+
+
+def fixed_position_table(cfg: ModelConfig) -> np.ndarray | None:
+    """The fixed position table ``[max_len, D]`` of ``cfg``, or None for learned positions."""
+    if cfg.position_embedding == "sinusoidal":
+        return sinusoid_table(cfg.max_len, cfg.d_model)
+    if cfg.position_embedding == "sinusoidal_marian":
+        return marian_sinusoid_table(cfg.max_len, cfg.d_model)
+    return None
+
+
+def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The FFN nonlinearity ``ModelConfig.activation`` names."""
+    if name == "relu":
+        return jax.nn.relu
+    if name == "gelu":
+        return functools.partial(jax.nn.gelu, approximate=False)
+    if name == "gelu_tanh":
+        return functools.partial(jax.nn.gelu, approximate=True)
+    if name == "swish":
+        return jax.nn.silu
+    raise ValueError(f"activation: unknown {name!r}")
+
+
+def layer_norm(cfg: ModelConfig, **kwargs: Any) -> nn.LayerNorm:
+    """A float32 LayerNorm with the configured epsilon."""
+    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.float32, **kwargs)
+
+
 def _dtype(cfg: ModelConfig) -> jnp.dtype:
     return jnp.dtype(cfg.dtype)
 
@@ -85,12 +126,17 @@ def attention(
 
 
 class MultiHeadProjection(nn.Module):
-    """Projects ``[B, T, D]`` to ``n`` head-split tensors ``[B, H, T, Dh]`` with one matmul."""
+    """Projects ``[B, T, D]`` to ``n`` head-split tensors ``[B, H, T, Dh]`` with one matmul.
+
+    ``use_bias`` adds a ``bias [n, H, Dh]`` parameter (off by default: seqjax's own
+    models have none; imported HF checkpoints do).
+    """
 
     num_heads: int
     head_dim: int
     n: int
     dtype: Any
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array) -> tuple[jax.Array, ...]:
@@ -100,6 +146,11 @@ class MultiHeadProjection(nn.Module):
             (x_BxTxD.shape[-1], self.n, self.num_heads, self.head_dim),
         )
         y = jnp.einsum("btd,dnhk->nbhtk", x_BxTxD.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param(
+                "bias", nn.initializers.zeros, (self.n, self.num_heads, self.head_dim)
+            )
+            y = y + bias.astype(self.dtype)[:, None, :, None, :]
         return tuple(y[i] for i in range(self.n))
 
 
@@ -123,11 +174,12 @@ class FeedForward(nn.Module):
     d_ff: int
     dropout: float
     dtype: Any
+    activation: str = "relu"
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         h = nn.Dense(self.d_ff, dtype=self.dtype, kernel_init=_dense_init(), name="wi")(x)
-        h = nn.relu(h)
+        h = activation_fn(self.activation)(h)
         h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
         return nn.Dense(self.d_model, dtype=self.dtype, kernel_init=_dense_init(), name="wo")(h)
 
@@ -137,11 +189,11 @@ class EncoderLayer(nn.Module):
 
     def setup(self) -> None:
         c, dt = self.cfg, _dtype(self.cfg)
-        self.qkv = MultiHeadProjection(c.num_heads, c.head_dim, 3, dt)
+        self.qkv = MultiHeadProjection(c.num_heads, c.head_dim, 3, dt, c.qkv_bias)
         self.out = OutputProjection(c.d_model, dt)
-        self.ffn = FeedForward(c.d_model, c.d_ff, c.dropout, dt)
-        self.ln_attn = nn.LayerNorm(dtype=jnp.float32)
-        self.ln_ffn = nn.LayerNorm(dtype=jnp.float32)
+        self.ffn = FeedForward(c.d_model, c.d_ff, c.dropout, dt, c.activation)
+        self.ln_attn = layer_norm(c)
+        self.ln_ffn = layer_norm(c)
         self.drop = nn.Dropout(c.dropout)
         self.attn_drop = nn.Dropout(c.attention_dropout)
 
@@ -185,15 +237,15 @@ class DecoderLayer(nn.Module):
 
     def setup(self) -> None:
         c, dt = self.cfg, _dtype(self.cfg)
-        self.qkv = MultiHeadProjection(c.num_heads, c.head_dim, 3, dt)
+        self.qkv = MultiHeadProjection(c.num_heads, c.head_dim, 3, dt, c.qkv_bias)
         self.self_out = OutputProjection(c.d_model, dt)
-        self.cross_q = MultiHeadProjection(c.num_heads, c.head_dim, 1, dt)
-        self.cross_kv = MultiHeadProjection(c.num_heads, c.head_dim, 2, dt)
+        self.cross_q = MultiHeadProjection(c.num_heads, c.head_dim, 1, dt, c.qkv_bias)
+        self.cross_kv = MultiHeadProjection(c.num_heads, c.head_dim, 2, dt, c.qkv_bias)
         self.cross_out = OutputProjection(c.d_model, dt)
-        self.ffn = FeedForward(c.d_model, c.d_ff, c.dropout, dt)
-        self.ln_self = nn.LayerNorm(dtype=jnp.float32)
-        self.ln_cross = nn.LayerNorm(dtype=jnp.float32)
-        self.ln_ffn = nn.LayerNorm(dtype=jnp.float32)
+        self.ffn = FeedForward(c.d_model, c.d_ff, c.dropout, dt, c.activation)
+        self.ln_self = layer_norm(c)
+        self.ln_cross = layer_norm(c)
+        self.ln_ffn = layer_norm(c)
         self.drop = nn.Dropout(c.dropout)
         self.attn_drop = nn.Dropout(c.attention_dropout)
 
@@ -283,18 +335,41 @@ class TransformerNet(nn.Module):
         self.encoder_layers = [EncoderLayer(c) for _ in range(c.num_encoder_layers)]
         self.decoder_layers = [DecoderLayer(c) for _ in range(c.num_decoder_layers)]
         if c.pre_ln:
-            self.encoder_ln = nn.LayerNorm(dtype=jnp.float32)
-            self.decoder_ln = nn.LayerNorm(dtype=jnp.float32)
+            self.encoder_ln = layer_norm(c)
+            self.decoder_ln = layer_norm(c)
+        if c.position_embedding == "learned":
+            pos_init = nn.initializers.normal(stddev=0.02)
+            rows = c.max_len + c.position_offset
+            self.encoder_pos = nn.Embed(rows, c.d_model, embedding_init=pos_init)
+            self.decoder_pos = nn.Embed(rows, c.d_model, embedding_init=pos_init)
+        if c.layernorm_embedding:
+            self.encoder_ln_emb = layer_norm(c)
+            self.decoder_ln_emb = layer_norm(c)
+        if c.final_logits_bias:
+            self.logits_bias = self.param(
+                "final_logits_bias", nn.initializers.zeros, (c.vocab_size,)
+            )
         self.drop = nn.Dropout(c.dropout)
 
     # -- pieces -------------------------------------------------------------
-    def _embed(self, ids: jax.Array, table: nn.Embed, positions: jax.Array) -> jax.Array:
+    def _embed(
+        self, ids: jax.Array, table: nn.Embed, positions: jax.Array, side: str = "decoder"
+    ) -> jax.Array:
+        """Token embedding (scaled) + position embedding (+ LayerNorm): ``[B, T, D]``."""
         c = self.cfg
         x = table(ids)
         if c.scale_embeddings:
             x = x * math.sqrt(c.d_model)
-        pos = jnp.asarray(sinusoid_table(c.max_len, c.d_model))[positions]
-        return (x + pos).astype(_dtype(c))
+        fixed = fixed_position_table(c)
+        if fixed is None:
+            pos_table = self.encoder_pos if side == "encoder" else self.decoder_pos
+            pos = pos_table(positions + c.position_offset)
+        else:
+            pos = jnp.asarray(fixed)[positions]
+        x = x + pos
+        if c.layernorm_embedding:
+            x = (self.encoder_ln_emb if side == "encoder" else self.decoder_ln_emb)(x)
+        return x.astype(_dtype(c))
 
     def _logits(self, x: jax.Array) -> jax.Array:
         c = self.cfg
@@ -305,13 +380,15 @@ class TransformerNet(nn.Module):
             logits = self.tgt_embed.attend(x)
         else:
             logits = self.logits_dense(x)
+        if c.final_logits_bias:
+            logits = logits + self.logits_bias
         return logits.astype(jnp.float32)
 
     # -- public methods (called through ``Transformer``) ---------------------
     def encode(self, src_BxS: jax.Array, src_mask_BxS: jax.Array, deterministic: bool = True):
         c = self.cfg
         table = self.tgt_embed if c.share_embeddings else self.src_embed
-        x = self._embed(src_BxS, table, jnp.arange(src_BxS.shape[1]))
+        x = self._embed(src_BxS, table, jnp.arange(src_BxS.shape[1]), "encoder")
         x = self.drop(x, deterministic=deterministic)
         mask = jnp.broadcast_to(src_mask_BxS[:, None, :], (*src_BxS.shape, src_BxS.shape[1]))
         for layer in self.encoder_layers:
@@ -429,15 +506,20 @@ def decoder_weights(cfg: ModelConfig, params: Params) -> dict[str, Any]:
     def mat(kernel: jax.Array, rows: int) -> jax.Array:
         return kernel.reshape(rows, -1).astype(dt)
 
+    def bias(proj: dict[str, jax.Array]) -> jax.Array | None:
+        return proj["bias"].reshape(-1).astype(dt) if cfg.qkv_bias else None
+
     layers = []
     for i in range(cfg.num_decoder_layers):
         lp = p[f"decoder_layers_{i}"]
         layers.append(
             {
                 "qkv": mat(lp["qkv"]["kernel"], d),  # [D, 3 * H * Dh]: q, k, v blocks
+                "qkv_b": bias(lp["qkv"]),  # [3 * H * Dh] or None
                 "self_out": mat(lp["self_out"]["kernel"], hd),
                 "self_out_b": lp["self_out"]["bias"].astype(dt),
                 "cross_q": mat(lp["cross_q"]["kernel"], d),
+                "cross_q_b": bias(lp["cross_q"]),
                 "cross_out": mat(lp["cross_out"]["kernel"], hd),
                 "cross_out_b": lp["cross_out"]["bias"].astype(dt),
                 "wi": lp["ffn"]["wi"]["kernel"].astype(dt),
@@ -458,9 +540,18 @@ def decoder_weights(cfg: ModelConfig, params: Params) -> dict[str, Any]:
     else:
         out_w = p["logits_dense"]["kernel"].astype(dt)
         out_b = p["logits_dense"]["bias"].astype(dt)
+    if cfg.final_logits_bias:
+        extra = p["final_logits_bias"]
+        out_b = extra if out_b is None else out_b + extra.astype(dt)
+    fixed = fixed_position_table(cfg)
+    if fixed is None:
+        positions = p["decoder_pos"]["embedding"][cfg.position_offset :]
+    else:
+        positions = jnp.asarray(fixed)
     return {
         "embed": table,
-        "positions": jnp.asarray(sinusoid_table(cfg.max_len, cfg.d_model)),
+        "positions": positions,
+        "embed_ln": p["decoder_ln_emb"] if cfg.layernorm_embedding else None,
         "layers": tuple(layers),
         "final_ln": p["decoder_ln"] if cfg.pre_ln else None,
         "out_w": out_w,
@@ -468,8 +559,8 @@ def decoder_weights(cfg: ModelConfig, params: Params) -> dict[str, Any]:
     }
 
 
-def _layer_norm(ln_params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
-    return nn.LayerNorm(dtype=jnp.float32).apply({"params": ln_params}, x)
+def _layer_norm(cfg: ModelConfig, ln_params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+    return layer_norm(cfg).apply({"params": ln_params}, x)
 
 
 def _one_query_attention(
@@ -500,7 +591,11 @@ def fast_decode_step(
     if cfg.scale_embeddings:
         x = x * math.sqrt(cfg.d_model)
     pos = lax.dynamic_index_in_dim(weights["positions"], position, 0, keepdims=False)
-    x = (x + pos[None]).astype(dt)  # [B, D]
+    x = x + pos[None]
+    if weights["embed_ln"] is not None:
+        x = _layer_norm(cfg, weights["embed_ln"], x)
+    x = x.astype(dt)  # [B, D]
+    act = activation_fn(cfg.activation)
     max_t = cache["layers"][0]["k"].shape[2]
     self_mask = jnp.broadcast_to(jnp.arange(max_t) <= position, (b, max_t))
     cross_mask = cache["src_mask"]
@@ -513,7 +608,10 @@ def fast_decode_step(
     for w, lc in zip(weights["layers"], cache["layers"], strict=True):
 
         def self_attn(y: jax.Array, w=w, lc=lc) -> jax.Array:
-            qkv = heads(y @ w["qkv"])
+            qkv = y @ w["qkv"]
+            if w["qkv_b"] is not None:
+                qkv = qkv + w["qkv_b"]
+            qkv = heads(qkv)
             k_cache = lax.dynamic_update_slice(
                 lc["k"], qkv[:, 1, :, None, :].astype(lc["k"].dtype), (0, 0, position, 0)
             )
@@ -528,31 +626,36 @@ def fast_decode_step(
 
         def cross_attn(y: jax.Array, w=w, lc=lc) -> jax.Array:
             nonlocal cross_w
-            q = heads(y @ w["cross_q"])[:, 0]
+            q = y @ w["cross_q"]
+            if w["cross_q_b"] is not None:
+                q = q + w["cross_q_b"]
+            q = heads(q)[:, 0]
             o, cross_w = _one_query_attention(
                 q, lc["ck"].astype(dt), lc["cv"].astype(dt), cross_mask
             )
             return o.reshape(b, -1) @ w["cross_out"] + w["cross_out_b"]
 
         def ffn(y: jax.Array, w=w) -> jax.Array:
-            return jax.nn.relu(y @ w["wi"] + w["wi_b"]) @ w["wo"] + w["wo_b"]
+            return act(y @ w["wi"] + w["wi_b"]) @ w["wo"] + w["wo_b"]
 
         if cfg.pre_ln:
-            x = x + self_attn(_layer_norm(w["ln_self"], x).astype(dt))
-            x = x + cross_attn(_layer_norm(w["ln_cross"], x).astype(dt))
-            x = x + ffn(_layer_norm(w["ln_ffn"], x).astype(dt))
+            x = x + self_attn(_layer_norm(cfg, w["ln_self"], x).astype(dt))
+            x = x + cross_attn(_layer_norm(cfg, w["ln_cross"], x).astype(dt))
+            x = x + ffn(_layer_norm(cfg, w["ln_ffn"], x).astype(dt))
         else:
-            x = _layer_norm(w["ln_self"], x + self_attn(x)).astype(dt)
-            x = _layer_norm(w["ln_cross"], x + cross_attn(x)).astype(dt)
-            x = _layer_norm(w["ln_ffn"], x + ffn(x)).astype(dt)
+            x = _layer_norm(cfg, w["ln_self"], x + self_attn(x)).astype(dt)
+            x = _layer_norm(cfg, w["ln_cross"], x + cross_attn(x)).astype(dt)
+            x = _layer_norm(cfg, w["ln_ffn"], x + ffn(x)).astype(dt)
 
     if weights["final_ln"] is not None:
-        x = _layer_norm(weights["final_ln"], x)
+        x = _layer_norm(cfg, weights["final_ln"], x)
     x = x.astype(dt)
-    if weights["out_b"] is None:
+    if cfg.tie_output:
         logits = x.astype(weights["out_w"].dtype) @ weights["out_w"]
     else:
-        logits = x @ weights["out_w"] + weights["out_b"]
+        logits = x @ weights["out_w"]
+    if weights["out_b"] is not None:
+        logits = logits + weights["out_b"]
     # Coverage uses the last layer's cross-attention averaged over heads: [B, S].
     attn_BxS = jnp.mean(cross_w, axis=1)
     new_cache = {"layers": tuple(new_layers), "src_mask": cache["src_mask"]}

@@ -1,0 +1,350 @@
+"""seqjax vs HuggingFace PyTorch ``generate()`` vs CTranslate2 on the same Marian weights.
+
+One random transformer-base Marian model (6+6 layers, d512, 8 heads, ffn 2048, vocab
+8000, swish, sinusoidal positions, scaled embeddings: the opus-mt architecture) is
+built with transformers and saved; seqjax loads it with ``seqjax.interop.hf.load_hf``,
+HF runs it in PyTorch, CTranslate2 runs its own conversion of the same directory
+(``ctranslate2.converters.TransformersConverter``, float32). Every system decodes the
+same sources (32 tokens, the last one ``</s>``) to exactly ``--new-tokens`` tokens:
+
+- seqjax: ``min_len = max_len = N``; HF: ``min_new_tokens = max_new_tokens = N`` (and
+  ``bad_words_ids=[[pad]]``, which seqjax and CT2 imply); CT2:
+  ``min_decoding_length = max_decoding_length = N``.
+
+Cells are batch 1/16/64 x greedy/beam 4. Within a cell the systems run interleaved
+(seqjax, HF, CT2, seqjax, ...) for ``--repeats`` rounds after one warm-up call each,
+so machine load hits all of them alike; the table gives median tokens/s (batch x N
+output tokens; beams not counted) and the ratios seqjax/peer computed within the run.
+seqjax's first call (trace + compile + one run) is reported separately. Threads: torch
+``set_num_threads`` and CT2 ``intra_threads`` = the CPU count (XLA uses every core).
+
+Needs the optional peers (``pip install torch==2.13.0 && pip install -e '.[peers]'``);
+not part of the test suite. Example (about 15 minutes on 2 cores)::
+
+    python experiments/bench_vs_peers.py --repeats 5
+    python experiments/bench_vs_peers.py --batches 1 --repeats 2 --out /tmp/smoke  # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax.decoding import beam_search, greedy
+from seqjax.interop.hf import load_hf
+
+VOCAB, PAD, EOS, UNK = 8000, 7999, 0, 1  # opus-mt layout: </s> 0, <unk> 1, <pad> last
+
+
+def build_marian(out: Path, seed: int) -> None:
+    """Save a random transformer-base Marian model + a word-level tokenizer (for CT2)."""
+    import torch
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import MarianConfig, MarianMTModel, PreTrainedTokenizerFast
+
+    torch.manual_seed(seed)
+    cfg = MarianConfig(
+        vocab_size=VOCAB,
+        d_model=512,
+        encoder_layers=6,
+        decoder_layers=6,
+        encoder_attention_heads=8,
+        decoder_attention_heads=8,
+        encoder_ffn_dim=2048,
+        decoder_ffn_dim=2048,
+        max_position_embeddings=512,
+        activation_function="swish",
+        scale_embedding=True,
+        pad_token_id=PAD,
+        decoder_start_token_id=PAD,
+        eos_token_id=EOS,
+        forced_eos_token_id=None,
+        dropout=0.0,
+    )
+    model = MarianMTModel(cfg).eval()
+    with torch.no_grad():  # CT2 starts the decoder from a zero vector: make <pad> zero too
+        model.model.shared.weight[PAD].zero_()
+    model.save_pretrained(out)
+    vocab = {"</s>": EOS, "<unk>": UNK, **{f"w{i}": i for i in range(2, PAD)}, "<pad>": PAD}
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+    fast.save_pretrained(out)
+
+
+def convert_ct2(hf_dir: Path, out: Path) -> None:
+    from ctranslate2.converters import TransformersConverter
+
+    TransformersConverter(str(hf_dir)).convert(str(out), quantization="float32", force=True)
+
+
+class SeqjaxRunner:
+    name = "seqjax"
+
+    def __init__(self, hf_dir: Path, new_tokens: int) -> None:
+        self.model, self.params, _ = load_hf(hf_dir)
+        self.n = new_tokens
+        self.fns: dict[tuple[str, int], Any] = {}
+        self.traces = 0
+
+    def _fn(self, method: str, beam: int):
+        key = (method, beam)
+        if key not in self.fns:
+            model, n, c = self.model, self.n, self.model.config
+
+            def run(params, src_BxS):
+                self.traces += 1  # once per trace
+                mask = src_BxS != c.pad_id
+                cache = model.init_cache(params, model.encode(params, src_BxS, mask), mask, n)
+                ids = dict(bos_id=c.bos_id, eos_id=c.eos_id, pad_id=c.pad_id)
+                common = dict(max_len=n, min_len=n, **ids)
+                step = model.step_fn(params)
+                if method == "greedy":
+                    return greedy(step, cache, **common).tokens[:, 0]
+                r = beam_search(
+                    step, cache, beam_size=beam, alpha=1.0, length_penalty="hf", **common
+                )
+                return r.tokens[:, 0]
+
+            self.fns[key] = jax.jit(run)
+        return self.fns[key]
+
+    def __call__(self, src_BxS: np.ndarray, method: str, beam: int) -> np.ndarray:
+        return np.asarray(self._fn(method, beam)(self.params, jnp.asarray(src_BxS, jnp.int32)))
+
+
+class HFRunner:
+    name = "hf_pytorch"
+
+    def __init__(self, hf_dir: Path, new_tokens: int, threads: int) -> None:
+        import torch
+        from transformers import MarianMTModel
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.model = MarianMTModel.from_pretrained(hf_dir).eval()
+        self.n = new_tokens
+
+    def __call__(self, src_BxS: np.ndarray, method: str, beam: int) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=torch.tensor(src_BxS),
+                attention_mask=torch.ones(src_BxS.shape, dtype=torch.long),
+                do_sample=False,
+                num_beams=1 if method == "greedy" else beam,
+                min_new_tokens=self.n,
+                max_new_tokens=self.n,
+                bad_words_ids=[[PAD]],
+                length_penalty=1.0,
+            )
+        return out[:, 1:].numpy()
+
+
+class CT2Runner:
+    name = "ctranslate2"
+
+    def __init__(self, ct2_dir: Path, new_tokens: int, threads: int) -> None:
+        import ctranslate2
+
+        self.tr = ctranslate2.Translator(
+            str(ct2_dir), device="cpu", compute_type="float32", intra_threads=threads
+        )
+        self.n = new_tokens
+
+    def __call__(self, src_BxS: np.ndarray, method: str, beam: int) -> np.ndarray:
+        tokens = [[("</s>" if i == EOS else f"w{i}") for i in row] for row in src_BxS.tolist()]
+        res = self.tr.translate_batch(
+            tokens,
+            beam_size=1 if method == "greedy" else beam,
+            num_hypotheses=1,
+            min_decoding_length=self.n,
+            max_decoding_length=self.n,
+            max_batch_size=0,
+        )
+        ids = [[EOS if t == "</s>" else int(t[1:]) for t in r.hypotheses[0]] for r in res]
+        return np.array(ids)
+
+
+def sources(rng: np.random.Generator, batch: int, length: int) -> np.ndarray:
+    src = rng.integers(2, PAD, (batch, length))
+    src[:, -1] = EOS
+    return src
+
+
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "n/a"
+
+
+def versions() -> dict[str, str]:
+    import ctranslate2
+    import torch
+    import transformers
+
+    return {
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "ctranslate2": ctranslate2.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = [
+        "# seqjax vs HF PyTorch vs CTranslate2: random transformer-base Marian, CPU",
+        "",
+        f"{meta['platform']}; source {meta['src_len']} tokens, exactly {meta['new_tokens']} "
+        f"output tokens; median of {meta['repeats']} interleaved rounds; tokens/s = batch x "
+        f"output tokens. Threads: {meta['threads']}. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+        + ".",
+        "",
+        f"Load before: `{meta['uptime_before']}`; after: `{meta['uptime_after']}`.",
+        "",
+        "| method | batch | seqjax tok/s | HF PyTorch tok/s | CT2 fp32 tok/s | seqjax/HF | "
+        "seqjax/CT2 | seqjax first call s | seqjax compile s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        t = r["tokens_per_s"]
+        lines.append(
+            f"| {r['method']} | {r['batch']} | {t['seqjax']:.0f} | {t['hf_pytorch']:.0f} | "
+            f"{t['ctranslate2']:.0f} | {r['ratio_vs_hf']:.2f}x | {r['ratio_vs_ct2']:.2f}x | "
+            f"{r['seqjax_first_call_s']:.1f} | {r['seqjax_compile_s']:.1f} |"
+        )
+    lines += [
+        "",
+        "Targets: seqjax >= 3x HF PyTorch and >= 1x CTranslate2 in every cell. "
+        f"Greedy outputs identical across systems (batch 1): {meta['greedy_agreement']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--batches", default="1,16,64")
+    p.add_argument("--methods", default="greedy,beam")
+    p.add_argument("--beam-size", type=int, default=4)
+    p.add_argument("--src-len", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds per cell")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", help="where to keep the model dirs (default: a temp dir)")
+    p.add_argument("--out", default="experiments/results/bench_vs_peers")
+    args = p.parse_args(argv)
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_vs_peers_"))
+    hf_dir, ct2_dir = work / "marian_hf", work / "marian_ct2"
+    if not (hf_dir / "model.safetensors").is_file():
+        build_marian(hf_dir, args.seed)
+    if not (ct2_dir / "model.bin").is_file():
+        convert_ct2(hf_dir, ct2_dir)
+    before = uptime()
+    print("load:", before, flush=True)
+    sj = SeqjaxRunner(hf_dir, args.new_tokens)
+    peers = [
+        HFRunner(hf_dir, args.new_tokens, args.threads),
+        CT2Runner(ct2_dir, args.new_tokens, args.threads),
+    ]
+    systems = [sj, *peers]
+    rng = np.random.default_rng(args.seed)
+
+    # Sanity: the three systems compute the same greedy tokens on one source.
+    probe = sources(rng, 1, args.src_len)
+    outs = {s.name: s(probe, "greedy", 1) for s in systems}
+    agree = {name: float(np.mean(out[0] == outs["seqjax"][0])) for name, out in outs.items()}
+    print("greedy token agreement with seqjax (b1):", agree, flush=True)
+
+    rows = []
+    for method in args.methods.split(","):
+        for batch in (int(b) for b in args.batches.split(",")):
+            beam = args.beam_size
+            src = sources(rng, batch, args.src_len)
+            t0 = time.perf_counter()
+            sj_first = sj(src, method, beam)  # trace + compile + run (first call of this shape)
+            first = time.perf_counter() - t0
+            for s in peers:
+                out = s(src, method, beam)  # warm-up
+                if out.shape != (batch, args.new_tokens):
+                    raise RuntimeError(f"{s.name} {method} b{batch}: output shape {out.shape}")
+            if sj_first.shape != (batch, args.new_tokens) or (sj_first == EOS).any(axis=1).any():
+                raise RuntimeError(
+                    f"seqjax {method} b{batch}: not exactly {args.new_tokens} tokens"
+                )
+            times: dict[str, list[float]] = {s.name: [] for s in systems}
+            for _ in range(args.repeats):
+                src = sources(rng, batch, args.src_len)
+                for s in systems:
+                    t0 = time.perf_counter()
+                    s(src, method, beam)
+                    times[s.name].append(time.perf_counter() - t0)
+            tokens = batch * args.new_tokens
+            med = {k: statistics.median(v) for k, v in times.items()}
+            tps = {k: tokens / v for k, v in med.items()}
+            row = {
+                "method": method if method == "greedy" else f"beam{beam}",
+                "batch": batch,
+                "tokens_per_s": tps,
+                "tokens_per_s_runs": {k: [tokens / t for t in v] for k, v in times.items()},
+                "ratio_vs_hf": tps["seqjax"] / tps["hf_pytorch"],
+                "ratio_vs_ct2": tps["seqjax"] / tps["ctranslate2"],
+                "seqjax_first_call_s": first,
+                "seqjax_compile_s": max(first - med["seqjax"], 0.0),
+            }
+            rows.append(row)
+            print(
+                f"{row['method']:>6} b{batch:<3} "
+                + "  ".join(f"{k} {v:7.0f}" for k, v in tps.items())
+                + f"  seqjax/HF {row['ratio_vs_hf']:.2f}x  seqjax/CT2 {row['ratio_vs_ct2']:.2f}x"
+                + f"  first call {first:.1f}s",
+                flush=True,
+            )
+    meta = {
+        "model": "random Marian transformer-base (6+6, d512, 8 heads, ffn 2048, vocab 8000)",
+        "src_len": args.src_len,
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "beam_size": args.beam_size,
+        "threads": args.threads,
+        "platform": f"{platform.machine()}, {os.cpu_count()} CPUs, jax backend "
+        f"{jax.default_backend()}",
+        "versions": versions(),
+        "uptime_before": before,
+        "uptime_after": uptime(),
+        "greedy_agreement": agree,
+        "seqjax_traces": sj.traces,
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+    out.with_suffix(".md").write_text(markdown(rows, meta))
+    print(markdown(rows, meta))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Interoperability with other toolkits' checkpoints (``seqjax.interop.hf``: HuggingFace)."""
