@@ -209,11 +209,14 @@ def _train_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from seqjax.sharding import is_primary
     from seqjax.training.loop import train
 
     model_cfg, train_cfg = _train_configs(args)
     t0 = time.monotonic()
     result = train(model_cfg, train_cfg, args.out)
+    if not is_primary():
+        return 0  # process 0 reports (and runs the test-set evaluation)
     print(
         f"trained {result.step} steps in {result.minutes:.1f} min "
         f"({result.params / 1e6:.2f}M parameters) -> {result.run_dir}"

@@ -206,3 +206,63 @@ def test_translate_fills_the_compile_cache_unless_opted_out(toy_corpus, tmp_path
     assert any(p.is_file() for p in on.rglob("*"))  # the decoder program was written
     assert translate(off, "--no-compile-cache") == out_on
     assert not off.exists() or not any(off.rglob("*"))
+
+
+# -- two real processes (slow: run with -m slow) ------------------------------------------------
+
+
+def _train_cmd(run: Path, corpus: Path) -> list[str]:
+    return [sys.executable, "-m", "seqjax.cli", "train", "--out", str(run), "--preset", "tiny",
+            "--vocab-size", "300", "--max-minutes", "0", "--no-test", "--no-compile-cache",
+            "--steps", "4", "--eval-every", "4", "--mesh", "data=4",
+            "--set", "train.length_buckets=[8, 16, 32]", "--set", "train.batch_tokens=100",
+            "--set", "train.log_every=2", "--set", "train.valid_bleu_sentences=6",
+            "--src", str(corpus / "train.src"), "--tgt", str(corpus / "train.tgt"),
+            "--valid-src", str(corpus / "valid.src"), "--valid-tgt", str(corpus / "valid.tgt")]  # fmt: skip
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(toy_corpus, tmp_path):
+    """2 processes x 2 devices (jax.distributed over localhost) = 1 process x 4 devices."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    two = tmp_path / "two"
+    procs = [
+        subprocess.Popen(
+            _train_cmd(two, toy_corpus),
+            env=_env(
+                XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                JAX_NUM_PROCESSES="2",
+                JAX_PROCESS_ID=str(i),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert "over 2 process(es)" in outs[0][1] and outs[1][1].strip() == ""  # process 1 is quiet
+    one = tmp_path / "one"
+    proc = subprocess.run(
+        _train_cmd(one, toy_corpus),
+        env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = _records(one), _records(two)
+    assert [r["step"] for r in a] == [r["step"] for r in b]  # one writer, no duplicates
+    for ra, rb in zip(a, b, strict=True):
+        for k in ("loss", "train_nll", "valid_nll"):
+            if k in ra:
+                assert rb[k] == pytest.approx(ra[k], rel=1e-5)
+    assert (two / "checkpoints" / "4").is_dir() and (two / "best" / "4").is_dir()
