@@ -249,8 +249,12 @@ def cmd_translate(args: argparse.Namespace) -> int:
         data = sys.stdin.buffer.read()
         # An empty stdin is an empty batch (pipelines), not an error.
         lines = decode_lines(data, "<stdin>")[0] if data.strip() else []
+    from seqjax.sharding import is_primary
+
     translator = load(args.checkpoint, decode_config=cfg, mesh=_mesh(args), dtype=args.dtype)
     nbest = translator.translate_nbest(lines, cfg, progress=args.input is not None)
+    if not is_primary():
+        return 0  # every process decodes its rows; process 0 writes the whole output
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     try:
         for hyps in nbest:
