@@ -206,6 +206,8 @@ def test_translate_fills_the_compile_cache_unless_opted_out(toy_corpus, tmp_path
     assert any(p.is_file() for p in on.rglob("*"))  # the decoder program was written
     assert translate(off, "--no-compile-cache") == out_on
     assert not off.exists() or not any(off.rglob("*"))
+    # A float32 checkpoint decodes in bfloat16 too (same params, bfloat16 activations).
+    assert len(translate(off, "--no-compile-cache", "--dtype", "bfloat16").splitlines()) == 2
 
 
 # -- two real processes (slow: run with -m slow) ------------------------------------------------
