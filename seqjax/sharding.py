@@ -218,6 +218,15 @@ def sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def agree(flag: bool) -> bool:
+    """Process 0's ``flag`` on every process (host clocks differ; decisions must not)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
+
+
 # --------------------------------------------------------------------------- multi-host
 
 # The variables a launcher sets for every process (same values, except the process id).

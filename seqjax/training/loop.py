@@ -414,7 +414,8 @@ def train(
     interrupted = False
     bad_run = skipped_total = 0  # consecutive / all non-finite (skipped) updates
     try:
-        while step < cfg.total_steps and time.monotonic() - start < budget:
+        # The wall-clock budget is process 0's: every process must run the same steps.
+        while step < cfg.total_steps and sharding.agree(time.monotonic() - start < budget):
             batch_epoch, batch_index, batch = next(batches)
             global_rows = len(batch["src"]) * jax.process_count()
             state, m = train_step(
