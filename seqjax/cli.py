@@ -134,6 +134,36 @@ def decode_config_from_args(
     return from_dict(DecodeConfig, values, where="decoding options")
 
 
+# -- devices, precision and the compile cache (shared by every command) -------------------
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("devices and precision")
+    g.add_argument(
+        "--mesh",
+        metavar="SPEC",
+        help="device mesh: auto (default: every device on the data axis), data=N or "
+        "data=N,model=M; the sizes must multiply to the number of devices",
+    )
+    g.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="activation/matmul dtype (params, softmax and losses stay float32)",
+    )
+    g.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="do not use JAX's persistent compilation cache (~/.cache/seqjax/jax; also "
+        "SEQJAX_NO_COMPILE_CACHE=1)",
+    )
+
+
+def _mesh(args: argparse.Namespace) -> Any:
+    from seqjax.sharding import make_mesh
+
+    return make_mesh(args.mesh or "auto")
+
+
 # -- train ---------------------------------------------------------------------------------
 
 
@@ -168,6 +198,7 @@ def _train_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
         ("teacher", "teacher"),
         ("distill_ema", "distill_ema"),
         ("distill_temperature", "distill_temperature"),
+        ("mesh", "mesh"),
     ]:
         v = getattr(args, flag)
         if v is not None:
@@ -176,15 +207,20 @@ def _train_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
     model_values = dict(sections.get("model", {}))
     if args.vocab_size is not None:
         model_values["vocab_size"] = args.vocab_size
+    if args.dtype is not None:
+        model_values["dtype"] = args.dtype
     return model_preset(train_cfg.preset, **model_values), train_cfg
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from seqjax.sharding import is_primary
     from seqjax.training.loop import train
 
     model_cfg, train_cfg = _train_configs(args)
     t0 = time.monotonic()
     result = train(model_cfg, train_cfg, args.out)
+    if not is_primary():
+        return 0  # process 0 reports (and runs the test-set evaluation)
     print(
         f"trained {result.step} steps in {result.minutes:.1f} min "
         f"({result.params / 1e6:.2f}M parameters) -> {result.run_dir}"
@@ -214,7 +250,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
         from seqjax.config import to_dict
         from seqjax.interop.hf import hf_decode_config, hf_generation_settings, load_hf_translator
 
-        translator = load_hf_translator(args.hf)
+        translator = load_hf_translator(args.hf, mesh=_mesh(args), dtype=args.dtype)
         base = to_dict(hf_decode_config(hf_generation_settings(args.hf), translator.config))
         cfg = decode_config_from_args(args, base)
     else:
@@ -225,9 +261,13 @@ def cmd_translate(args: argparse.Namespace) -> int:
         data = sys.stdin.buffer.read()
         # An empty stdin is an empty batch (pipelines), not an error.
         lines = decode_lines(data, "<stdin>")[0] if data.strip() else []
+    from seqjax.sharding import is_primary
+
     if not args.hf:
-        translator = load(args.checkpoint, decode_config=cfg)
+        translator = load(args.checkpoint, decode_config=cfg, mesh=_mesh(args), dtype=args.dtype)
     nbest = translator.translate_nbest(lines, cfg, progress=args.input is not None)
+    if not is_primary():
+        return 0  # every process decodes its rows; process 0 writes the whole output
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     try:
         for hyps in nbest:
@@ -247,10 +287,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = decode_config_from_args(args)
     if (args.src is None) != (args.ref is None):
         raise UsageError("give both --src and --ref, or neither (then --split is used)")
+    options = dict(mesh=_mesh(args), dtype=args.dtype)
     if args.src:
-        evaluate_files(args.checkpoint, cfg, args.src, args.ref, output=args.output)
+        evaluate_files(args.checkpoint, cfg, args.src, args.ref, output=args.output, **options)
     else:
-        evaluate_split(args.checkpoint, cfg, split=args.split, output=args.output)
+        evaluate_split(args.checkpoint, cfg, split=args.split, output=args.output, **options)
     return 0
 
 
@@ -350,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--distill-temperature", type=float, help="distill: softmax temperature T (default 2)"
     )
+    add_runtime_args(t)
     t.set_defaults(func=cmd_train)
 
     tr = sub.add_parser(
@@ -370,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--input", metavar="FILE", help="input file (default: stdin)")
     tr.add_argument("--output", metavar="FILE", help="output file (default: stdout)")
     add_decode_args(tr)
+    add_runtime_args(tr)
     tr.set_defaults(func=cmd_translate)
 
     ev = sub.add_parser(
@@ -391,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ref", help="reference translations, line-aligned with --src")
     ev.add_argument("--output", metavar="FILE", help="also write the hypotheses here")
     add_decode_args(ev)
+    add_runtime_args(ev)
     ev.set_defaults(func=cmd_evaluate)
     return p
 
@@ -403,9 +447,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from seqjax.checkpoint import CheckpointError
     from seqjax.data import DataError
+    from seqjax.sharding import enable_compile_cache, maybe_initialize_distributed
     from seqjax.training.loop import TrainingDiverged
 
     try:
+        # Before any device is touched: join a multi-host job, turn on the compile cache.
+        maybe_initialize_distributed()
+        if not args.no_compile_cache:
+            enable_compile_cache()
         return args.func(args)
     except (UsageError, ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
         print(f"seqjax: error: {e}", file=sys.stderr)

@@ -291,6 +291,9 @@ class TrainConfig:
     keep_last: int = 2
     log_every: int = 50
     max_bad_steps: int = 20  # consecutive non-finite (skipped) steps before the run stops
+    # Device mesh (seqjax.sharding): "auto" = every device on the data axis, or
+    # "data=N" / "data=N,model=M". A runtime choice: a run may resume on another mesh.
+    mesh: str = "auto"
     # Objective: mle (teacher forcing), scheduled-sampling, mrt, distill.
     objective: str = "mle"
     init_from: str | None = None  # run directory whose best params start this run
@@ -344,6 +347,7 @@ class TrainConfig:
         _check(0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)")
         _check(self.keep_last >= 1, "keep_last must be >= 1")
         _check(self.max_bad_steps >= 1, "max_bad_steps must be >= 1")
+        _check(isinstance(self.mesh, str), "mesh must be a string like auto or data=8")
 
 
 @dataclasses.dataclass(frozen=True)

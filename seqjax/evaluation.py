@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from seqjax import checkpoint
 from seqjax.config import DecodeConfig
@@ -42,8 +43,12 @@ def evaluate_split(
     output: str | Path | None = None,
     samples: int = 0,
     results_file: str | Path | None = None,
+    **load_options: Any,
 ) -> CorpusScores:
-    """Score a run on a split of the corpus it was trained on (bundled, or its valid files)."""
+    """Score a run on a split of the corpus it was trained on (bundled, or its valid files).
+
+    ``load_options`` go to ``seqjax.inference.load`` (``mesh``, ``dtype``).
+    """
     _, train_cfg = checkpoint.read_run_config(run_dir)
     if train_cfg.src is not None:
         if split != "valid" or train_cfg.valid_src is None:
@@ -53,7 +58,7 @@ def evaluate_split(
         data = read_parallel(train_cfg.valid_src, train_cfg.valid_tgt)
     else:
         data = load_bundled(train_cfg.corpus, split)
-    translator = load(str(run_dir), decode_config=cfg)
+    translator = load(str(run_dir), decode_config=cfg, **load_options)
     scores, seconds = score_translations(
         translator, data.src, data.tgt, cfg, output=output, samples=samples
     )
@@ -81,10 +86,17 @@ def evaluate_split(
 
 
 def evaluate_files(
-    run_dir: str | Path, cfg: DecodeConfig, src: str, ref: str, *, output: str | Path | None = None
+    run_dir: str | Path,
+    cfg: DecodeConfig,
+    src: str,
+    ref: str,
+    *,
+    output: str | Path | None = None,
+    **load_options: Any,
 ) -> CorpusScores:
+    """Score a run on a source file against a reference file (``load_options`` as above)."""
     data = read_parallel(src, ref)
-    translator = load(str(run_dir), decode_config=cfg)
+    translator = load(str(run_dir), decode_config=cfg, **load_options)
     scores, seconds = score_translations(translator, data.src, data.tgt, cfg, output=output)
     print(f"{src}: {len(data.src)} sentences in {seconds:.1f}s\n{scores.format()}")
     return scores

@@ -8,6 +8,10 @@
 Sources are sorted by length, cut into batches of at most ``DecodeConfig.batch_size``
 rows, padded to a length bucket and to a power-of-two row count, so a stream of
 inputs compiles once per (bucket, rows) pair and never per batch.
+
+With a ``mesh`` (``seqjax.sharding.make_mesh``) the rows of every batch are split along
+its ``data`` axis (padded to a multiple of it), the params are replicated (or split along
+``model``), and the results are gathered back to the host.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from jax.sharding import Mesh
 
+from seqjax import sharding
 from seqjax.config import DecodeConfig, ModelConfig
 from seqjax.data import Tokenizer, pad_batch
 from seqjax.decoding import DecodeResult, decode, numeric_options, static_part
@@ -93,6 +98,13 @@ class Translator:
     buckets: tuple[int, ...] = DECODE_BUCKETS
     warn_stream: Any = None
     amateur: Translator | None = None  # small model for contrastive decoding (same vocab)
+    mesh: Mesh | None = None  # data-parallel decoding over this mesh (None: one device)
+
+    def __post_init__(self) -> None:
+        if self.mesh is not None and self.mesh.size == 1:
+            self.mesh = None  # one device: the plain path is the same program
+        if self.mesh is not None:
+            self.params = sharding.place_params(self.params, self.mesh)
 
     @property
     def max_source_tokens(self) -> int:
@@ -137,24 +149,31 @@ class Translator:
         if cfg.method == "contrastive":
             if self.amateur is None:
                 raise ValueError("contrastive decoding needs an amateur model (--amateur DIR)")
-            amateur = (self.amateur.model, self.amateur.params)
+            amateur_params = self.amateur.params
+            if self.mesh is not None:
+                amateur_params = sharding.place_params(amateur_params, self.mesh)
+            amateur = (self.amateur.model, amateur_params)
         for start in range(0, len(todo), cfg.batch_size):
             chunk = todo[start : start + cfg.batch_size]
-            rows = _row_bucket(len(chunk), cfg.batch_size)
+            rows = sharding.padded_rows(_row_bucket(len(chunk), cfg.batch_size), self.mesh)
             src, n = pad_batch([ids[i] for i in chunk], self.buckets, self.config.pad_id, rows)
             max_len = output_max_len(cfg, src.shape[1], self.config.max_len)
+            if self.mesh is None:
+                src_dev = jnp.asarray(src)
+            else:
+                src_dev = sharding.shard_rows({"src": src}, self.mesh)["src"]
             res = _decode_batch(
                 self.model,
                 self.params,
-                jnp.asarray(src),
+                src_dev,
                 jax.random.fold_in(key, start),
                 numeric_options(cfg),
                 static_part(cfg),
                 max_len,
                 *amateur,
             )
-            tokens = np.asarray(res.tokens)[:n]
-            scores = np.asarray(res.scores)[:n]
+            tokens = sharding.to_host(res.tokens)[:n]
+            scores = sharding.to_host(res.scores)[:n]
             keep = cfg.n_best if cfg.method == "beam" else tokens.shape[1]
             for r, i in enumerate(chunk):
                 texts = self.tgt_tokenizer.decode(tokens[r, :keep])
@@ -182,17 +201,44 @@ def load_model(path: str | Path, *, which: str = "best") -> tuple[Any, Any]:
     return model, params
 
 
+def with_dtype(model: Any, dtype: str | None) -> Any:
+    """``model`` rebuilt to compute in ``dtype`` (params unchanged); ``None`` keeps it."""
+    if dtype is None or dtype == model.config.dtype:
+        return model
+    from seqjax.config import ConfigError
+    from seqjax.models import build_model
+
+    try:
+        return build_model(dataclasses.replace(model.config, dtype=dtype))
+    except ValueError as e:
+        raise ConfigError(f"--dtype: {e}") from None
+
+
 def load(
-    path: str | Path, *, decode_config: DecodeConfig | None = None, which: str = "best"
+    path: str | Path,
+    *,
+    decode_config: DecodeConfig | None = None,
+    which: str = "best",
+    mesh: Mesh | None = None,
+    dtype: str | None = None,
 ) -> Translator:
     """Restore a run directory (config + tokenizer + Orbax params) as a ``Translator``.
 
     ``which`` is ``best`` (best validation BLEU; falls back to latest) or ``latest``.
+    ``mesh``: decode data-parallel over it. ``dtype``: activation/matmul dtype to decode
+    in (e.g. ``"bfloat16"``; params stay float32), instead of the one trained with.
     """
     from seqjax.data import load_tokenizers
 
     model, params = load_model(path, which=which)
+    model = with_dtype(model, dtype)
     src_tok, tgt_tok = load_tokenizers(Path(path) / "tokenizer")
     return Translator(
-        model, params, src_tok, tgt_tok, model.config, decode_config=decode_config or DecodeConfig()
+        model,
+        params,
+        src_tok,
+        tgt_tok,
+        model.config,
+        decode_config=decode_config or DecodeConfig(),
+        mesh=mesh,
     )

@@ -8,6 +8,9 @@ import pytest
 
 # Keep CPU tests deterministic and quiet regardless of the developer's environment.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# In-process CLI calls must not fill the user's compile cache (tests/test_sharding.py checks
+# the cache in a subprocess with its own directory).
+os.environ.setdefault("SEQJAX_NO_COMPILE_CACHE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -172,6 +172,23 @@ def make_batch(
     return {"src": src_BxL, "tgt_in": tgt_in_BxL, "tgt_out": tgt_out_BxL}
 
 
+def host_plan(
+    plan: BatchPlan, *, row_multiple: int = 1, process_index: int = 0, process_count: int = 1
+) -> BatchPlan:
+    """This process's part of a global batch, for data-parallel training.
+
+    The global batch is ``plan.rows`` rounded up to a multiple of ``row_multiple`` (the
+    mesh's data axis; the added rows are all PAD, so the loss masks them and no pair is
+    dropped) and cut into ``process_count`` equal, contiguous row blocks; process ``p``
+    gets block ``p``: the pairs that fall in it and ``rows = global_rows / process_count``.
+    """
+    m = row_multiple * process_count // np.gcd(row_multiple, process_count)
+    global_rows = -(-plan.rows // m) * m
+    per = global_rows // process_count
+    lo = process_index * per
+    return BatchPlan(plan.indices[lo : lo + per], plan.length, per)
+
+
 def iterate_batches(
     pairs: TokenizedPairs,
     *,
@@ -180,12 +197,17 @@ def iterate_batches(
     buckets: Sequence[int],
     start_epoch: int = 0,
     start_index: int = 0,
+    row_multiple: int = 1,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
     """Yield ``(epoch, index, batch)`` forever, from batch ``start_index`` of ``start_epoch``.
 
     ``index`` is the batch's position within its epoch; resume a run by passing the next
     ``(epoch, index)`` it had not trained on. ``start_index`` equal to the epoch's batch count
-    starts the next epoch.
+    starts the next epoch. With ``row_multiple``/``process_index``/``process_count`` the
+    batch is this process's rows of the padded global batch (``host_plan``); every process
+    walks the same epoch order, so together they cover each pair exactly once.
     """
     if len(pairs) == 0:
         raise DataError("no training pairs left to batch; check the data and length limits")
@@ -197,7 +219,13 @@ def iterate_batches(
         if index > len(plans):
             raise ValueError(f"start_index {index} is past the {len(plans)} batches of an epoch")
         for i in range(index, len(plans)):
-            yield epoch, i, make_batch(pairs, *plans[i])
+            plan = host_plan(
+                plans[i],
+                row_multiple=row_multiple,
+                process_index=process_index,
+                process_count=process_count,
+            )
+            yield epoch, i, make_batch(pairs, *plan)
         epoch, index = epoch + 1, 0
 
 

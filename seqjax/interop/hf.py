@@ -366,22 +366,29 @@ def load_hf(path: str | Path) -> tuple[Transformer, dict, Any]:
     return model, params, load_hf_tokenizer(path, cfg)
 
 
-def load_hf_translator(path: str | Path, decode_config: DecodeConfig | None = None) -> Any:
+def load_hf_translator(
+    path: str | Path,
+    decode_config: DecodeConfig | None = None,
+    *,
+    mesh: Any = None,
+    dtype: str | None = None,
+) -> Any:
     """A ``seqjax.inference.Translator`` for a HF checkpoint directory.
 
     Text in/out when the directory has a Marian tokenizer, whitespace-separated token ids
     otherwise. ``decode_config`` defaults to the checkpoint's generation settings
-    (``hf_decode_config``).
+    (``hf_decode_config``). ``mesh`` and ``dtype`` as for ``seqjax.inference.load``.
     """
-    from seqjax.inference import Translator
+    from seqjax.inference import Translator, with_dtype
     from seqjax.interop.hf_tokenizer import IdTokenizer
 
     model, params, tokenizer = load_hf(path)
+    model = with_dtype(model, dtype)
     if decode_config is None:
         decode_config = hf_decode_config(hf_generation_settings(path), model.config)
     tokenizer = tokenizer or IdTokenizer(model.config)
     return Translator(
-        model, params, tokenizer, tokenizer, model.config, decode_config=decode_config
+        model, params, tokenizer, tokenizer, model.config, decode_config=decode_config, mesh=mesh
     )
 
 

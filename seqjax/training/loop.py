@@ -9,6 +9,7 @@ as if never interrupted.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import sys
@@ -21,8 +22,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from seqjax import checkpoint
+from seqjax import checkpoint, sharding
 from seqjax.config import DecodeConfig, ModelConfig, TrainConfig, to_dict
 from seqjax.data import (
     DataError,
@@ -65,6 +67,7 @@ RUNTIME_FIELDS = {
     "valid_bleu_sentences",
     "keep_last",
     "max_bad_steps",
+    "mesh",
 }
 
 Log = Callable[[str], None]
@@ -129,8 +132,19 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(keep), encoding="utf-8")
 
 
-def _to_device(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    return {k: jnp.asarray(v) for k, v in batch.items()}
+def _to_device(
+    batch: dict[str, np.ndarray], mesh: Mesh | None = None, pad_id: int = 0
+) -> dict[str, jax.Array]:
+    """A whole batch (the same on every process) on the device(s), rows split along ``data``.
+
+    Rows are padded with ``pad_id`` up to a multiple of the data axis; the loss masks them.
+    """
+    if mesh is None:
+        return {k: jnp.asarray(v) for k, v in batch.items()}
+    rows = sharding.padded_rows(len(batch["src"]), mesh)
+    return sharding.shard_rows(
+        {k: sharding.pad_rows(v, rows, pad_id) for k, v in batch.items()}, mesh
+    )
 
 
 def evaluate_loss(
@@ -139,6 +153,7 @@ def evaluate_loss(
     pairs: TokenizedPairs,
     cfg: TrainConfig,
     model_cfg: ModelConfig,
+    mesh: Mesh | None = None,
 ) -> dict[str, float]:
     """Token NLL, perplexity and teacher-forced accuracy over ``pairs`` (fixed order)."""
     nll = tok = correct = 0.0
@@ -149,7 +164,7 @@ def evaluate_loss(
         batch = make_batch(
             pairs, *plan, pad_id=model_cfg.pad_id, bos_id=model_cfg.bos_id, eos_id=model_cfg.eos_id
         )
-        m = eval_step(params, _to_device(batch))
+        m = eval_step(params, _to_device(batch, mesh, model_cfg.pad_id))
         nll += float(m["nll_sum"])
         tok += float(m["tokens"])
         correct += float(m["correct"])
@@ -161,8 +176,13 @@ def evaluate_loss(
     }
 
 
-def make_objective_step(cfg: TrainConfig, model: Any, optimizer: Any) -> Step:
-    """The jitted ``step(state, batch, key) -> (state, metrics)`` for ``cfg.objective``."""
+def make_objective_step(
+    cfg: TrainConfig, model: Any, optimizer: Any, mesh: Mesh | None = None
+) -> Step:
+    """The jitted ``step(state, batch, key) -> (state, metrics)`` for ``cfg.objective``.
+
+    ``mesh``: where the distillation teacher's params are placed (replicated).
+    """
     mc: ModelConfig = model.config
     ids = dict(pad_id=mc.pad_id, bos_id=mc.bos_id, eos_id=mc.eos_id)
     if cfg.objective == "scheduled-sampling":
@@ -195,6 +215,8 @@ def make_objective_step(cfg: TrainConfig, model: Any, optimizer: Any) -> Step:
                 f"{mc.vocab_size}; distill from a teacher trained with the same tokenizer "
                 "(start the student with --init-from the teacher or its tokenizer)"
             )
+        if mesh is not None:
+            teacher_params = sharding.place_params(teacher_params, mesh)
         step = objectives.make_distill_step(
             model, optimizer, teacher_model=teacher, temperature=cfg.distill_temperature,
             top_p=cfg.distill_top_p, **ids,
@@ -215,8 +237,18 @@ def train(
 
     Validation BLEU is computed on the first ``cfg.valid_bleu_sentences`` validation
     sentences with ``decode_cfg`` (greedy by default, to keep validation cheap).
+
+    Data parallel over ``sharding.make_mesh(cfg.mesh)``: every global batch is padded to a
+    multiple of the mesh's data axis and split along it (each process builds only its own
+    rows); params and optimizer state are replicated (big matrices split along ``model``
+    when the mesh has one). With several processes only process 0 writes the run files,
+    metrics and log lines; every process takes part in the (Orbax) checkpoint saves.
     """
     run_dir = Path(run_dir)
+    mesh = sharding.make_mesh(cfg.mesh)
+    primary = sharding.is_primary()
+    if not primary:
+        log = lambda msg: None  # noqa: E731
     t_setup = time.monotonic()
     train_text, valid_text = load_training_data(cfg)
     if train_text.n_control:
@@ -226,6 +258,7 @@ def train(
         log(f"skipped {n_empty} training pairs with an empty side")
 
     resuming = (run_dir / "config.json").exists()
+    sharding.sync("seqjax-train-start")  # every process has looked before process 0 writes
     if resuming:
         model_cfg, saved_cfg = checkpoint.read_run_config(run_dir)
         cfg = _check_resume_config(saved_cfg, cfg, run_dir)
@@ -234,10 +267,17 @@ def train(
     elif cfg.init_from is not None:
         # Fine-tuning keeps the starting model's architecture and tokenizer.
         model_cfg, _ = checkpoint.read_run_config(cfg.init_from)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_run_files(run_dir, model_cfg, cfg, Path(cfg.init_from) / "tokenizer")
+        if primary:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint.write_run_files(run_dir, model_cfg, cfg, Path(cfg.init_from) / "tokenizer")
+        sharding.sync("seqjax-run-files")
         src_tok, tgt_tok = load_tokenizers(run_dir / "tokenizer")
         log(f"starting from {cfg.init_from} ({cfg.objective})")
+    elif not primary:
+        # Process 0 trains the tokenizer and writes the run files (on a shared filesystem).
+        sharding.sync("seqjax-run-files")
+        model_cfg, _ = checkpoint.read_run_config(run_dir)
+        src_tok, tgt_tok = load_tokenizers(run_dir / "tokenizer")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
@@ -256,6 +296,8 @@ def train(
             )
             model_cfg = dataclasses.replace(model_cfg, vocab_size=tgt_tok.vocab_size)
             checkpoint.write_run_files(run_dir, model_cfg, cfg, Path(tmp))
+        src_tok, tgt_tok = load_tokenizers(run_dir / "tokenizer")
+        sharding.sync("seqjax-run-files")
     if src_tok.vocab_size != tgt_tok.vocab_size:
         raise DataError("separate source/target vocabularies must have the same size")
 
@@ -291,19 +333,28 @@ def train(
         params = model.init(init_key)
     n_params = count_params(params)
     state = init_train_state(params, optimizer)
+    # Place the state on the mesh before restoring: Orbax restores into these shardings.
+    state = TrainState(
+        sharding.place_replicated(state.step, mesh),
+        sharding.place_params(state.params, mesh),
+        sharding.place_params(state.opt_state, mesh),
+    )
+    dropout_key = sharding.place_replicated(dropout_key, mesh)
     ckpt = checkpoint.Checkpointer(run_dir, keep_last=cfg.keep_last)
     epoch, index = 0, 0
     if ckpt.latest_step() is not None:
         params, opt_state, meta = ckpt.restore(state.params, state.opt_state)
-        state = TrainState(jnp.asarray(meta["step"], jnp.int32), params, opt_state)
+        step0 = sharding.place_replicated(jnp.asarray(meta["step"], jnp.int32), mesh)
+        state = TrainState(step0, params, opt_state)
         epoch, index = meta["epoch"], meta["index"]
         log(f"restored step {meta['step']} (epoch {epoch}, batch {index})")
     log(
-        f"model: {model_cfg.family} {n_params / 1e6:.2f}M parameters; "
-        f"setup {time.monotonic() - t_setup:.1f}s"
+        f"model: {model_cfg.family} {n_params / 1e6:.2f}M parameters ({model_cfg.dtype}); "
+        f"mesh data={mesh.shape['data']} model={mesh.shape['model']} over "
+        f"{jax.process_count()} process(es); setup {time.monotonic() - t_setup:.1f}s"
     )
 
-    train_step = make_objective_step(cfg, model, optimizer)
+    train_step = make_objective_step(cfg, model, optimizer, mesh)
     eval_step = make_eval_step(model, pad_id=model_cfg.pad_id)
     valid_decode = decode_cfg or DecodeConfig(method="greedy", batch_size=64)
 
@@ -311,12 +362,12 @@ def train(
         out: dict[str, float] = {}
         if valid_pairs is None or len(valid_pairs) == 0:
             return out
-        out.update(evaluate_loss(eval_step, params, valid_pairs, cfg, model_cfg))
+        out.update(evaluate_loss(eval_step, params, valid_pairs, cfg, model_cfg, mesh))
         n = min(cfg.valid_bleu_sentences, len(valid_text))
         if n:
             from seqjax.inference import Translator  # local: avoids an import cycle
 
-            tr = Translator(model, params, src_tok, tgt_tok, model_cfg)
+            tr = Translator(model, params, src_tok, tgt_tok, model_cfg, mesh=mesh)
             hyps = tr.translate(valid_text.src[:n], valid_decode)
             s = corpus_scores(hyps, valid_text.tgt[:n])
             out.update(valid_bleu=s.bleu, valid_chrf=s.chrf)
@@ -324,10 +375,16 @@ def train(
 
     metrics_path = run_dir / "metrics.jsonl"
     step = int(state.step)
-    _truncate_metrics(metrics_path, step)
+    if primary:
+        _truncate_metrics(metrics_path, step)
     start = time.monotonic()
     budget = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
-    progress = Progress(cfg.total_steps if math.isinf(budget) else None, "train", unit="steps")
+    progress = Progress(
+        cfg.total_steps if math.isinf(budget) else None,
+        "train",
+        unit="steps",
+        stream=None if primary else io.StringIO(),
+    )
     progress.n = step
     window: list[dict[str, jax.Array]] = []
     last_valid: dict[str, float] = {}
@@ -339,6 +396,9 @@ def train(
         buckets=cfg.length_buckets,
         start_epoch=epoch,
         start_index=index,
+        row_multiple=sharding.data_size(mesh),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
     )
 
     def save(valid_score: float | None = None) -> None:
@@ -352,15 +412,21 @@ def train(
         ckpt.save(step, state.params, state.opt_state, meta, valid_score=valid_score)
 
     def write_metrics(record: dict[str, Any]) -> None:
+        if not primary:
+            return
         with metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
     interrupted = False
     bad_run = skipped_total = 0  # consecutive / all non-finite (skipped) updates
     try:
-        while step < cfg.total_steps and time.monotonic() - start < budget:
+        # The wall-clock budget is process 0's: every process must run the same steps.
+        while step < cfg.total_steps and sharding.agree(time.monotonic() - start < budget):
             batch_epoch, batch_index, batch = next(batches)
-            state, m = train_step(state, _to_device(batch), dropout_key)
+            global_rows = len(batch["src"]) * jax.process_count()
+            state, m = train_step(
+                state, sharding.shard_local_rows(batch, mesh, global_rows), dropout_key
+            )
             step += 1
             epoch, index = batch_epoch, batch_index + 1
             window.append(m)

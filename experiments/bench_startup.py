@@ -1,0 +1,132 @@
+"""Start-up time of ``seqjax translate`` with and without JAX's persistent compile cache.
+
+Makes a checkpoint (``seqjax train`` for one step of the ``--preset`` model on the first
+2,000 pairs of the bundled corpus; the weights are nearly random, which does not matter
+for timing), then runs ``seqjax translate`` as a fresh process on ``--sentences``
+validation sentences:
+
+1. with an empty cache directory (first run: every program is compiled and written),
+2. again with the same directory (second run: programs are read back, not compiled),
+3. with ``--no-compile-cache`` (every run pays the compilation).
+
+Each run is timed from process start to the first output line and to exit. Results go
+to ``--out`` as JSON and Markdown.
+
+Example::
+
+    python experiments/bench_startup.py --preset small --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def make_checkpoint(run: Path, preset: str, work: Path) -> None:
+    from seqjax.data import load_bundled
+
+    data = load_bundled("bible_en_fr", "train")
+    (work / "train.en").write_text("\n".join(data.src[:2000]) + "\n", encoding="utf-8")
+    (work / "train.fr").write_text("\n".join(data.tgt[:2000]) + "\n", encoding="utf-8")
+    cmd = [sys.executable, "-m", "seqjax.cli", "train", "--out", str(run), "--preset", preset,
+           "--steps", "1", "--max-minutes", "0", "--no-test", "--no-compile-cache",
+           "--src", str(work / "train.en"), "--tgt", str(work / "train.fr")]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+def time_translate(run: Path, lines: str, cache: Path, *flags: str) -> dict:
+    """Wall seconds from start to the first output line and to exit of one translate process."""
+    env = {**os.environ, "SEQJAX_CACHE_DIR": str(cache)}
+    env.pop("SEQJAX_NO_COMPILE_CACHE", None)
+    cmd = [sys.executable, "-m", "seqjax.cli", "translate", "--checkpoint", str(run), *flags]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(lines.encode())
+    proc.stdin.close()
+    proc.stdout.readline()
+    first = time.perf_counter() - t0
+    proc.stdout.read()
+    err = proc.stderr.read() if proc.stderr else b""
+    if proc.wait() != 0:
+        raise RuntimeError(f"translate failed: {err.decode()[-2000:]}")
+    return {"first_line_s": first, "total_s": time.perf_counter() - t0}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--preset", default="small", help="model preset of the checkpoint")
+    p.add_argument("--checkpoint", help="use this run directory instead of making one")
+    p.add_argument("--sentences", type=int, default=8, help="validation sentences to translate")
+    p.add_argument("--repeats", type=int, default=3, help="rounds (each: empty, warm, off)")
+    p.add_argument(
+        "--out", default="experiments/results/bench_startup", help="writes STEM.json and STEM.md"
+    )
+    args = p.parse_args(argv)
+    from seqjax.data import load_bundled
+
+    lines = "\n".join(load_bundled("bible_en_fr", "valid").src[: args.sentences]) + "\n"
+    rows: dict[str, list[dict]] = {"first run (empty cache)": [], "second run (cache)": [],
+                                   "--no-compile-cache": []}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        run = Path(args.checkpoint) if args.checkpoint else work / "run"
+        if not args.checkpoint:
+            make_checkpoint(run, args.preset, work)
+        for r in range(args.repeats):
+            cache = work / f"cache{r}"
+            rows["first run (empty cache)"].append(time_translate(run, lines, cache))
+            rows["second run (cache)"].append(time_translate(run, lines, cache))
+            rows["--no-compile-cache"].append(
+                time_translate(run, lines, work / "unused", "--no-compile-cache")
+            )
+            print({k: v[-1] for k, v in rows.items()}, flush=True)
+        cache_mb = sum(f.stat().st_size for f in (work / "cache0").rglob("*") if f.is_file()) / 1e6
+    summary = {
+        k: {m: statistics.median(x[m] for x in v) for m in ("first_line_s", "total_s")}
+        for k, v in rows.items()
+    }
+    meta = {
+        "preset": args.preset,
+        "sentences": args.sentences,
+        "repeats": args.repeats,
+        "decoding": "default (beam 4, GNMT alpha 0.6)",
+        "cache_mb": cache_mb,
+        "platform": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "load": list(os.getloadavg()),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=2)
+    )
+    md = [
+        f"# `seqjax translate` start-up: {args.preset} checkpoint, {args.sentences} sentences",
+        "",
+        f"{meta['platform']}, load {meta['load'][0]:.1f}; median of {args.repeats} rounds; "
+        f"cache size after one run {cache_mb:.1f} MB. {meta['time_utc']}.",
+        "",
+        "| run | to first output line (s) | to exit (s) |",
+        "|---|---:|---:|",
+        *(f"| {k} | {v['first_line_s']:.2f} | {v['total_s']:.2f} |" for k, v in summary.items()),
+    ]
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

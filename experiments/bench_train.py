@@ -1,0 +1,281 @@
+"""Training throughput of the teacher-forced step, against the machine's measured GEMM peak.
+
+For each model preset and batch size, one jitted ``make_train_step`` (forward, backward,
+global-norm clipping, AdamW; dropout as in the preset) runs on random token batches of
+``B`` rows with ``--src-len`` source and ``--tgt-len`` target tokens. Reported per cell:
+target tokens/s (``B * T`` per step over the median step time), the achieved FLOP/s and
+its fraction of the GEMM peak measured in the same run.
+
+FLOPs of one step (dense attention, as implemented; a multiply-add counts 2)::
+
+    d = d_model, f = d_ff, V = vocab, S = src_len, T = tgt_len, Le/Ld = layers
+    encoder, per source token:  Le * (8 d^2 + 4 d f + 4 S d)
+                                (QKV + output 8d^2, FFN 4df, scores + weighted sum 4Sd)
+    decoder, per source token:  Ld * 4 d^2                 (cross-attention K, V of the memory)
+    decoder, per target token:  Ld * (8 d^2 + 4 d^2 + 4 d f + 4 T d + 4 S d) + 2 d V
+                                (self QKV + out, cross Q + out, FFN, self and cross
+                                attention, output projection)
+    forward = B * (S * enc + S * cross_kv + T * dec);   step = 3 * forward
+
+(the backward pass costs two forward passes' matmuls: gradients with respect to the
+activations and to the weights). Embedding lookups, LayerNorm, softmax and the optimizer
+update are not counted: they are the overhead the fraction of peak exposes.
+
+GEMM peak: jitted ``[M, K] @ [K, N]`` matmuls in the step's dtype, at the shapes the
+step itself multiplies (``M = B * T`` rows against the d x d, d x f, f x d and d x V
+weights); the best shape is the cell's peak, and it is timed again after every timed
+step (interleaved), so both see the same machine.
+
+Shared machines: this CPU is shared with other processes, so wall-clock time measures
+the neighbours as much as seqjax. Every timing is therefore taken twice, as wall time and
+as this process's CPU time (``time.process_time``, all threads), and the fraction of peak
+is reported both ways: ``fraction_cpu`` = (step FLOPs per CPU-second) / (GEMM FLOPs per
+CPU-second), which does not depend on how much of the machine the neighbours take, and
+``fraction_wall`` from wall times. On an idle machine (or a GPU, where CPU time is
+meaningless and only the wall figures count) the two agree. Machine load
+(``os.getloadavg``) is recorded with every cell.
+
+On a GPU the same script runs unchanged (``--dtype bfloat16`` for tensor cores);
+the device name is written with the results.
+
+Example::
+
+    python experiments/bench_train.py --models small,base --batches 16,32,64 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax.config import ModelConfig, TrainConfig, model_preset
+from seqjax.models import build_model
+from seqjax.training.optimizer import make_optimizer
+from seqjax.training.steps import init_train_state, make_train_step
+
+
+def step_flops(cfg: ModelConfig, batch: int, src_len: int, tgt_len: int) -> float:
+    """Matmul FLOPs of one teacher-forced train step (forward + backward = 3 x forward)."""
+    d, f, V = cfg.d_model, cfg.d_ff, cfg.vocab_size
+    S, T = src_len, tgt_len
+    enc = cfg.num_encoder_layers * (8 * d * d + 4 * d * f + 4 * S * d)
+    cross_kv = cfg.num_decoder_layers * 4 * d * d
+    dec = cfg.num_decoder_layers * (12 * d * d + 4 * d * f + 4 * T * d + 4 * S * d) + 2 * d * V
+    forward = batch * (S * enc + S * cross_kv + T * dec)
+    return 3.0 * forward
+
+
+def timed(fn, *args) -> tuple[Any, float, float]:
+    """``(result, wall seconds, CPU seconds of this process)`` of one blocking call."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+class Gemm:
+    """A jitted ``[m, k] @ [k, n]`` matmul with resident inputs; ``run()`` -> (wall, cpu) s."""
+
+    def __init__(self, m: int, k: int, n: int, dtype: str):
+        keys = jax.random.split(jax.random.key(0))
+        self.a = jax.random.normal(keys[0], (m, k), jnp.float32).astype(dtype)
+        self.b = jax.random.normal(keys[1], (k, n), jnp.float32).astype(dtype)
+        self.fn = jax.jit(lambda x, y: x @ y)
+        self.gflop = 2.0 * m * k * n / 1e9
+        jax.block_until_ready(self.fn(self.a, self.b))
+
+    def run(self, repeats: int = 3) -> tuple[float, float]:
+        """Median wall and CPU seconds over ``repeats`` calls."""
+        runs = [timed(self.fn, self.a, self.b)[1:] for _ in range(repeats)]
+        return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
+def gemm_shapes(cfg: ModelConfig, rows: int, dtype: str, repeats: int) -> dict[str, Gemm]:
+    """The step's matmul shapes, best (highest GFLOP per CPU-second) first."""
+    d, f, V = cfg.d_model, cfg.d_ff, cfg.vocab_size
+    dims = {
+        "d x d": (rows, d, d),
+        "d x f": (rows, d, f),
+        "f x d": (rows, f, d),
+        "d x V": (rows, d, V),
+    }
+    gemms = {name: Gemm(*mkn, dtype) for name, mkn in dims.items()}
+    rate = {name: g.gflop / g.run(repeats)[1] for name, g in gemms.items()}
+    return dict(sorted(gemms.items(), key=lambda kv: -rate[kv[0]]))
+
+
+def random_batch(cfg: ModelConfig, rows: int, src_len: int, tgt_len: int, rng) -> dict:
+    src = rng.integers(4, cfg.vocab_size, (rows, src_len)).astype(np.int32)
+    tgt = rng.integers(4, cfg.vocab_size, (rows, tgt_len)).astype(np.int32)
+    tgt_in = np.concatenate([np.full((rows, 1), cfg.bos_id), tgt[:, :-1]], 1).astype(np.int32)
+    return {"src": jnp.asarray(src), "tgt_in": jnp.asarray(tgt_in), "tgt_out": jnp.asarray(tgt)}
+
+
+def bench_cell(preset: str, rows: int, args, rng) -> dict:
+    """Time the step, interleaved with the best GEMM shape; rates by wall and by CPU time."""
+    cfg = model_preset(preset, dtype=args.dtype)
+    gemms = gemm_shapes(cfg, rows * args.tgt_len, args.dtype, args.gemm_repeats)
+    best_name, best = next(iter(gemms.items()))
+    model = build_model(cfg)
+    opt = make_optimizer(TrainConfig(learning_rate=1e-4, warmup_steps=10))
+    step = make_train_step(model, opt, label_smoothing=0.1, pad_id=cfg.pad_id)
+    state = init_train_state(jax.jit(model.init)(jax.random.key(0)), opt)
+    batch = random_batch(cfg, rows, args.src_len, args.tgt_len, rng)
+    key = jax.random.key(1)
+    t0 = time.perf_counter()
+    state, m = step(state, batch, key)
+    jax.block_until_ready(m)
+    first = time.perf_counter() - t0
+    for _ in range(args.warmup):
+        state, m = step(state, batch, key)
+    jax.block_until_ready(m)
+    wall, cpu, g_wall, g_cpu = [], [], [], []
+    for _ in range(args.repeats):
+        (state, m), w, c = timed(step, state, batch, key)
+        wall.append(w)
+        cpu.append(c)
+        gw, gc = best.run(args.gemm_repeats)
+        g_wall.append(gw)
+        g_cpu.append(gc)
+    if not np.isfinite(float(m["loss"])):
+        raise RuntimeError(f"{preset} b{rows}: non-finite loss")
+    med, med_cpu = statistics.median(wall), statistics.median(cpu)
+    flops = step_flops(cfg, rows, args.src_len, args.tgt_len)
+    gemm = {
+        "shape": best_name,
+        "gflops_wall": best.gflop / statistics.median(g_wall),
+        "gflop_per_cpu_s": best.gflop / statistics.median(g_cpu),
+        "all_shapes_gflop_per_cpu_s": {k: g.gflop / g.run(1)[1] for k, g in gemms.items()},
+    }
+    step_rate_cpu = flops / med_cpu / 1e9
+    return {
+        "model": preset,
+        "batch": rows,
+        "tokens_per_step": rows * args.tgt_len,
+        "tokens_per_s": rows * args.tgt_len / med,
+        "median_step_s": med,
+        "median_step_cpu_s": med_cpu,
+        "step_s_runs": wall,
+        "first_call_s": first,
+        "step_gflop": flops / 1e9,
+        "gflops": flops / med / 1e9,
+        "gflop_per_cpu_s": step_rate_cpu,
+        "gemm": gemm,
+        "fraction_wall": flops / med / 1e9 / gemm["gflops_wall"],
+        "fraction_cpu": step_rate_cpu / gemm["gflop_per_cpu_s"],
+        "params_m": sum(x.size for x in jax.tree.leaves(state.params)) / 1e6,
+    }
+
+
+def add_run_peak(rows: list[dict], meta: dict) -> None:
+    """The run's best GEMM reading (any cell, any shape) and each cell's fraction of it.
+
+    The per-cell GEMM is noisy on a shared machine; dividing by the best reading of the
+    whole run is the conservative figure.
+    """
+    peak = max(
+        max(r["gemm"]["gflop_per_cpu_s"], *r["gemm"]["all_shapes_gflop_per_cpu_s"].values())
+        for r in rows
+    )
+    meta["run_peak_gflop_per_cpu_s"] = peak
+    for r in rows:
+        r["fraction_cpu_of_run_peak"] = r["gflop_per_cpu_s"] / peak
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = [
+        f"# Training throughput (teacher-forced step), {meta['device']}",
+        "",
+        f"{meta['platform']}, jax {meta['jax']}, dtype {meta['dtype']}, source {meta['src_len']} / "
+        f"target {meta['tgt_len']} tokens, median of {meta['repeats']} steps after "
+        f"{meta['warmup']} warm-up, each followed by the cell's best GEMM shape "
+        f"(M = batch x target tokens). {meta['time_utc']}.",
+        "",
+        "Rates per CPU-second of this process (robust to other processes on the machine) and "
+        "by wall clock; fraction = step rate / GEMM rate measured the same way, interleaved "
+        "in the cell; the last fraction divides by the best GEMM reading of the whole run "
+        f"({meta['run_peak_gflop_per_cpu_s']:.0f} GFLOP per cpu-s), the conservative figure.",
+        "",
+        "| model | params | batch | tokens/step | tokens/s (wall) | step s (wall / cpu) "
+        "| GFLOP/step | step GFLOP per cpu-s | GEMM GFLOP per cpu-s | **fraction (cpu)** "
+        "| step GFLOP/s wall | GEMM GFLOP/s wall | fraction (wall) | load (1 min) "
+        "| fraction of run peak (cpu) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        g = r["gemm"]
+        lines.append(
+            f"| {r['model']} | {r['params_m']:.1f}M | {r['batch']} | {r['tokens_per_step']} "
+            f"| {r['tokens_per_s']:.0f} | {r['median_step_s']:.2f} / {r['median_step_cpu_s']:.2f} "
+            f"| {r['step_gflop']:.1f} | {r['gflop_per_cpu_s']:.0f} | {g['gflop_per_cpu_s']:.0f} "
+            f"({g['shape']}) | **{r['fraction_cpu']:.0%}** | {r['gflops']:.0f} "
+            f"| {g['gflops_wall']:.0f} | {r['fraction_wall']:.0%} | {r['load'][0]:.1f} "
+            f"| {r['fraction_cpu_of_run_peak']:.0%} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--models", default="small,base", help="comma-separated model presets")
+    p.add_argument("--batches", default="16,32,64", help="comma-separated batch sizes (rows)")
+    p.add_argument("--src-len", type=int, default=32, help="source tokens per row")
+    p.add_argument("--tgt-len", type=int, default=32, help="target tokens per row")
+    p.add_argument("--dtype", default="float32", help="activation/matmul dtype (float32, bfloat16)")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per cell (median)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps after the compiling one")
+    p.add_argument(
+        "--gemm-repeats", type=int, default=3, help="matmul calls per GEMM timing (median)"
+    )
+    p.add_argument(
+        "--out", default="experiments/results/bench_train", help="writes STEM.json and STEM.md"
+    )
+    args = p.parse_args(argv)
+    rng = np.random.default_rng(0)
+    rows: list[dict] = []
+    for preset in args.models.split(","):
+        for b in (int(x) for x in args.batches.split(",")):
+            r = bench_cell(preset.strip(), b, args, rng)
+            r["load"] = list(os.getloadavg())
+            rows.append(r)
+            g = r["gemm"]
+            print(
+                f"{preset:>6} b{b:<4} {r['tokens_per_s']:7.0f} tok/s | per cpu-s: step "
+                f"{r['gflop_per_cpu_s']:.0f} GFLOP, GEMM {g['gflop_per_cpu_s']:.0f} ({g['shape']}) "
+                f"-> {r['fraction_cpu']:.0%} | wall: step {r['gflops']:.0f} GFLOP/s, GEMM "
+                f"{g['gflops_wall']:.0f} -> {r['fraction_wall']:.0%} | load {r['load'][0]:.1f}",
+                flush=True,
+            )
+    dev = jax.devices()[0]
+    meta = {
+        "device": getattr(dev, "device_kind", "") or dev.platform,
+        "platform": f"{platform.machine()} {jax.default_backend()}, {os.cpu_count()} CPUs",
+        "jax": jax.__version__,
+        "dtype": args.dtype,
+        "src_len": args.src_len,
+        "tgt_len": args.tgt_len,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    add_run_peak(rows, meta)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+    out.with_suffix(".md").write_text(markdown(rows, meta))
+    print(markdown(rows, meta))
+
+
+if __name__ == "__main__":
+    main()
