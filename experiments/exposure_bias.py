@@ -322,14 +322,17 @@ def main() -> None:
     rows = []
     for name, run in [("base (TF)", Path(base))] + [(k, work / k) for k in todo]:
         done = run / "exposure_bias_result.json"
-        if done.exists():
-            row = json.loads(done.read_text())
-        else:
-            train_s = (
-                0.0 if name == "base (TF)" else train_variant(name, run, todo[name], plan, base)
-            )
+        row = json.loads(done.read_text()) if done.exists() else {}
+        if "fr_lcs" not in row or row.get("sentences") != n:  # missing or from an older script
+            if "train_s" in row:  # trained already: evaluate again only
+                train_s = row["train_s"]
+            elif name == "base (TF)":
+                train_s = 0.0
+            else:
+                train_s = train_variant(name, run, todo[name], plan, base)
             t0 = time.monotonic()
             row = {"method": name, **evaluate(run, src, ref), "train_s": round(train_s)}
+            row["sentences"] = n
             print(f"[{name}] evaluated in {time.monotonic() - t0:.0f}s: {row}", flush=True)
             done.write_text(json.dumps(row))
         rows.append(row)
