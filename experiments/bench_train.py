@@ -46,17 +46,16 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from results_io import write_results
 
 from seqjax.config import ModelConfig, TrainConfig, model_preset
 from seqjax.models import build_model
@@ -270,11 +269,7 @@ def main(argv=None) -> None:
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     add_run_peak(rows, meta)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
-    out.with_suffix(".md").write_text(markdown(rows, meta))
-    print(markdown(rows, meta))
+    write_results(args.out, meta, rows, markdown(rows, meta))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ not part of the test suite. Example (about 15 minutes on 2 cores)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -41,6 +40,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from results_io import write_results
 
 from seqjax.decoding import beam_search, greedy
 from seqjax.interop.hf import load_hf
@@ -339,11 +339,7 @@ def main(argv: list[str] | None = None) -> None:
         "seqjax_traces": sj.traces,
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
-    out.with_suffix(".md").write_text(markdown(rows, meta))
-    print(markdown(rows, meta))
+    write_results(args.out, meta, rows, markdown(rows, meta))
 
 
 if __name__ == "__main__":
