@@ -1,7 +1,8 @@
 """The pure-function model interface shared by every family (see DESIGN.md).
 
 A family subclasses ``EncoderDecoder`` and names its Flax module in ``net_class``; the
-module provides ``encode``, ``init_cache``, ``decode_step`` and ``forward`` methods.
+module (an ``EncoderDecoderNet``) provides ``encode``, ``decode``, ``init_cache`` and
+``decode_step``; ``forward`` comes from the base.
 The wrapper is a frozen (hashable) dataclass so it can be a static ``jax.jit`` argument.
 """
 
@@ -19,6 +20,28 @@ from seqjax.config import ModelConfig
 
 Params = Any
 Cache = dict[str, Any]
+
+
+class EncoderDecoderNet(nn.Module):
+    """Base of a family's Flax module: ``forward`` is ``decode(encode(src), tgt_in)``.
+
+    Subclasses define ``encode(src, mask, deterministic)`` and
+    ``decode(memory, mask, tgt_in, deterministic)``; ``__call__`` is ``forward`` (for init).
+    """
+
+    def forward(
+        self,
+        src_BxS: jax.Array,
+        src_mask_BxS: jax.Array,
+        tgt_in_BxT: jax.Array,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        """Teacher-forced logits ``[B, T, V]``."""
+        memory = self.encode(src_BxS, src_mask_BxS, deterministic)
+        return self.decode(memory, src_mask_BxS, tgt_in_BxT, deterministic)
+
+    def __call__(self, src_BxS, src_mask_BxS, tgt_in_BxT, deterministic: bool = True):
+        return self.forward(src_BxS, src_mask_BxS, tgt_in_BxT, deterministic)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqjax.config import ModelConfig
-from seqjax.models.interface import Cache, EncoderDecoder
+from seqjax.models.interface import Cache, EncoderDecoder, EncoderDecoderNet
 
 _NEG_INF = -1e9  # large finite negative: keeps an all-PAD row finite (no NaN)
 
@@ -209,7 +209,7 @@ def decoder_cell(
     return DecoderState(jnp.stack(hs, 1), jnp.stack(cs, 1), context), x, weights
 
 
-class RNNNet(nn.Module):
+class RNNNet(EncoderDecoderNet):
     """The layers; use ``RNN`` for the pure-function interface."""
 
     cfg: ModelConfig
@@ -344,19 +344,6 @@ class RNNNet(nn.Module):
         _, (h_TxBxH, ctx_TxBxM) = lax.scan(body, init, (gates_TxBxG, keep))
         h, ctx = jnp.swapaxes(h_TxBxH, 0, 1), jnp.swapaxes(ctx_TxBxM, 0, 1)
         return self._logits(h, ctx, deterministic)
-
-    def forward(
-        self,
-        src_BxS: jax.Array,
-        src_mask_BxS: jax.Array,
-        tgt_in_BxT: jax.Array,
-        deterministic: bool = True,
-    ) -> jax.Array:
-        memory = self.encode(src_BxS, src_mask_BxS, deterministic)
-        return self.decode(memory, src_mask_BxS, tgt_in_BxT, deterministic)
-
-    def __call__(self, src_BxS, src_mask_BxS, tgt_in_BxT, deterministic: bool = True):
-        return self.forward(src_BxS, src_mask_BxS, tgt_in_BxT, deterministic)
 
     def decode_step(
         self, cache: Cache, token_B: jax.Array, position: jax.Array

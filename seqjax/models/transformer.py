@@ -47,7 +47,7 @@ import numpy as np
 from jax import lax
 
 from seqjax.config import ModelConfig
-from seqjax.models.interface import Cache, EncoderDecoder, Params
+from seqjax.models.interface import Cache, EncoderDecoder, EncoderDecoderNet, Params
 
 _NEG_INF = -1e9  # large finite negative: keeps fully masked rows finite (no NaN)
 
@@ -319,7 +319,7 @@ class DecoderLayer(nn.Module):
         return x, new_kv, cross_w  # type: ignore[return-value]
 
 
-class TransformerNet(nn.Module):
+class TransformerNet(EncoderDecoderNet):
     """The layers; use ``Transformer`` for the pure-function interface."""
 
     cfg: ModelConfig
@@ -418,19 +418,6 @@ class TransformerNet(nn.Module):
         for layer, kv in zip(self.decoder_layers, self.project_memory(memory_BxSxD), strict=True):
             x, _, _ = layer(x, None, causal, kv, cross_mask, deterministic)
         return self._logits(x)
-
-    def forward(
-        self,
-        src_BxS: jax.Array,
-        src_mask_BxS: jax.Array,
-        tgt_in_BxT: jax.Array,
-        deterministic: bool = True,
-    ) -> jax.Array:
-        memory = self.encode(src_BxS, src_mask_BxS, deterministic)
-        return self.decode(memory, src_mask_BxS, tgt_in_BxT, deterministic)
-
-    def __call__(self, src_BxS, src_mask_BxS, tgt_in_BxT, deterministic: bool = True):
-        return self.forward(src_BxS, src_mask_BxS, tgt_in_BxT, deterministic)
 
     def init_cache(self, memory_BxSxD: jax.Array, src_mask_BxS: jax.Array, max_len: int) -> Cache:
         c = self.cfg
