@@ -19,8 +19,6 @@ from seqjax.decoding.logit_processors import (
     prefix_lengths,
     repetition_penalty,
     selection_scores,
-    top_k_allowed,
-    top_p_allowed,
     truncation_allowed,
 )
 from seqjax.decoding.penalties import coverage_penalty, length_penalty
@@ -85,24 +83,45 @@ def np_nucleus(logits: np.ndarray, top_p: float) -> np.ndarray:
     return keep
 
 
+def top_k_reference(logits_NxV: jax.Array, top_k: int) -> jax.Array:
+    """Top-k alone: logits at least the k-th highest (``top_k <= 0`` keeps all)."""
+    vocab_size = logits_NxV.shape[-1]
+    k = vocab_size if top_k <= 0 else min(top_k, vocab_size)
+    threshold_N1 = -jnp.sort(-logits_NxV, axis=-1)[:, k - 1 : k]
+    return logits_NxV >= threshold_N1
+
+
+def top_p_reference(logits_NxV: jax.Array, top_p: float) -> jax.Array:
+    """Top-p alone, by probability thresholds (ties with the last kept one kept)."""
+    probs = jax.nn.softmax(logits_NxV, axis=-1)
+    sorted_desc = -jnp.sort(-probs, axis=-1)
+    mass_above = jnp.cumsum(sorted_desc, axis=-1) - sorted_desc
+    keep_sorted = (mass_above < top_p) | (top_p >= 1.0)
+    num_kept = jnp.sum(keep_sorted, axis=-1, keepdims=True)
+    threshold_N1 = jnp.take_along_axis(sorted_desc, num_kept - 1, axis=-1)
+    return probs >= threshold_N1
+
+
 def test_top_k_and_top_p_match_reference():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(20, 7)).astype(np.float32) * 2
     for k in range(0, 9):
-        got = np.asarray(top_k_allowed(jnp.asarray(logits), k))
+        got = np.asarray(truncation_allowed(jnp.asarray(logits), k, 1.0))
+        np.testing.assert_array_equal(np.asarray(top_k_reference(jnp.asarray(logits), k)), got)
         kk = 7 if k == 0 else min(k, 7)
         expected = logits >= np.sort(logits, axis=-1)[:, ::-1][:, kk - 1 : kk]
         np.testing.assert_array_equal(got, expected)
     for top_p in (0.05, 0.3, 0.5, 0.9, 0.999, 1.0):
-        got = np.asarray(top_p_allowed(jnp.asarray(logits), top_p))
+        got = np.asarray(truncation_allowed(jnp.asarray(logits), 0, top_p))
+        np.testing.assert_array_equal(np.asarray(top_p_reference(jnp.asarray(logits), top_p)), got)
         expected = np.stack([np_nucleus(row.astype(np.float64), top_p) for row in logits])
         if top_p == 1.0:
             expected[:] = True
         np.testing.assert_array_equal(got, expected, err_msg=str(top_p))
     # banned (-inf) tokens are dropped by any real truncation
     masked = jnp.asarray(logits).at[:, :3].set(-jnp.inf)
-    assert not np.asarray(top_p_allowed(masked, 0.9)[:, :3]).any()
-    assert not np.asarray(top_k_allowed(masked, 2)[:, :3]).any()
+    assert not np.asarray(truncation_allowed(masked, 0, 0.9)[:, :3]).any()
+    assert not np.asarray(truncation_allowed(masked, 2, 1.0)[:, :3]).any()
 
 
 def test_one_sort_truncation_equals_top_k_then_top_p():
@@ -114,8 +133,8 @@ def test_one_sort_truncation_equals_top_k_then_top_p():
     fn = jax.jit(truncation_allowed)  # k and p traced: one compilation for all
     for k in (0, 1, 2, 4, 9, 12):
         for top_p in (0.1, 0.5, 0.8, 1.0):
-            by_k = top_k_allowed(x, k)
-            expected = by_k & top_p_allowed(jnp.where(by_k, x, -jnp.inf), top_p)
+            by_k = top_k_reference(x, k)
+            expected = by_k & top_p_reference(jnp.where(by_k, x, -jnp.inf), top_p)
             got = fn(x, k, top_p)
             np.testing.assert_array_equal(np.asarray(got), np.asarray(expected), f"k={k} p={top_p}")
     assert fn._cache_size() == 1

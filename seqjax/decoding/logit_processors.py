@@ -131,52 +131,25 @@ def process_logits(
     return model_lp, processed_lp, banned
 
 
-def top_k_allowed(logits_NxV: jax.Array, top_k: int | jax.Array) -> jax.Array:
-    """``bool[N, V]``: the ``top_k`` highest logits per row (``top_k <= 0`` keeps all).
-
-    ``top_k`` may be traced: the threshold is read from the sorted row at a dynamic
-    index. Ties with the k-th value are all kept.
-
-    >>> top_k_allowed(jnp.array([[0.1, 3.0, 2.0, -1.0]]), 2).tolist()
-    [[False, True, True, False]]
-    """
-    vocab_size = logits_NxV.shape[-1]
-    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab_size), vocab_size)
-    sorted_desc = -jnp.sort(-logits_NxV, axis=-1)
-    threshold_N1 = lax.dynamic_slice_in_dim(sorted_desc, k - 1, 1, axis=-1)
-    return logits_NxV >= threshold_N1
-
-
-def top_p_allowed(logits_NxV: jax.Array, top_p: float | jax.Array) -> jax.Array:
-    """``bool[N, V]``: the nucleus, i.e. the most likely tokens whose mass reaches ``top_p``.
-
-    A token is kept when the probability of the tokens ranked above it is below
-    ``top_p`` (so the token crossing ``top_p`` is kept, and the best token always is);
-    ``top_p >= 1`` keeps every token. Ties with the last kept probability are kept.
-
-    >>> # probabilities 0.5, 0.3, 0.2: top_p 0.6 keeps the first two
-    >>> top_p_allowed(jnp.log(jnp.array([[0.5, 0.3, 0.2]])), 0.6).tolist()
-    [[True, True, False]]
-    """
-    probs = jax.nn.softmax(logits_NxV, axis=-1)
-    sorted_desc = -jnp.sort(-probs, axis=-1)
-    mass_above = jnp.cumsum(sorted_desc, axis=-1) - sorted_desc
-    keep_sorted = (mass_above < top_p) | (top_p >= 1.0)
-    num_kept = jnp.sum(keep_sorted, axis=-1, keepdims=True)
-    threshold_N1 = jnp.take_along_axis(sorted_desc, num_kept - 1, axis=-1)
-    return probs >= threshold_N1
-
-
 def truncation_allowed(
     logits_NxV: jax.Array, top_k: int | jax.Array, top_p: float | jax.Array
 ) -> jax.Array:
     """``bool[N, V]``: top-k, then top-p on what top-k kept, from one sort per row.
 
-    Equal to ``top_k_allowed(x, k) & top_p_allowed(where(top_k_allowed(x, k), x, -inf), p)``
-    (a test pins it) but sorts the row once, and not at all when both are off
-    (``top_k <= 0`` or ``>= V``, and ``top_p >= 1``): a full-vocabulary sort costs more
+    Top-k keeps the ``top_k`` highest logits (``top_k <= 0`` keeps all; ties with the
+    k-th value are kept). Top-p then keeps the nucleus of the renormalised survivors:
+    a token stays when the probability ranked above it is below ``top_p`` (so the
+    token crossing ``top_p``, and always the best one, is kept; ties too); ``top_p >= 1``
+    keeps all. Tests pin this against separate top-k and top-p references. The row is
+    sorted once, and not at all when both are off: a full-vocabulary sort costs more
     than the rest of a small model's sampling step. The options may be traced; the
     skip is a ``lax.cond`` on them.
+
+    >>> truncation_allowed(jnp.array([[0.1, 3.0, 2.0, -1.0]]), 2, 1.0).tolist()
+    [[False, True, True, False]]
+    >>> # probabilities 0.5, 0.3, 0.2: top_p 0.6 keeps the first two
+    >>> truncation_allowed(jnp.log(jnp.array([[0.5, 0.3, 0.2]])), 0, 0.6).tolist()
+    [[True, True, False]]
     """
     vocab_size = logits_NxV.shape[-1]
     k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab_size), vocab_size)
