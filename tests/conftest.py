@@ -31,3 +31,22 @@ def toy_corpus(tmp_path_factory):
                         ("valid.src", src[260:]), ("valid.tgt", tgt[260:])]:  # fmt: skip
         (d / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return d
+
+
+# Decoding toys (tests/toy_models.py), computed once per test module.
+@pytest.fixture(scope="module")
+def cache3():
+    """A 3-source cache of the toy RNN (``toy_models.rnn_step``)."""
+    from toy_models import make_rnn_cache
+
+    return make_rnn_cache(3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def rnn_greedy(cache3):
+    """Greedy decode of ``cache3``: the reference other decoders are compared against."""
+    from toy_models import RNN_STATIC, rnn_step
+
+    from seqjax.decoding import greedy, jitted
+
+    return jitted(greedy)(rnn_step, cache3, **RNN_STATIC)
