@@ -83,3 +83,22 @@ def one_line_error(capsys):
         return err
 
     return check
+
+
+# Decoding toys (tests/toy_models.py), computed once per test module.
+@pytest.fixture(scope="module")
+def cache3():
+    """A 3-source cache of the toy RNN (``toy_models.rnn_step``)."""
+    from toy_models import make_rnn_cache
+
+    return make_rnn_cache(3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def rnn_greedy(cache3):
+    """Greedy decode of ``cache3``: the reference other decoders are compared against."""
+    from toy_models import RNN_STATIC, rnn_step
+
+    from seqjax.decoding import greedy, jitted
+
+    return jitted(greedy)(rnn_step, cache3, **RNN_STATIC)

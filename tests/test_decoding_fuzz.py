@@ -85,7 +85,7 @@ def numerics(draw, *names):
         "min_len": st.integers(0, L + 2),  # the raw API does not validate min_len <= max_len
         "repetition_penalty": st.sampled_from([1.0, 1.0, 0.7, 1.3, 3.0]),
         "alpha": st.sampled_from([0.0, 0.6, 1.0, 2.0]),
-        "beta": st.sampled_from([0.0, 0.0, 0.2, 1.0]),
+        "coverage": st.sampled_from([0.0, 0.0, 0.2, 1.0]),
         "temperature": st.sampled_from([1.0, 1e-4, 0.7, 2.5, 50.0]),
         "top_k": st.integers(0, V + 2),  # larger than the vocabulary: off
         "top_p": st.sampled_from([1.0, 0.9, 0.5, 0.01]),
@@ -185,7 +185,7 @@ def gnmt_lp(n, alpha):
 def test_beam_fuzz(problem, data, ngram, beam):
     cache, prefix, plen, src_mask = problem
     beam_size, n_best = beam
-    opts = numerics(data.draw, "min_len", "repetition_penalty", "alpha", "beta")
+    opts = numerics(data.draw, "min_len", "repetition_penalty", "alpha", "coverage")
     res = jitted(beam_search)(
         step_fn, cache, **IDS, beam_size=beam_size, n_best=n_best, no_repeat_ngram_size=ngram,
         prefix=prefix, src_mask=src_mask, **opts,
@@ -193,7 +193,7 @@ def test_beam_fuzz(problem, data, ngram, beam):
     tokens, lengths, scores, log_probs = check_well_formed(
         res, cache, prefix, plen, opts, ngram=ngram, ranked=True
     )
-    if float(opts["beta"]) == 0.0 and float(opts["repetition_penalty"]) == 1.0:
+    if float(opts["coverage"]) == 0.0 and float(opts["repetition_penalty"]) == 1.0:
         # score = summed log-prob / GNMT length penalty
         ok = np.isfinite(scores)
         expect = log_probs.sum(-1) / gnmt_lp(lengths, float(opts["alpha"]))

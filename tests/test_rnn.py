@@ -122,7 +122,7 @@ def test_every_decoder_runs_on_the_rnn(family):
         "sample": jitted(sample)(step, cache, key=key, num_samples=2, top_k=5, **common),
         # Beam with GNMT length and coverage penalties (coverage reads the RNN's attention).
         "beam": jitted(beam_search)(
-            step, cache, beam_size=3, n_best=2, alpha=0.6, beta=0.2, src_mask=mask, **common
+            step, cache, beam_size=3, n_best=2, alpha=0.6, coverage=0.2, src_mask=mask, **common
         ),
         "contrastive": jitted(contrastive)(step, cache, am_step, am_cache, **common),
     }

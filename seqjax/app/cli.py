@@ -73,7 +73,7 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
         help="gnmt: ((5+len)/6)^alpha (default); hf: len^alpha",
     )
     g.add_argument(
-        "--coverage", type=float, metavar="BETA", help="GNMT coverage penalty weight (default 0)"
+        "--coverage", type=float, metavar="W", help="GNMT coverage penalty weight (default 0)"
     )
     g.add_argument(
         "--n-best",

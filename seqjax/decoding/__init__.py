@@ -13,7 +13,7 @@ every row is done) and returns a ``DecodeResult`` with ``tokens [B, K, L]``,
 
 Compile once, decode many times. Shape-setting options (``max_len``, ``beam_size``,
 ``num_samples``, ``n_best``, ``no_repeat_ngram_size``, ``length_penalty``, token
-ids) and the step function are static; numeric options (``alpha``, ``beta``,
+ids) and the step function are static; numeric options (``alpha``, ``coverage``,
 ``temperature``, ``top_k``, ``top_p``, ``min_len``, ``repetition_penalty``,
 contrastive ``lambda``/``alpha``) are traced, so changing them does not recompile::
 
@@ -32,22 +32,29 @@ contrastive ``lambda``/``alpha``) are traced, so changing them does not recompil
 
 ``decode(step_fn, cache, DecodeConfig(...), ...)`` dispatches on a config through the
 same ``jitted`` decoders. ``score`` gives teacher-forced log-probs of given targets.
+
+Layout: each public function lives in a module of the same name (``greedy.py``
+defines ``greedy``, ``beam_search.py`` defines ``beam_search``, ..., ``jitted.py``,
+``decode.py``, ``score.py``); the loops they share are ``token_loop`` (one token per
+row: greedy, sampling, greedy contrastive) and ``beam_loop`` (beam search and
+contrastive beam search); ``step`` holds the ``StepFn`` contract, ``step_scores``
+what a search step yields (``StepScores``, ``ScoreFn``). The package imports every
+function *after* its module, so ``seqjax.decoding.greedy`` is the function, never the
+module; reach a module's other names with ``from seqjax.decoding.greedy import ...``
+(the import system finds the module itself) or ``importlib.import_module``.
 """
 
-from seqjax.decoding.beam import beam_search
-from seqjax.decoding.contrastive_search import contrastive
-from seqjax.decoding.dispatch import (
-    NUMERIC_FIELDS,
-    STATIC_ARGNAMES,
-    decode,
-    jitted,
-    numeric_options,
-    static_part,
-)
-from seqjax.decoding.greedy_search import greedy
+# Each function below shadows the module of the same name as a package attribute, on
+# purpose: `seqjax.decoding.greedy` is the decoder. Importing every such module here,
+# before anything else can, keeps that binding stable.
+from seqjax.decoding.beam_search import beam_search
+from seqjax.decoding.contrastive import contrastive
+from seqjax.decoding.decode import NUMERIC_FIELDS, decode, numeric_options, static_part
+from seqjax.decoding.greedy import greedy
+from seqjax.decoding.jitted import STATIC_ARGNAMES, jitted
 from seqjax.decoding.result import DecodeResult
-from seqjax.decoding.sampling import sample
-from seqjax.decoding.scoring import score
+from seqjax.decoding.sample import sample
+from seqjax.decoding.score import score
 
 __all__ = [
     "DecodeResult",

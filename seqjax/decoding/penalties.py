@@ -1,4 +1,7 @@
-"""Beam-search ranking penalties: length normalisation and GNMT coverage."""
+"""Beam-search ranking penalties: length normalisation and GNMT coverage (pure, jit-safe).
+
+The ``kind`` of a length penalty is static; ``alpha`` and ``coverage`` may be traced.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import jax.numpy as jnp
 
 LENGTH_PENALTIES = ("gnmt", "hf")
 
-# Coverage below this counts as this: keeps log finite (0 * -inf would be NaN at beta 0).
+# Attention sums below this count as this: keeps log finite (0 * -inf is NaN at coverage 0).
 _MIN_COVERAGE = 1e-10
 
 
@@ -29,20 +32,21 @@ def length_penalty(length: jax.Array, alpha: float | jax.Array, kind: str) -> ja
 
 
 def coverage_penalty(
-    coverage_NxS: jax.Array, beta: float | jax.Array, src_mask_NxS: jax.Array | None = None
+    attention_NxS: jax.Array, coverage: float | jax.Array, src_mask_NxS: jax.Array | None = None
 ) -> jax.Array:
-    """GNMT coverage penalty ``beta * sum_i log(min(coverage_i, 1))``, ``float[N]``.
+    """GNMT coverage penalty ``coverage * sum_i log(min(attention_i, 1))``, ``float[N]``.
 
-    ``coverage_NxS`` is the cross-attention summed over the generated tokens. Source
-    positions outside ``src_mask_NxS`` are skipped; without a mask, positions with
-    zero coverage (padding, which never receives attention) are skipped. Coverage is
-    floored at 1e-10 so a real but unattended position costs ``beta * log(1e-10)``
-    instead of ``-inf``. The penalty is ``<= 0`` for ``beta >= 0``.
+    ``attention_NxS`` is the cross-attention summed over the generated tokens;
+    ``coverage`` is the penalty's weight (Wu et al.'s beta; ``DecodeConfig.coverage``).
+    Source positions outside ``src_mask_NxS`` are skipped; without a mask, positions
+    with zero attention (padding, which never receives any) are skipped. Sums are
+    floored at 1e-10 so a real but unattended position costs ``coverage * log(1e-10)``
+    instead of ``-inf``. The penalty is ``<= 0`` for ``coverage >= 0``.
 
     >>> float(coverage_penalty(jnp.array([[0.5, 2.0, 0.0]]), 1.0)[0])  # log 0.5 + log 1
     -0.6931...
     """
     if src_mask_NxS is None:
-        src_mask_NxS = coverage_NxS > 0
-    capped = jnp.clip(coverage_NxS.astype(jnp.float32), _MIN_COVERAGE, 1.0)
-    return beta * jnp.sum(jnp.where(src_mask_NxS, jnp.log(capped), 0.0), axis=-1)
+        src_mask_NxS = attention_NxS > 0
+    capped = jnp.clip(attention_NxS.astype(jnp.float32), _MIN_COVERAGE, 1.0)
+    return coverage * jnp.sum(jnp.where(src_mask_NxS, jnp.log(capped), 0.0), axis=-1)

@@ -1,4 +1,4 @@
-"""The step-function contract shared by all decoders, and what a step yields to them.
+"""``StepFn``: the step-function contract shared by all decoders, and helpers to call one.
 
 A step function advances every row of a batch by one token::
 
@@ -13,13 +13,35 @@ compilation, so build it once (e.g. ``step = model.step_fn(params)``) and reuse 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 
-StepFn = Callable[..., tuple]
+
+class StepFn(Protocol):
+    """Advance ``B`` rows by one token: ``(tokens_B, position, cache) -> (logits_BxV, cache[, attn])``.
+
+    Static/traced contract: the function object itself is *static* (decoders take it as
+    a static argument and trace it once per compilation; a new object recompiles, so
+    build it once and reuse it). Everything it is called with is *traced*:
+    ``tokens_B`` (``int32[B]``, BOS at position 0), the scalar ``position``
+    (``int32[]``, the same for every row) and ``cache`` (a pytree whose array leaves
+    lead with the batch axis; decoders repeat and gather its rows). It returns
+    ``logits_BxV`` (any float dtype), the new cache with the same structure, and
+    optionally ``cross_attention_BxS`` for the coverage penalty. Keep Python control
+    flow off traced values; any closed-over arrays (the parameters) are constants of
+    the compiled program.
+
+    >>> import jax.numpy as jnp
+    >>> table_VxV = jnp.log(jnp.array([[.1, .9], [.5, .5]]))  # bigram: next | previous
+    >>> step: StepFn = lambda tokens_B, position, cache: (table_VxV[tokens_B], cache)
+    >>> logits, cache, attention = call_step(step, jnp.array([0, 1]), jnp.int32(0), None)
+    >>> logits.shape, attention is None
+    ((2, 2), True)
+    """
+
+    def __call__(self, tokens_B: jax.Array, position: jax.Array, cache: Any, /) -> tuple: ...
 
 
 def call_step(
@@ -43,28 +65,3 @@ def step_output_shapes(step_fn: StepFn, num_rows: int, cache: Any) -> tuple[int,
         lambda t, p, c: call_step(step_fn, t, p, c), tokens, position, cache
     )
     return logits.shape[-1], None if attention is None else attention.shape[-1]
-
-
-class StepScores(NamedTuple):
-    """One decoding step as a decoder's search sees it (``N`` rows, ``V`` tokens).
-
-    - ``model_log_probs``: ``[N, V]`` unmodified ``log_softmax(logits)``; reported.
-    - ``scores``: ``[N, V]`` what the search ranks or samples from (processed
-      log-probs, temperature-scaled log-probs, contrastive scores, ...).
-    - ``allowed``: ``bool[N, V]`` tokens the search may pick (bans, truncation,
-      plausibility). A row forced by a prefix ignores it and takes the forced token
-      at its ``scores`` value.
-    - ``cache``: the step's new cache (``N`` rows).
-    - ``attention``: ``[N, S]`` cross-attention for coverage, or ``None``.
-    """
-
-    model_log_probs: jax.Array
-    scores: jax.Array
-    allowed: jax.Array
-    cache: Any
-    attention: jax.Array | None
-
-
-# score_fn(inputs_N, position, cache, history_NxL) -> StepScores. ``history_NxL`` holds
-# the tokens generated so far in columns [0, position); later columns are padding.
-ScoreFn = Callable[[jax.Array, jax.Array, Any, jax.Array], StepScores]

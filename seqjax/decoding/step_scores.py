@@ -1,16 +1,26 @@
-"""Score functions: how each decoder turns a model step into ``StepScores``.
+"""``StepScores`` and the score functions that build them from a model step.
 
 - ``log_prob_scores``: processed log-probs, bans applied (greedy, beam search).
 - ``sampling_scores``: temperature-scaled log-probs truncated by top-k and top-p.
 - ``contrastive_scores``: ``log p_expert - lambda * log p_amateur`` on the plausible set.
 
 Each builder closes over the static step function(s) and traced numeric options and
-returns ``score_fn(inputs_N, position, cache, history_NxL) -> StepScores``.
+returns a ``ScoreFn``: ``score_fn(inputs_N, position, cache, history_NxL) -> StepScores``.
+
+Example (greedy's scores for a two-token bigram table; PAD = 0 is banned)::
+
+    >>> import jax.numpy as jnp
+    >>> from seqjax.decoding.logit_processors import Controls
+    >>> table_VxV = jnp.log(jnp.array([[.5, .3, .2], [.1, .1, .8], [.2, .7, .1]]))
+    >>> score_fn = log_prob_scores(lambda tok, pos, c: (table_VxV[tok], c), Controls(1, 0))
+    >>> s = score_fn(jnp.array([1]), jnp.int32(0), None, jnp.zeros((1, 4), jnp.int32))
+    >>> s.allowed.tolist(), [round(x, 3) for x in s.scores[0].tolist()]
+    ([[False, True, True]], [-2.303, -2.303, -0.223])
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +30,42 @@ from seqjax.decoding.logit_processors import (
     process_logits,
     truncation_allowed,
 )
-from seqjax.decoding.step import ScoreFn, StepFn, StepScores, call_step
+from seqjax.decoding.step import StepFn, call_step
+
+
+class StepScores(NamedTuple):
+    """One decoding step as a decoder's search sees it (``N`` rows, ``V`` tokens).
+
+    - ``model_log_probs``: ``[N, V]`` unmodified ``log_softmax(logits)``; reported.
+    - ``scores``: ``[N, V]`` what the search ranks or samples from (processed
+      log-probs, temperature-scaled log-probs, contrastive scores, ...).
+    - ``allowed``: ``bool[N, V]`` tokens the search may pick (bans, truncation,
+      plausibility). A row forced by a prefix ignores it and takes the forced token
+      at its ``scores`` value.
+    - ``cache``: the step's new cache (``N`` rows).
+    - ``attention``: ``[N, S]`` cross-attention for coverage, or ``None``.
+    """
+
+    model_log_probs: jax.Array
+    scores: jax.Array
+    allowed: jax.Array
+    cache: Any
+    attention: jax.Array | None
+
+
+class ScoreFn(Protocol):
+    """``(inputs_N, position, cache, history_NxL) -> StepScores``: one search step.
+
+    Built by the functions below, which close over the *static* step function(s) and
+    the *traced* numeric options; the loops call it with traced arguments only:
+    ``inputs_N`` (``int32[N]``), the scalar ``position``, the ``N``-row cache and
+    ``history_NxL``, the tokens generated so far in columns ``[0, position)`` (later
+    columns are padding).
+    """
+
+    def __call__(
+        self, inputs_N: jax.Array, position: jax.Array, cache: Any, history_NxL: jax.Array, /
+    ) -> StepScores: ...
 
 
 def log_prob_scores(step_fn: StepFn, controls: Controls) -> ScoreFn:

@@ -1,10 +1,27 @@
 """One hypothesis per row: the compiled loop behind greedy, sampling and greedy contrastive.
 
 ``run_token_loop`` is a single ``lax.while_loop`` over positions that stops as soon
-as every row has emitted EOS (or at ``max_len``). Each iteration asks a ``score_fn``
-(see ``seqjax.decoding.step``) for scores, applies forced-prefix tokens, and lets a
-``choose_fn`` pick one token per row: ``argmax`` for greedy, a categorical draw for
-sampling.
+as every row has emitted EOS (or at ``max_len``). Each iteration asks a ``ScoreFn``
+(see ``seqjax.decoding.step_scores``) for scores, applies forced-prefix tokens, and
+lets a ``choose_fn`` pick one token per row: ``argmax`` for greedy, a categorical draw
+for sampling. ``argmax_loop`` (greedy, greedy contrastive) and ``loop_result`` turn
+it into a ``DecodeResult``.
+
+Static: the score and choose functions, ``num_rows``, ``max_len`` (they set shapes
+and the traced program). Traced: the cache, token ids, ``prefix_NxP`` and ``key``.
+
+Example (argmax over a bigram table that prefers ``previous + 1``; EOS = 3)::
+
+    >>> import jax.numpy as jnp
+    >>> from seqjax.decoding.logit_processors import Controls
+    >>> from seqjax.decoding.step_scores import log_prob_scores
+    >>> table = jnp.log(jnp.array([[.1, .8, .05, .05], [.1, .1, .7, .1],
+    ...                            [.1, .1, .1, .7], [.25, .25, .25, .25]]))
+    >>> score_fn = log_prob_scores(lambda tok, pos, c: (table[tok], c), Controls(3, 0))
+    >>> out = run_token_loop(score_fn, choose_argmax, None, num_rows=1, max_len=4,
+    ...                      bos_id=0, eos_id=3, pad_id=0)
+    >>> out.tokens.tolist(), out.lengths.tolist()
+    ([[1, 2, 3, 0]], [3])
 """
 
 from __future__ import annotations
@@ -17,7 +34,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqjax.decoding.logit_processors import forced_tokens, prefix_lengths, selection_scores
-from seqjax.decoding.step import ScoreFn
+from seqjax.decoding.result import DecodeResult
+from seqjax.decoding.step_scores import ScoreFn
 
 # choose_fn(scores_NxV, key or None) -> tokens int32[N]; banned tokens are -inf in scores.
 ChooseFn = Callable[[jax.Array, jax.Array | None], jax.Array]
@@ -118,3 +136,40 @@ def run_token_loop(
     )
     final = lax.while_loop(cond, body, init)
     return TokenLoopOutput(final.tokens, final.lengths, final.log_probs)
+
+
+def loop_result(out: TokenLoopOutput, batch_size: int, k: int) -> DecodeResult:
+    """Reshape ``N = B * K`` loop rows into a ``DecodeResult`` scored by summed log-prob."""
+    L = out.tokens.shape[-1]
+    log_probs = out.log_probs.reshape(batch_size, k, L)
+    return DecodeResult(
+        tokens=out.tokens.reshape(batch_size, k, L),
+        lengths=out.lengths.reshape(batch_size, k),
+        scores=jnp.sum(log_probs, axis=-1),
+        log_probs=log_probs,
+    )
+
+
+def argmax_loop(
+    score_fn: ScoreFn,
+    cache: Any,
+    batch_size: int,
+    max_len: int,
+    bos_id: int | jax.Array,
+    eos_id: int | jax.Array,
+    pad_id: int | jax.Array,
+    prefix: jax.Array | None,
+) -> DecodeResult:
+    """Pick the best-scoring token at every step (greedy, and greedy contrastive)."""
+    out = run_token_loop(
+        score_fn,
+        choose_argmax,
+        cache,
+        num_rows=batch_size,
+        max_len=max_len,
+        bos_id=bos_id,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        prefix_NxP=prefix,
+    )
+    return loop_result(out, batch_size, 1)

@@ -43,7 +43,7 @@ import optax
 from jax import lax
 
 from seqjax.decoding import beam_search, sample
-from seqjax.decoding.scoring import target_mask
+from seqjax.decoding.score import target_mask
 from seqjax.metrics.bleu import sentence_bleu
 from seqjax.training.losses import smoothed_cross_entropy
 from seqjax.training.optimizer import params_ema

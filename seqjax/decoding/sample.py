@@ -7,12 +7,11 @@ from typing import Any
 import jax
 
 from seqjax.decoding.batch_tree import infer_batch_size, repeat_rows
-from seqjax.decoding.greedy_search import loop_result
 from seqjax.decoding.logit_processors import Controls
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn
 from seqjax.decoding.step_scores import sampling_scores
-from seqjax.decoding.token_loop import choose_categorical, run_token_loop
+from seqjax.decoding.token_loop import choose_categorical, loop_result, run_token_loop
 
 
 def sample(

@@ -1,10 +1,12 @@
-"""``decode``: run the decoder a ``DecodeConfig`` names; ``jitted``: compiled decoders."""
+"""``decode``: run the decoder a ``DecodeConfig`` names, through ``jitted`` decoders.
+
+Also the split of a config into its static part (``static_part``, a jit cache key) and
+its traced numeric options (``numeric_options``), for callers that jit around ``decode``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -12,31 +14,13 @@ import jax.numpy as jnp
 
 from seqjax.config import DecodeConfig
 from seqjax.decoding.batch_tree import infer_batch_size
-from seqjax.decoding.beam import beam_search
-from seqjax.decoding.contrastive_search import contrastive
-from seqjax.decoding.greedy_search import greedy
+from seqjax.decoding.beam_search import beam_search
+from seqjax.decoding.contrastive import contrastive
+from seqjax.decoding.greedy import greedy
+from seqjax.decoding.jitted import jitted
 from seqjax.decoding.result import DecodeResult
-from seqjax.decoding.sampling import sample
-from seqjax.decoding.scoring import score
+from seqjax.decoding.sample import sample
 from seqjax.decoding.step import StepFn, step_output_shapes
-
-_COMMON_STATIC = ("max_len", "bos_id", "eos_id", "pad_id", "no_repeat_ngram_size", "batch_size")
-
-STATIC_ARGNAMES: dict[Callable, tuple[str, ...]] = {
-    greedy: ("step_fn", *_COMMON_STATIC),
-    sample: ("step_fn", "num_samples", *_COMMON_STATIC),
-    beam_search: ("step_fn", "beam_size", "n_best", "length_penalty", *_COMMON_STATIC),
-    contrastive: (
-        "expert_step_fn",
-        "amateur_step_fn",
-        "beam_size",
-        "n_best",
-        "length_penalty",
-        *_COMMON_STATIC,
-    ),
-    score: ("step_fn", "bos_id", "eos_id", "pad_id"),
-}
-
 
 # DecodeConfig fields that decoders take as traced values (changing them never recompiles).
 NUMERIC_FIELDS: dict[str, type] = {
@@ -83,17 +67,20 @@ def _numeric(value: Any, kind: type) -> Any:
     return value if isinstance(value, jax.Array) else kind(value)
 
 
-@functools.cache
-def jitted(decoder: Callable) -> Callable:
-    """``jax.jit(decoder)`` with its static arguments marked; one object per decoder.
+def resolve_numerics(
+    config: DecodeConfig, numerics: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The traced options of ``config`` (``NUMERIC_FIELDS``), overridden by ``numerics``.
 
-    Numeric options stay traced, so new values never recompile; a new step function,
-    ``max_len``, beam size, ... compiles once and is cached by ``jax.jit``.
-
-    >>> fast_beam = jitted(beam_search)
-    >>> # fast_beam(step_fn, cache, beam_size=4, max_len=32, alpha=0.6, bos_id=2, ...)
+    >>> resolve_numerics(DecodeConfig(alpha=1), {"top_k": 5})["alpha"]
+    1.0
     """
-    return jax.jit(decoder, static_argnames=STATIC_ARGNAMES[decoder])
+    n = {f: _numeric(getattr(config, f), kind) for f, kind in NUMERIC_FIELDS.items()}
+    for f, v in (numerics or {}).items():
+        if f not in NUMERIC_FIELDS:
+            raise ValueError(f"numerics: {f!r} is not a numeric decode option")
+        n[f] = _numeric(v, NUMERIC_FIELDS[f])
+    return n
 
 
 def decode(
@@ -122,25 +109,29 @@ def decode(
     ``max_len`` defaults to ``config.max_len`` (callers applying ``max_len_a * S +
     max_len_b`` pass the result). ``key`` defaults to ``jax.random.key(config.seed)``
     for sampling. ``method="contrastive"`` needs ``amateur=(step_fn, cache)``; it uses
-    ``config.beam_size`` (1 = greedy contrastive). ``config.coverage`` is beam's
-    ``beta`` and needs a step function returning cross-attention. Numeric options
-    are passed as Python floats/ints (traced), so configs differing only in them
-    share one compilation.
+    ``config.beam_size`` (1 = greedy contrastive). ``config.coverage`` is passed as the
+    decoders' ``coverage`` and needs a step function returning cross-attention.
+    Numeric options are passed as Python floats/ints (traced), so configs differing
+    only in them share one compilation. Static: ``step_fn``, ``static_part(config)``,
+    the token ids, ``max_len``, ``batch_size``; traced: the rest.
 
-    Example::
+    Example (a bigram table that prefers ``previous + 1``; EOS = 3)::
 
-        cfg = DecodeConfig(method="beam", beam_size=4, alpha=0.6)
-        result = decode(model.step_fn(params), cache, cfg, bos_id=2, eos_id=3, pad_id=0)
+        >>> import jax.numpy as jnp
+        >>> table = jnp.log(jnp.array([[.1, .8, .05, .05], [.1, .1, .7, .1],
+        ...                            [.1, .1, .1, .7], [.25, .25, .25, .25]]))
+        >>> step = lambda tok, pos, c: (table[tok], c)
+        >>> ids = dict(bos_id=0, eos_id=3, pad_id=0, batch_size=1)
+        >>> decode(step, None, DecodeConfig(method="greedy", max_len=5), **ids).tokens.tolist()
+        [[[1, 2, 3, 0, 0]]]
+        >>> cfg = DecodeConfig(method="beam", beam_size=2, n_best=2, max_len=5)
+        >>> decode(step, None, cfg, **ids).lengths.tolist()  # "1 2 EOS", then "1 EOS"
+        [[3, 2]]
     """
     c = config
-    n = {f: _numeric(getattr(c, f), kind) for f, kind in NUMERIC_FIELDS.items()}
-    for f, v in (numerics or {}).items():
-        if f not in NUMERIC_FIELDS:
-            raise ValueError(f"numerics: {f!r} is not a numeric decode option")
-        n[f] = _numeric(v, NUMERIC_FIELDS[f])
-    max_len = c.max_len if max_len is None else int(max_len)
+    n = resolve_numerics(c, numerics)
     common = dict(
-        max_len=max_len,
+        max_len=c.max_len if max_len is None else int(max_len),
         bos_id=bos_id,
         eos_id=eos_id,
         pad_id=pad_id,
@@ -150,7 +141,6 @@ def decode(
         prefix=prefix,
         batch_size=batch_size,
     )
-    ranked = dict(n_best=c.n_best, alpha=n["alpha"], length_penalty=c.length_penalty)
     if c.method in ("beam", "contrastive") and c.coverage:
         B = infer_batch_size(cache, batch_size)
         if step_output_shapes(step_fn, B, cache)[1] is None:
@@ -159,43 +149,57 @@ def decode(
         return jitted(greedy)(step_fn, cache, **common)
     if c.method == "sample":
         key = jax.random.key(c.seed) if key is None else key
-        return jitted(sample)(
-            step_fn,
-            cache,
-            key=key,
-            num_samples=c.num_samples,
-            temperature=n["temperature"],
-            top_k=n["top_k"],
-            top_p=n["top_p"],
-            **common,
-        )
+        return _decode_sample(step_fn, cache, c, n, key, common)
+    ranked = dict(n_best=c.n_best, alpha=n["alpha"], length_penalty=c.length_penalty)
+    ranked.update(coverage=n["coverage"], src_mask=src_mask, beam_size=c.beam_size)
     if c.method == "beam":
-        return jitted(beam_search)(
-            step_fn,
-            cache,
-            beam_size=c.beam_size,
-            beta=n["coverage"],
-            src_mask=src_mask,
-            **ranked,
-            **common,
-        )
+        return jitted(beam_search)(step_fn, cache, **ranked, **common)
     if c.method == "contrastive":
         if amateur is None:
             raise ValueError("method 'contrastive' needs amateur=(step_fn, cache)")
-        if c.beam_size == 1:
-            ranked = dict(n_best=1)
-        return jitted(contrastive)(
-            step_fn,
-            cache,
-            amateur[0],
-            amateur[1],
-            contrastive_lambda=n["contrastive_lambda"],
-            contrastive_alpha=n["contrastive_alpha"],
-            amateur_temperature=n["amateur_temperature"],
-            beam_size=c.beam_size,
-            beta=n["coverage"],
-            src_mask=src_mask,
-            **ranked,
-            **common,
-        )
+        return _decode_contrastive(step_fn, cache, amateur, c, n, ranked, common)
     raise ValueError(f"unknown decode method {c.method!r}")
+
+
+def _decode_sample(
+    step_fn: StepFn,
+    cache: Any,
+    c: DecodeConfig,
+    n: dict[str, Any],
+    key: jax.Array,
+    common: dict[str, Any],
+) -> DecodeResult:
+    return jitted(sample)(
+        step_fn,
+        cache,
+        key=key,
+        num_samples=c.num_samples,
+        temperature=n["temperature"],
+        top_k=n["top_k"],
+        top_p=n["top_p"],
+        **common,
+    )
+
+
+def _decode_contrastive(
+    step_fn: StepFn,
+    cache: Any,
+    amateur: tuple[StepFn, Any],
+    c: DecodeConfig,
+    n: dict[str, Any],
+    ranked: dict[str, Any],
+    common: dict[str, Any],
+) -> DecodeResult:
+    if c.beam_size == 1:  # greedy contrastive ignores the ranking options
+        ranked = dict(n_best=1, beam_size=1, coverage=n["coverage"], src_mask=ranked["src_mask"])
+    return jitted(contrastive)(
+        step_fn,
+        cache,
+        amateur[0],
+        amateur[1],
+        contrastive_lambda=n["contrastive_lambda"],
+        contrastive_alpha=n["contrastive_alpha"],
+        amateur_temperature=n["amateur_temperature"],
+        **ranked,
+        **common,
+    )

@@ -5,26 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from seqjax.decoding.batch_tree import infer_batch_size
 from seqjax.decoding.logit_processors import Controls
 from seqjax.decoding.result import DecodeResult
-from seqjax.decoding.step import ScoreFn, StepFn
+from seqjax.decoding.step import StepFn
 from seqjax.decoding.step_scores import log_prob_scores
-from seqjax.decoding.token_loop import TokenLoopOutput, choose_argmax, run_token_loop
-
-
-def loop_result(out: TokenLoopOutput, batch_size: int, k: int) -> DecodeResult:
-    """Reshape ``N = B * K`` loop rows into a ``DecodeResult`` scored by summed log-prob."""
-    L = out.tokens.shape[-1]
-    log_probs = out.log_probs.reshape(batch_size, k, L)
-    return DecodeResult(
-        tokens=out.tokens.reshape(batch_size, k, L),
-        lengths=out.lengths.reshape(batch_size, k),
-        scores=jnp.sum(log_probs, axis=-1),
-        log_probs=log_probs,
-    )
+from seqjax.decoding.token_loop import argmax_loop
 
 
 def greedy(
@@ -63,28 +50,3 @@ def greedy(
     return argmax_loop(
         log_prob_scores(step_fn, controls), cache, B, max_len, bos_id, eos_id, pad_id, prefix
     )
-
-
-def argmax_loop(
-    score_fn: ScoreFn,
-    cache: Any,
-    batch_size: int,
-    max_len: int,
-    bos_id: int | jax.Array,
-    eos_id: int | jax.Array,
-    pad_id: int | jax.Array,
-    prefix: jax.Array | None,
-) -> DecodeResult:
-    """Pick the best-scoring token at every step (greedy, and greedy contrastive)."""
-    out = run_token_loop(
-        score_fn,
-        choose_argmax,
-        cache,
-        num_rows=batch_size,
-        max_len=max_len,
-        bos_id=bos_id,
-        eos_id=eos_id,
-        pad_id=pad_id,
-        prefix_NxP=prefix,
-    )
-    return loop_result(out, batch_size, 1)

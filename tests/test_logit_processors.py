@@ -1,16 +1,12 @@
-"""Unit tests of the pure per-step pieces of seqjax.decoding, against NumPy references."""
+"""seqjax.decoding.logit_processors against NumPy references."""
 
 from __future__ import annotations
-
-import doctest
-import importlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax.decoding.batch_tree import gather_rows, infer_batch_size, repeat_rows
 from seqjax.decoding.logit_processors import (
     Controls,
     banned_tokens,
@@ -21,8 +17,6 @@ from seqjax.decoding.logit_processors import (
     selection_scores,
     truncation_allowed,
 )
-from seqjax.decoding.penalties import coverage_penalty, length_penalty
-from seqjax.decoding.scoring import target_mask
 
 
 def np_ngram_banned(history: list[int], n: int, vocab: int) -> set[int]:
@@ -152,52 +146,3 @@ def test_forced_prefix_selection():
     out = np.asarray(selection_scores((scores, allowed), (is_forced, tok)))
     assert np.isfinite(out[0]).tolist() == [i == 6 for i in range(8)]
     assert np.isfinite(out[1]).sum() == 7
-
-
-def test_length_and_coverage_penalties():
-    lengths = jnp.arange(1, 6)
-    np.testing.assert_allclose(length_penalty(lengths, 0.7, "gnmt"), ((5 + lengths) / 6) ** 0.7)
-    np.testing.assert_allclose(length_penalty(lengths, 1.3, "hf"), lengths**1.3, rtol=1e-6)
-    np.testing.assert_allclose(length_penalty(lengths, 0.0, "hf"), 1.0)
-    with pytest.raises(ValueError):
-        length_penalty(lengths, 1.0, "fairseq")
-    cov = jnp.array([[0.25, 3.0, 0.0], [0.5, 0.5, 0.5]])
-    np.testing.assert_allclose(coverage_penalty(cov, 2.0), [2 * np.log(0.25), 6 * np.log(0.5)])
-    mask = jnp.array([[True, True, False], [True, False, False]])
-    np.testing.assert_allclose(coverage_penalty(cov, 1.0, mask), [np.log(0.25), np.log(0.5)])
-    assert float(coverage_penalty(cov, 0.0, jnp.ones((2, 3), bool))[0]) == 0.0  # no NaN
-
-
-def test_batch_tree_helpers():
-    tree = {"a": jnp.arange(6).reshape(3, 2), "step": jnp.array(4)}
-    assert infer_batch_size(tree) == 3
-    rep = repeat_rows(tree, 2)
-    assert rep["a"][:, 0].tolist() == [0, 0, 2, 2, 4, 4] and int(rep["step"]) == 4
-    assert gather_rows(tree, jnp.array([2, 0]))["a"][:, 0].tolist() == [4, 0]
-    with pytest.raises(ValueError, match="batch_size"):
-        infer_batch_size(None)
-
-
-def test_target_mask_stops_after_first_eos():
-    t = jnp.array([[4, 3, 3, 0], [4, 4, 4, 4]])
-    assert target_mask(t, 3, 0).tolist() == [[True, True, False, False], [True] * 4]
-
-
-@pytest.mark.parametrize(
-    "module",
-    [
-        "batch_tree",
-        "logit_processors",
-        "penalties",
-        "greedy_search",
-        "sampling",
-        "beam",
-        "contrastive_search",
-        "scoring",
-    ],
-)
-def test_docstring_examples(module):
-    mod = importlib.import_module(f"seqjax.decoding.{module}")
-    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
-    result = doctest.testmod(mod, optionflags=flags)
-    assert result.failed == 0 and result.attempted > 0

@@ -7,12 +7,12 @@ from typing import Any
 import jax
 
 from seqjax.decoding.batch_tree import infer_batch_size
-from seqjax.decoding.beam import check_beam_args, coverage_source_len, run_beam_loop
-from seqjax.decoding.greedy_search import argmax_loop
+from seqjax.decoding.beam_loop import check_beam_args, coverage_source_len, run_beam_loop
 from seqjax.decoding.logit_processors import Controls
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, step_output_shapes
 from seqjax.decoding.step_scores import contrastive_scores
+from seqjax.decoding.token_loop import argmax_loop
 
 
 def contrastive(
@@ -32,7 +32,7 @@ def contrastive(
     n_best: int = 1,
     alpha: float | jax.Array = 0.0,
     length_penalty: str = "gnmt",
-    beta: float | jax.Array = 0.0,
+    coverage: float | jax.Array = 0.0,
     src_mask: jax.Array | None = None,
     min_len: int | jax.Array = 0,
     no_repeat_ngram_size: int = 0,
@@ -47,7 +47,7 @@ def contrastive(
     and positions; their caches travel together (and are reordered together in beam
     search). With ``beam_size == 1`` the search is greedy and ``scores`` is the
     expert's summed log-prob; with ``beam_size > 1`` it is beam search over summed
-    contrastive scores (``alpha``, ``length_penalty``, ``beta`` as in
+    contrastive scores (``alpha``, ``length_penalty``, ``coverage`` as in
     ``beam_search``; early exit only once every beam is dead, as contrastive step
     scores can be positive) and ``scores`` is the penalised contrastive score.
     ``log_probs`` are always the expert's. ``contrastive_lambda = 0`` recovers the
@@ -56,7 +56,7 @@ def contrastive(
     Static: both step functions, ``max_len``, ``beam_size``, ``n_best``,
     ``length_penalty``, ``no_repeat_ngram_size``, ``batch_size``, the token ids.
     Traced: ``contrastive_lambda``, ``contrastive_alpha``, ``amateur_temperature``,
-    ``alpha``, ``beta``, ``min_len``, ``repetition_penalty``, the caches, ``src_mask``,
+    ``alpha``, ``coverage``, ``min_len``, ``repetition_penalty``, the caches, ``src_mask``,
     ``prefix``.
 
     Example (the amateur over-rates token 2, so the expert's runner-up 3 wins)::
@@ -92,10 +92,10 @@ def contrastive(
         n_best=n_best,
         max_len=max_len,
         vocab_size=vocab_size,
-        source_len=coverage_source_len(source_len, beta),
+        source_len=coverage_source_len(source_len, coverage),
         alpha=alpha,
         length_penalty_kind=length_penalty,
-        beta=beta,
+        coverage=coverage,
         src_mask_BxS=src_mask,
         monotone=False,
         bos_id=bos_id,

@@ -1,0 +1,368 @@
+"""The compiled beam loop behind beam search and contrastive beam search.
+
+Beams are folded into the batch: the cache holds ``N = B * K`` rows, row ``b * K + k``
+being beam ``k`` of source ``b``. Each step extends every live beam by every token
+(``K * V`` candidates per source):
+
+- candidates ending in EOS (and, at the last position, all candidates) are
+  *finished*: scored ``sum / length_penalty(len) + coverage_penalty`` and merged into
+  the ``n_best`` finished hypotheses kept per source;
+- the ``K`` best other candidates stay *live*, ranked by their raw summed score.
+
+The loop (one ``lax.while_loop``) stops once no live beam can beat the worst kept
+finished hypothesis of any source. With non-positive step scores (log-probs) a
+live beam's final score is bounded by ``sum / length_penalty(l)`` at the most
+favourable reachable length ``l`` plus a coverage penalty of at most 0 (``coverage
+>= 0``), so this stop is exact: results equal an exhaustive search whenever the beam
+never prunes the optimum (e.g. ``K >= (V - 1) ** (max_len - 1)``).
+
+Static: the score function, the shapes (``batch_size``, ``beam_size``, ``n_best``,
+``max_len``, ``vocab_size``, ``source_len``), ``length_penalty_kind`` and
+``monotone``. Traced: ``alpha``, ``coverage``, the cache, ``src_mask_BxS``,
+``prefix_BxP`` and the token ids.
+
+Example (a 1-token vocabulary plus EOS: beam 2 keeps "EOS" and "x EOS")::
+
+    >>> import jax.numpy as jnp
+    >>> from seqjax.decoding.logit_processors import Controls
+    >>> from seqjax.decoding.step_scores import log_prob_scores
+    >>> logp_V = jnp.log(jnp.array([0.0, 0.7, 0.3]))  # pad, EOS, token 2
+    >>> step = lambda tok, pos, c: (jnp.tile(logp_V, (tok.shape[0], 1)), c)
+    >>> r = run_beam_loop(log_prob_scores(step, Controls(1, 0)), None, batch_size=1,
+    ...                   beam_size=2, n_best=2, max_len=3, vocab_size=3, source_len=None,
+    ...                   alpha=0.0, length_penalty_kind="gnmt", coverage=0.0,
+    ...                   src_mask_BxS=None, monotone=True, bos_id=0, eos_id=1, pad_id=0,
+    ...                   prefix_BxP=None)
+    >>> r.tokens[0].tolist()
+    [[1, 0, 0], [2, 1, 0]]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from seqjax.decoding.batch_tree import gather_rows, repeat_rows
+from seqjax.decoding.logit_processors import forced_tokens, prefix_lengths, selection_scores
+from seqjax.decoding.penalties import LENGTH_PENALTIES, coverage_penalty, length_penalty
+from seqjax.decoding.result import DecodeResult
+from seqjax.decoding.step_scores import ScoreFn, StepScores
+
+
+def check_beam_args(beam_size: int, n_best: int, length_penalty_kind: str) -> None:
+    """Reject impossible static beam options before tracing anything."""
+    if beam_size < 1 or n_best < 1:
+        raise ValueError(f"beam_size and n_best must be >= 1, got {beam_size}, {n_best}")
+    if n_best > beam_size:
+        raise ValueError(f"n_best ({n_best}) cannot exceed beam_size ({beam_size})")
+    if length_penalty_kind not in LENGTH_PENALTIES:
+        raise ValueError(
+            f"length_penalty: unknown {length_penalty_kind!r}; use one of {LENGTH_PENALTIES}"
+        )
+
+
+def coverage_source_len(source_len: int | None, coverage: float | jax.Array) -> int | None:
+    """Source length to track attention for; rejects a concrete ``coverage != 0`` without it."""
+    if source_len is None and isinstance(coverage, int | float) and coverage != 0:
+        raise ValueError(
+            "coverage penalty (coverage != 0) needs a step_fn returning cross-attention"
+        )
+    return source_len
+
+
+class _State(NamedTuple):
+    position: jax.Array  # int32[]: index of the token generated next
+    live_tokens: jax.Array  # int32[B, K, L]
+    live_log_probs: jax.Array  # float32[B, K, L] model log-probs (reported)
+    live_scores: jax.Array  # float32[B, K] summed step scores; -inf = empty beam
+    live_attention: jax.Array  # float32[B, K, S] summed cross-attention (S = 0 if unused)
+    cache: Any  # N = B * K rows
+    done: jax.Array  # bool[B]
+    finished_tokens: jax.Array  # int32[B, M, L], M = n_best
+    finished_log_probs: jax.Array  # float32[B, M, L]
+    finished_scores: jax.Array  # float32[B, M] penalised; -inf = empty slot
+    finished_lengths: jax.Array  # int32[B, M]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Search:
+    """One beam search's shapes (static ints) and ranking options (possibly traced)."""
+
+    B: int  # sources
+    K: int  # beams
+    M: int  # n_best
+    L: int  # max_len
+    V: int  # vocabulary
+    S: int  # source positions tracked for coverage; 0 = no coverage term
+    alpha: float | jax.Array
+    length_penalty_kind: str
+    coverage: float | jax.Array
+    valid_BxKxS: jax.Array | None
+    monotone: bool
+    eos_id: int | jax.Array
+
+    def penalised(
+        self, total: jax.Array, length: jax.Array, attention_BxKxS: jax.Array
+    ) -> jax.Array:
+        """Ranking score of finished hypotheses: length-normalised sum plus coverage."""
+        score = total / length_penalty(length, self.alpha, self.length_penalty_kind)
+        if self.S:
+            penalty = coverage_penalty(attention_BxKxS, self.coverage, self.valid_BxKxS)
+            score = score + penalty[..., None]
+        return score
+
+
+def _take_beams(x_BxKx: jax.Array, beam_BxJ: jax.Array) -> jax.Array:
+    """Per-source gather along the beam axis: ``[B, K, ...] -> [B, J, ...]``."""
+    idx = beam_BxJ.reshape(beam_BxJ.shape + (1,) * (x_BxKx.ndim - 2))
+    return jnp.take_along_axis(x_BxKx, idx, axis=1)
+
+
+def reorder_cache(new_cache: Any, old_cache: Any, rows_N: jax.Array) -> Any:
+    """``gather_rows(new_cache, rows_N)``, skipping leaves the step passed through.
+
+    ``rows_N`` only permutes rows within each source's block of ``K`` beams, and the
+    loop's cache starts as ``K`` identical copies of each source row. A leaf that the
+    step function returns unchanged (the very same array, e.g. the encoder memory or
+    projected cross-attention keys/values) therefore stays identical within every block
+    and the gather would be a no-op copy of it at every step.
+    """
+    new_leaves, treedef = jax.tree.flatten(new_cache)
+    old_leaves, old_treedef = jax.tree.flatten(old_cache)
+    if treedef != old_treedef:
+        return gather_rows(new_cache, rows_N)
+    return jax.tree.unflatten(
+        treedef,
+        [
+            new if new is old else gather_rows(new, rows_N)
+            for new, old in zip(new_leaves, old_leaves, strict=True)
+        ],
+    )
+
+
+def _set_column(x_BxJxL: jax.Array, value_BxJ: jax.Array, position: jax.Array) -> jax.Array:
+    return lax.dynamic_update_index_in_dim(x_BxJxL, value_BxJ, position, axis=2)
+
+
+def _extend(
+    s: _State, model_lp_BxKxV: jax.Array, beam_BxJ: jax.Array, token_BxJ: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Tokens and model log-probs of ``J`` candidates: beam ``beam_BxJ`` + ``token_BxJ``."""
+    tokens = _set_column(_take_beams(s.live_tokens, beam_BxJ), token_BxJ, s.position)
+    lp = _take_beams(model_lp_BxKxV, beam_BxJ)
+    lp = jnp.take_along_axis(lp, token_BxJ[..., None], axis=2)[..., 0]
+    return tokens, _set_column(_take_beams(s.live_log_probs, beam_BxJ), lp, s.position)
+
+
+def _rank_live(
+    q: _Search, totals_BxKxV: jax.Array, finishing_V: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``(live_scores_BxK, live_flat_BxK, eos_BxK, kth_B)``: the K best unfinished candidates.
+
+    An EOS extension is only accepted when it ranks among the K best candidates of
+    this step by raw total (as fairseq and HuggingFace do). Accepting every beam's EOS
+    would let a weak model's beam keep an early, barely-likely EOS that the search
+    itself never ranked, and beam 1 would no longer equal greedy. ``kth_B`` is that
+    K-th best total over all candidates.
+    """
+    B, K, V = q.B, q.K, q.V
+    live = jnp.where(finishing_V, -jnp.inf, totals_BxKxV).reshape(B, K * V)
+    live_scores, live_flat = lax.top_k(live, K)
+    # The K best of all candidates lie among the K best live ones and the K EOS
+    # extensions, so the K-th best total needs a top-k over 2K values, not K * V.
+    eos_BxK = jnp.take(totals_BxKxV, jnp.asarray(q.eos_id, jnp.int32), axis=2)
+    kth_B = lax.top_k(jnp.concatenate([live_scores, eos_BxK], axis=1), K)[0][:, K - 1]
+    return live_scores, live_flat, eos_BxK, kth_B
+
+
+def _rank_finishing(
+    q: _Search,
+    t: jax.Array,
+    totals_BxKxV: jax.Array,
+    finishing_V: jax.Array,
+    eos_BxK: jax.Array,
+    kth_B: jax.Array,
+    attention_BxKxS: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """``(scores_BxM, flat_BxM)``: the M best candidates finishing now, penalised."""
+    B, K, M, L, V = q.B, q.K, q.M, q.L, q.V
+    # At the last position every candidate finishes; the n-best merge ranks them.
+    ranked_BxKxV = (totals_BxKxV >= kth_B[:, None, None]) | (t == L - 1)
+
+    def finish_any() -> tuple[jax.Array, jax.Array]:  # last position: any token ends
+        new_fin = q.penalised(totals_BxKxV, t + 1, attention_BxKxS)
+        new_fin = jnp.where(finishing_V & ranked_BxKxV, new_fin, -jnp.inf)
+        scores, flat = lax.top_k(new_fin.reshape(B, K * V), M)
+        return scores, flat
+
+    def finish_eos() -> tuple[jax.Array, jax.Array]:  # otherwise only EOS: K values
+        new_fin = q.penalised(eos_BxK[..., None], t + 1, attention_BxKxS)[..., 0]
+        new_fin = jnp.where(eos_BxK >= kth_B[:, None], new_fin, -jnp.inf)
+        scores, beam = lax.top_k(new_fin, M)
+        return scores, beam * V + jnp.asarray(q.eos_id, jnp.int32)
+
+    return lax.cond(t == L - 1, finish_any, finish_eos)
+
+
+def _merge_finished(
+    q: _Search,
+    s: _State,
+    fin_scores_BxM: jax.Array,
+    fin_tokens_BxMxL: jax.Array,
+    fin_lp_BxMxL: jax.Array,
+) -> dict[str, jax.Array]:
+    """The M best of the kept and the new finished hypotheses (``_State`` fields)."""
+    M = q.M
+    all_scores = jnp.concatenate([s.finished_scores, fin_scores_BxM], axis=1)
+    all_scores, keep = lax.top_k(all_scores, M)  # ties keep the older hypothesis
+    all_lengths = jnp.concatenate(
+        [s.finished_lengths, jnp.where(fin_scores_BxM > -jnp.inf, s.position + 1, 0)], axis=1
+    )
+    tokens = _take_beams(jnp.concatenate([s.finished_tokens, fin_tokens_BxMxL], 1), keep)
+    log_probs = _take_beams(jnp.concatenate([s.finished_log_probs, fin_lp_BxMxL], 1), keep)
+    return dict(
+        finished_tokens=tokens,
+        finished_log_probs=log_probs,
+        finished_scores=all_scores,
+        finished_lengths=jnp.take_along_axis(all_lengths, keep, axis=1),
+    )
+
+
+def _live_bound(q: _Search, t: jax.Array, live_scores_BxK: jax.Array) -> jax.Array:
+    """``float[B]``: the best final score any live beam of a source can still reach."""
+    if q.monotone:
+        # sums are <= 0 and lp is monotone in length: the larger end divisor is best
+        best_lp = jnp.maximum(
+            length_penalty(t + 2, q.alpha, q.length_penalty_kind),
+            length_penalty(q.L, q.alpha, q.length_penalty_kind),
+        )
+        return jnp.max(live_scores_BxK / best_lp, axis=1)
+    return jnp.where(jnp.any(live_scores_BxK > -jnp.inf, axis=1), jnp.inf, -jnp.inf)
+
+
+def _advance(q: _Search, s: _State, step: StepScores, step_BxKxV: jax.Array) -> _State:
+    """One beam step given the step's selection scores (``-inf`` = not pickable)."""
+    B, K, L, V, S = q.B, q.K, q.L, q.V, q.S
+    t = s.position
+    totals_BxKxV = s.live_scores[..., None] + step_BxKxV
+    attention = s.live_attention
+    if S:
+        attention = attention + step.attention.astype(jnp.float32).reshape(B, K, S)
+    model_lp_BxKxV = step.model_log_probs.reshape(B, K, V)
+    finishing_V = (jnp.arange(V) == q.eos_id) | (t == L - 1)  # the last position finishes all
+
+    live_scores, live_flat, eos_BxK, kth_B = _rank_live(q, totals_BxKxV, finishing_V)
+    fin_scores, fin_flat = _rank_finishing(
+        q, t, totals_BxKxV, finishing_V, eos_BxK, kth_B, attention
+    )
+    fin_tokens, fin_lp = _extend(s, model_lp_BxKxV, fin_flat // V, fin_flat % V)
+    finished = _merge_finished(q, s, fin_scores, fin_tokens, fin_lp)
+
+    beam_BxK = live_flat // V
+    live_tokens, live_lp = _extend(s, model_lp_BxKxV, beam_BxK, live_flat % V)
+    rows_N = (jnp.arange(B)[:, None] * K + beam_BxK).reshape(B * K)
+    # Early exit: can any live beam still beat the worst kept finished hypothesis?
+    bound_B = _live_bound(q, t, live_scores)
+    return _State(
+        position=t + 1,
+        live_tokens=live_tokens,
+        live_log_probs=live_lp,
+        live_scores=live_scores,
+        live_attention=_take_beams(attention, beam_BxK),
+        cache=reorder_cache(step.cache, s.cache, rows_N),
+        done=s.done | (finished["finished_scores"][:, q.M - 1] >= bound_B),
+        **finished,
+    )
+
+
+def _initial_state(q: _Search, cache_N: Any, pad_id: int | jax.Array) -> _State:
+    B, K, M, L, S = q.B, q.K, q.M, q.L, q.S
+    return _State(
+        position=jnp.zeros((), jnp.int32),
+        live_tokens=jnp.full((B, K, L), pad_id, jnp.int32),
+        live_log_probs=jnp.zeros((B, K, L), jnp.float32),
+        # only beam 0 starts alive, so the K copies of a source do not all expand alike
+        live_scores=jnp.tile(jnp.array([0.0] + [-jnp.inf] * (K - 1), jnp.float32), (B, 1)),
+        live_attention=jnp.zeros((B, K, S), jnp.float32),
+        cache=cache_N,
+        done=jnp.zeros((B,), bool),
+        finished_tokens=jnp.full((B, M, L), pad_id, jnp.int32),
+        finished_log_probs=jnp.zeros((B, M, L), jnp.float32),
+        finished_scores=jnp.full((B, M), -jnp.inf, jnp.float32),
+        finished_lengths=jnp.zeros((B, M), jnp.int32),
+    )
+
+
+def run_beam_loop(
+    score_fn: ScoreFn,
+    cache: Any,
+    *,
+    batch_size: int,
+    beam_size: int,
+    n_best: int,
+    max_len: int,
+    vocab_size: int,
+    source_len: int | None,
+    alpha: float | jax.Array,
+    length_penalty_kind: str,
+    coverage: float | jax.Array,
+    src_mask_BxS: jax.Array | None,
+    monotone: bool,
+    bos_id: int | jax.Array,
+    eos_id: int | jax.Array,
+    pad_id: int | jax.Array,
+    prefix_BxP: jax.Array | None,
+) -> DecodeResult:
+    """The compiled beam loop over a score function (``cache`` has ``B`` rows).
+
+    ``monotone`` (static) says step scores are ``<= 0``, which makes the early-exit
+    bound valid; otherwise the loop only stops when every beam is dead. ``source_len``
+    (static; ``None`` = no attention) sizes the summed attention the ``coverage``
+    penalty reads.
+    """
+    B, K, L = batch_size, beam_size, max_len
+    S = source_len or 0
+    valid_BxKxS = None
+    if src_mask_BxS is not None and S:
+        valid_BxKxS = jnp.broadcast_to(src_mask_BxS[:, None, :], (B, K, S)).astype(bool)
+    q = _Search(
+        B=B,
+        K=K,
+        M=n_best,
+        L=L,
+        V=vocab_size,
+        S=S,
+        alpha=alpha,
+        length_penalty_kind=length_penalty_kind,
+        coverage=coverage,
+        valid_BxKxS=valid_BxKxS,
+        monotone=monotone,
+        eos_id=eos_id,
+    )
+    prefix_NxP = None if prefix_BxP is None else repeat_rows(prefix_BxP, K)
+    forced_len_N = None if prefix_NxP is None else prefix_lengths(prefix_NxP, pad_id)
+
+    def cond(s: _State) -> jax.Array:
+        return (s.position < L) & ~jnp.all(s.done)
+
+    def body(s: _State) -> _State:
+        t = s.position
+        history_NxL = s.live_tokens.reshape(B * K, L)
+        previous = lax.dynamic_index_in_dim(history_NxL, jnp.maximum(t - 1, 0), 1, keepdims=False)
+        inputs = jnp.where(t == 0, bos_id, previous).astype(jnp.int32)
+        step = score_fn(inputs, t, s.cache, history_NxL)
+        forced = None if prefix_NxP is None else forced_tokens(prefix_NxP, forced_len_N, t)
+        step_BxKxV = selection_scores((step.scores, step.allowed), forced).reshape(B, K, q.V)
+        return _advance(q, s, step, step_BxKxV)
+
+    s = lax.while_loop(cond, body, _initial_state(q, repeat_rows(cache, K), pad_id))
+    return DecodeResult(
+        tokens=s.finished_tokens,
+        lengths=s.finished_lengths,
+        scores=s.finished_scores,
+        log_probs=s.finished_log_probs,
+    )

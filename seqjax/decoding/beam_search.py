@@ -1,0 +1,93 @@
+"""Beam search with length and coverage penalties, n-best output and early exit.
+
+The search itself (beams folded into the batch, the exact early-exit bound) is
+``seqjax.decoding.beam_loop``; this module scores steps by processed log-probs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from seqjax.decoding.batch_tree import infer_batch_size
+from seqjax.decoding.beam_loop import check_beam_args, coverage_source_len, run_beam_loop
+from seqjax.decoding.logit_processors import Controls
+from seqjax.decoding.result import DecodeResult
+from seqjax.decoding.step import StepFn, step_output_shapes
+from seqjax.decoding.step_scores import log_prob_scores
+
+
+def beam_search(
+    step_fn: StepFn,
+    cache: Any,
+    *,
+    max_len: int,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int,
+    beam_size: int = 4,
+    n_best: int = 1,
+    alpha: float | jax.Array = 0.0,
+    length_penalty: str = "gnmt",
+    coverage: float | jax.Array = 0.0,
+    src_mask: jax.Array | None = None,
+    min_len: int | jax.Array = 0,
+    no_repeat_ngram_size: int = 0,
+    repetition_penalty: float | jax.Array = 1.0,
+    prefix: jax.Array | None = None,
+    batch_size: int | None = None,
+) -> DecodeResult:
+    """Beam search; returns the ``n_best`` finished hypotheses per source, best first.
+
+    Ranking score of a finished hypothesis of ``len`` tokens (EOS included)::
+
+        sum_t step_score_t / lp(len) + coverage * sum_i log(min(sum_t attn_ti, 1))
+
+    with ``lp = ((5 + len) / 6) ** alpha`` (``length_penalty="gnmt"``) or
+    ``len ** alpha`` (``"hf"``). Step scores are log-probs after the repetition
+    penalty. The coverage term (GNMT, Wu et al. 2016; ``coverage`` is their beta and
+    the same option as ``DecodeConfig.coverage`` / ``--coverage``) needs ``step_fn`` to
+    return cross-attention ``[B, S]``; it runs over source positions in ``src_mask [B, S]``,
+    or over positions that received any attention when ``src_mask`` is None (padding
+    gets exactly 0). Hypotheses still running at ``max_len`` finish there. Slots
+    with no hypothesis (tiny search spaces) have score ``-inf`` and length 0.
+
+    Static: ``step_fn``, ``max_len``, ``beam_size``, ``n_best``, ``length_penalty``,
+    ``no_repeat_ngram_size``, ``batch_size``, the token ids. Traced (change freely,
+    no recompile): ``alpha``, ``coverage``, ``min_len``, ``repetition_penalty`` and the
+    arrays ``cache``, ``src_mask``, ``prefix``.
+
+    Example (a 1-token vocabulary model plus EOS)::
+
+        >>> import jax, jax.numpy as jnp
+        >>> logp_V = jnp.log(jnp.array([0.0, 0.7, 0.3]))  # pad, EOS, token 2
+        >>> step = lambda tok, pos, c: (jnp.tile(logp_V, (tok.shape[0], 1)), c)
+        >>> r = beam_search(step, None, batch_size=1, max_len=3, bos_id=0, eos_id=1,
+        ...                 pad_id=0, beam_size=2, n_best=2)
+        >>> r.tokens[0].tolist(), r.lengths[0].tolist()
+        ([[1, 0, 0], [2, 1, 0]], [1, 2])
+    """
+    check_beam_args(beam_size, n_best, length_penalty)
+    B = infer_batch_size(cache, batch_size)
+    vocab_size, source_len = step_output_shapes(step_fn, B, cache)
+    controls = Controls(eos_id, pad_id, min_len, repetition_penalty, no_repeat_ngram_size)
+    return run_beam_loop(
+        log_prob_scores(step_fn, controls),
+        cache,
+        batch_size=B,
+        beam_size=beam_size,
+        n_best=n_best,
+        max_len=max_len,
+        vocab_size=vocab_size,
+        source_len=coverage_source_len(source_len, coverage),
+        alpha=alpha,
+        length_penalty_kind=length_penalty,
+        coverage=coverage,
+        src_mask_BxS=src_mask,
+        monotone=True,
+        bos_id=bos_id,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        prefix_BxP=prefix,
+    )
