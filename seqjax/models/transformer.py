@@ -10,26 +10,12 @@ functions every decoder relies on (see DESIGN.md, "The model interface")::
     logits_BxV, cache, cross_attn_BxS = model.decode_step(params, cache, token_B, position)
     logits_BxTxV = model.forward(params, src_BxS, src_mask_BxS, tgt_in_BxT)
 
-Cache layout (a pytree whose leaves all lead with the batch axis, so decoders can
-expand it for beams and reorder it with a gather along axis 0)::
-
-    cache["layers"][i]["k"], ["v"]:   [B, H, T, Dh]  self-attention keys/values so far
-    cache["layers"][i]["ck"], ["cv"]: [B, H, S, Dh]  cross-attention keys/values of memory
-    cache["src_mask"]:                [B, S]         True at real source tokens
-
-Cross-attention keys/values are projected once in ``init_cache`` rather than at
-every step: for a 32-token source that projection would otherwise cost more than
-the rest of the step for a transformer-base decoder.
-
-Incremental decoding (``decode_step`` / ``step_fn``) does not go through the Flax
-modules: ``decoder_weights`` lays the decoder parameters out once as plain 2-D
-matrices ``[in, out]`` (fused QKV ``[D, 3 * H * Dh]``, the tied output embedding
-transposed to ``[D, V]``, cast to the compute dtype), and ``fast_decode_step`` runs
-one position on them with plain ``x @ W`` products. ``step_fn(params)`` prepares the
-weights once, outside the decoders' loops. With the modules' 4-D head-split kernels
-XLA's CPU backend transposes every attention kernel inside the loop, at every step
-(about half the time of a batch-1 step for transformer-base). The two paths
-compute the same function; tests pin them against ``forward``.
+The Flax modules do teacher forcing (``forward``, ``encode``) and project the memory
+for the cache (``init_cache``). Incremental decoding (``decode_step`` / ``step_fn``)
+runs one position at a time in ``transformer_step`` on the same parameters, laid out
+once as 2-D matrices; the cache layout is described there. Both share
+``transformer_ops`` (positions, embedding, pre/post-LN residual, attention,
+activations), and tests pin the step against ``forward``.
 """
 
 from __future__ import annotations
