@@ -102,3 +102,94 @@ def rnn_greedy(cache3):
     from seqjax.decoding import greedy, jitted
 
     return jitted(greedy)(rnn_step, cache3, **RNN_STATIC)
+
+
+# -- the model interface: configs and jitted entry points shared by the model tests ------
+
+# name -> (preset, overrides); untied embeddings give rows that differ more.
+MODEL_FAMILIES = {
+    "transformer": ("tiny", {}),  # pre-LN
+    "transformer_post_ln": ("tiny", {"pre_ln": False}),
+    # the options HF imports use: BART-like (learned offset positions, embedding LN,
+    # post-LN, gelu) and Marian-like (Marian sinusoids, scaled embeddings, swish)
+    "transformer_bart": (
+        "tiny",
+        dict(
+            pre_ln=False,
+            qkv_bias=True,
+            layernorm_embedding=True,
+            final_logits_bias=True,
+            position_embedding="learned",
+            position_offset=2,
+            activation="gelu",
+            layer_norm_eps=1e-5,
+        ),
+    ),
+    "transformer_marian": (
+        "tiny",
+        dict(
+            pre_ln=False,
+            qkv_bias=True,
+            final_logits_bias=True,
+            position_embedding="sinusoidal_marian",
+            scale_embeddings=True,
+            activation="swish",
+            layer_norm_eps=1e-5,
+        ),
+    ),
+    "rnn_bahdanau": ("rnn_tiny", {"rnn_attention": "bahdanau"}),
+    "rnn_luong": ("rnn_tiny", {"rnn_attention": "luong", "rnn_hidden": 24}),  # H != E
+}
+
+
+def model_config(family: str, **overrides):
+    from seqjax.config import model_preset
+
+    preset, base = MODEL_FAMILIES[family]
+    options = dict(share_embeddings=False, tie_output=False, **base)
+    return model_preset(preset, **{**options, **overrides})
+
+
+def _jitted_entry_points():
+    import jax
+
+    # Jitted once per session (eager dispatch of the many small ops dominates otherwise);
+    # the model is a static argument, so each configuration compiles once.
+    return dict(
+        init=lambda m, key: m.init(key),  # jitted inside, at a cheaper compile level
+        forward=jax.jit(lambda m, *a, **k: m.forward(*a, **k), static_argnums=0),
+        encode=jax.jit(lambda m, *a: m.encode(*a), static_argnums=0),
+        init_cache=jax.jit(lambda m, *a: m.init_cache(*a), static_argnums=(0, 4)),
+    )
+
+
+JIT = _jitted_entry_points()
+
+
+def model_and_params(family: str, seed: int = 1, **overrides):
+    """Model for ``family`` with ``overrides``; params depend only on family and seed."""
+    from seqjax.models import build_model
+
+    model = build_model(model_config(family, **overrides))
+    return model, JIT["init"](build_model(model_config(family)), _key(seed))
+
+
+def _key(seed: int):
+    import jax
+
+    return jax.random.key(seed)
+
+
+def model_inputs(vocab: int, pad_rows: bool):
+    """``(src [3, 9], src_mask, tgt_in [3, 7])``; with ``pad_rows`` two rows are padded."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    src = rng.integers(4, vocab, (3, 9)).astype(np.int32)
+    if pad_rows:
+        src[1, 6:] = 0
+        src[2, 2:] = 0
+    tgt = rng.integers(4, vocab, (3, 7)).astype(np.int32)
+    src = jnp.asarray(src)
+    return src, src != 0, jnp.asarray(tgt)

@@ -172,7 +172,7 @@ def test_weights_land_where_they_belong(hand_built):
 
 
 def test_imported_model_cached_steps_match_forward(hand_built):
-    """The fast decode path handles every imported option (biases, positions, LN, bias)."""
+    """The decode step handles every imported option (biases, positions, LN, bias)."""
     _, d, _ = hand_built
     model, params, _ = load_hf(d)
     c = model.config
@@ -188,9 +188,9 @@ def test_imported_model_cached_steps_match_forward(hand_built):
         logits, cache, _ = step(tgt[:, t], jnp.int32(t), cache)
         steps.append(logits)
     np.testing.assert_allclose(jnp.stack(steps, 1), full, atol=3e-5, rtol=3e-5)
-    # and the flax-module decode_step of the same model
+    # and the un-jitted interface decode_step of the same model
     cache = model.init_cache(params, model.encode(params, src, mask), mask, max_len=6)
-    slow = model.net.apply(params, cache, tgt[:, 0], jnp.int32(0), method="decode_step")[0]
+    slow = model.decode_step(params, cache, tgt[:, 0], jnp.int32(0))[0]
     np.testing.assert_allclose(slow, full[:, 0], atol=3e-5, rtol=3e-5)
 
 

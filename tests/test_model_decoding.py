@@ -18,7 +18,7 @@ import pytest
 from seqjax.app.translate import Translator, _decode_batch
 from seqjax.config import DecodeConfig, model_preset
 from seqjax.decoding import beam_search, greedy
-from seqjax.models.transformer import Transformer, TransformerNet
+from seqjax.models.transformer import Transformer
 
 MAX_LEN = 12
 BEAM = dict(beam_size=4, alpha=0.6, length_penalty="gnmt", min_len=4)
@@ -150,11 +150,12 @@ def test_min_len_equal_max_len_gives_exact_lengths(setup):
         assert np.all(np.asarray(r.lengths)[:, 0] == MAX_LEN)
 
 
-def test_fast_decode_step_matches_flax_modules():
-    """``decode_step`` (2-D decode-layout weights) equals the Flax modules' step.
+def test_decode_step_matches_teacher_forced_modules():
+    """``decode_step`` (2-D decode-layout weights) equals the Flax modules' teacher-forced
+    pass: the logits, the last layer's cross-attention and the cached keys/values.
 
     Tied embeddings here; the untied pre-LN and post-LN paths are pinned against
-    ``forward`` in test_transformer.py and above.
+    ``forward`` in test_model_interface.py and above.
     """
     cfg = model_preset("tiny")
     model = Transformer(cfg)
@@ -162,22 +163,35 @@ def test_fast_decode_step_matches_flax_modules():
     src = jnp.asarray(np.random.default_rng(2).integers(4, cfg.vocab_size, (3, 7)), jnp.int32)
     mask = src != cfg.pad_id
     prepare = jax.jit(lambda p: model.init_cache(p, model.encode(p, src, mask), mask, 6))
-    cache_fast = cache_ref = prepare(params)
+    cache_fast = cache_start = prepare(params)
+    tgt = jnp.tile(jnp.asarray([cfg.bos_id, 7, 9, 11], jnp.int32), (3, 1))
 
     @jax.jit
     def step(tokens, position, cache):
         return model.step_fn(params)(tokens, position, cache)
 
     @jax.jit
-    def ref_step(cache, token, position):
-        return model.net.apply(params, cache, token, position, method=TransformerNet.decode_step)
+    def teacher_forced(params):
+        # ``__call__`` is ``forward``; the decoder layers sow their K/V and attention.
+        return model.net.apply(params, src, mask, tgt, mutable=["intermediates"])
 
-    for t, token in enumerate([cfg.bos_id, 7, 9, 11]):
-        tokens = jnp.full((3,), token, jnp.int32)
-        lf, cache_fast, af = step(tokens, jnp.int32(t), cache_fast)
-        lr, cache_ref, ar = ref_step(cache_ref, tokens, jnp.int32(t))
-        np.testing.assert_allclose(lf, lr, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(af, ar, rtol=1e-5, atol=1e-6)
+    logits_ref, state = teacher_forced(params)
+    sown = [
+        state["intermediates"][f"decoder_layers_{i}"] for i in range(len(cache_start["layers"]))
+    ]
+    attn_ref = jnp.mean(sown[-1]["cross_attention"][0], axis=1)  # [B, T, S]
+    for t in range(tgt.shape[1]):
+        lf, cache_fast, af = step(tgt[:, t], jnp.int32(t), cache_fast)
+        np.testing.assert_allclose(lf, logits_ref[:, t], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(af, attn_ref[:, t], rtol=1e-5, atol=1e-6)
+    pad = ((0, 0), (0, 0), (0, 6 - tgt.shape[1]), (0, 0))  # unwritten positions stay 0
+    cache_ref = {
+        **cache_start,
+        "layers": tuple(
+            {**lc, "k": jnp.pad(s["self_kv"][0][0], pad), "v": jnp.pad(s["self_kv"][0][1], pad)}
+            for lc, s in zip(cache_start["layers"], sown, strict=True)
+        ),
+    }
     for a, b in zip(jax.tree.leaves(cache_fast), jax.tree.leaves(cache_ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 

@@ -1,7 +1,7 @@
-"""The model interface invariants for both families, and the RNN's own properties.
+"""The RNN's own properties: every decoder on it, training, presets, config checks.
 
-Tests shared with tests/test_transformer.py are parametrised over the families here
-(``FAMILIES``) so the RNN is held to exactly the Transformer's contract.
+The model-interface contract it shares with the Transformer is in
+tests/test_model_interface.py.
 """
 
 import jax
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_transformer import _inputs
+from conftest import JIT, model_and_params, model_inputs
 
 from seqjax.config import ConfigError, model_preset
 from seqjax.decoding import beam_search, contrastive, greedy, jitted, sample, score
@@ -17,81 +17,9 @@ from seqjax.models import RNN, build_model
 from seqjax.models.transformer import count_params
 from seqjax.training.steps import init_train_state, make_train_step
 
-# name -> (preset, overrides); untied embeddings give rows that differ more.
-FAMILIES = {
-    "transformer": ("tiny", {}),
-    "rnn_bahdanau": ("rnn_tiny", {"rnn_attention": "bahdanau"}),
-    "rnn_luong": ("rnn_tiny", {"rnn_attention": "luong", "rnn_hidden": 24}),  # H != E
-}
-BOTH = ["transformer", "rnn_bahdanau"]  # where the attention kind does not matter
 IDS = dict(bos_id=2, eos_id=3, pad_id=0)
-
-
-def _config(family: str, **overrides):
-    preset, base = FAMILIES[family]
-    return model_preset(preset, share_embeddings=False, tie_output=False, **base, **overrides)
-
-
-# Jitted entry points (eager dispatch of the many small ops dominates otherwise).
-_init = jax.jit(lambda m, key: m.init(key), static_argnums=0)
-_forward = jax.jit(lambda m, *a, **k: m.forward(*a, **k), static_argnums=0)
-_encode = jax.jit(lambda m, *a: m.encode(*a), static_argnums=0)
-_init_cache = jax.jit(lambda m, *a: m.init_cache(*a), static_argnums=(0, 4))
-
-
-def _model_and_params(family: str, seed: int = 1, **overrides):
-    """Model for ``family`` with ``overrides``; params depend only on family and seed."""
-    model = build_model(_config(family, **overrides))
-    return model, _init(build_model(_config(family)), jax.random.key(seed))
-
-
-@pytest.mark.parametrize("pad_rows", [False, True], ids=["no_pad", "src_pad"])
-@pytest.mark.parametrize("family", FAMILIES)
-def test_decode_step_matches_forward(family, pad_rows):
-    model, params = _model_and_params(family)
-    src, mask, tgt = _inputs(model.config.vocab_size, pad_rows)
-    full_BxTxV = _forward(model, params, src, mask, tgt)
-    cache = _init_cache(model, params, _encode(model, params, src, mask), mask, 10)
-    step = jax.jit(model.step_fn(params))
-    steps = []
-    for t in range(tgt.shape[1]):
-        logits, cache, attn_BxS = step(tgt[:, t], jnp.int32(t), cache)
-        steps.append(logits)
-        # Cross-attention is a distribution over real source positions only.
-        np.testing.assert_allclose(attn_BxS.sum(-1), 1.0, rtol=1e-5)
-        assert float(jnp.max(jnp.where(mask, 0.0, attn_BxS))) == 0.0
-    np.testing.assert_allclose(jnp.stack(steps, 1), full_BxTxV, atol=2e-5, rtol=2e-5)
-
-
-@pytest.mark.parametrize("family", BOTH)
-def test_source_padding_changes_nothing_at_real_positions(family):
-    model, params = _model_and_params(family)
-    src, mask, tgt = _inputs(model.config.vocab_size, pad_rows=True)
-    longer = jnp.pad(src, ((0, 0), (0, 5)))
-    memory = _encode(model, params, src, mask)
-    memory_long = _encode(model, params, longer, longer != 0)
-    real = mask[..., None]
-    np.testing.assert_allclose(
-        jnp.where(real, memory, 0.0), jnp.where(real, memory_long[:, :9], 0.0), atol=2e-5
-    )
-    a = _forward(model, params, src, mask, tgt)
-    b = _forward(model, params, longer, longer != 0, tgt)
-    np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
-
-
-@pytest.mark.parametrize("family", BOTH)
-def test_dropout_only_with_rng(family):
-    model, params = _model_and_params(family, 3, dropout=0.3)
-    src, mask, tgt = _inputs(model.config.vocab_size, pad_rows=True)
-    eval_a = _forward(model, params, src, mask, tgt)
-    np.testing.assert_array_equal(eval_a, _forward(model, params, src, mask, tgt))
-    k = jax.random.key(0)
-    train_a = _forward(model, params, src, mask, tgt, dropout_rng=k)
-    train_b = _forward(model, params, src, mask, tgt, dropout_rng=k)
-    train_c = _forward(model, params, src, mask, tgt, dropout_rng=jax.random.key(1))
-    np.testing.assert_array_equal(train_a, train_b)  # same key, same masks
-    assert float(jnp.max(jnp.abs(train_a - train_c))) > 1e-3
-    assert float(jnp.max(jnp.abs(train_a - eval_a))) > 1e-3
+_forward, _encode, _init_cache = JIT["forward"], JIT["encode"], JIT["init_cache"]
+_model_and_params, _inputs = model_and_params, model_inputs
 
 
 def _rescore(step, cache, tokens_BxKxL):

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqjax.config import ModelConfig
+from seqjax.models import initializers
 from seqjax.models.interface import Cache, EncoderDecoder, EncoderDecoderNet
 
 _NEG_INF = -1e9  # large finite negative: keeps an all-PAD row finite (no NaN)
@@ -165,7 +166,7 @@ class AttentionParams(nn.Module):
         w = {"w_k": self.param("w_k", init, (self.mem_dim, d))}
         if self.kind == "bahdanau":
             w["w_q"] = self.param("w_q", init, (self.query_dim, d))
-            w["v"] = self.param("v", nn.initializers.normal(stddev=d**-0.5), (d,))
+            w["v"] = self.param("v", initializers.normal(d**-0.5), (d,))
         return w
 
 
@@ -217,7 +218,7 @@ class RNNNet(EncoderDecoderNet):
     def setup(self) -> None:
         c = self.cfg
         h, e = hidden_size(c), c.d_model
-        emb_init = nn.initializers.normal(stddev=e**-0.5)
+        emb_init = initializers.normal(e**-0.5)
         self.tgt_embed = nn.Embed(c.vocab_size, e, embedding_init=emb_init)
         if not c.share_embeddings:
             self.src_embed = nn.Embed(c.vocab_size, e, embedding_init=emb_init)
