@@ -110,6 +110,9 @@ def test_model_flag_picks_the_family_preset():
     model, train = _train_configs(build_parser().parse_args(["train", "--model", "rnn"]))
     assert (model.family, train.preset) == ("rnn", "rnn_small")
     model, train = _train_configs(build_parser().parse_args(["train"]))
+    assert (model.family, train.preset) == ("rnn", "rnn_small")
+    assert (train.total_steps, train.max_minutes) == (1500, 0.0)  # fixed updates, no clock
+    model, train = _train_configs(build_parser().parse_args(["train", "--model", "transformer"]))
     assert (model.family, train.preset) == ("transformer", "small")
     # An explicit preset wins over the family default.
     model, _ = _train_configs(

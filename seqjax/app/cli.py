@@ -314,17 +314,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_train_parser(sub: Any) -> None:
     t = sub.add_parser(
         "train",
-        help="train a model (default: the small Transformer on the bundled en->fr corpus)",
+        help="train a model (default: the LSTM rnn_small preset on the bundled en->fr corpus)",
         description="Train a model into --out. Rerunning with the same --out resumes from its "
-        "latest checkpoint. With no options: the 'small' preset on the bundled Bible en->fr "
-        "corpus for 10 minutes, then test BLEU/chrF and sample translations.",
+        "latest checkpoint. With no options: the 'rnn_small' preset (bi-LSTM with attention) on "
+        "the bundled Bible en->fr corpus for 1,500 updates (the same model and BLEU on every "
+        "machine; about 11 minutes on 2 CPU cores), then test BLEU/chrF and sample translations.",
     )
     t.add_argument("--out", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")
     t.add_argument(
         "--config", metavar="FILE.toml", help="TOML file with [model] and [train] tables"
     )
     t.add_argument(
-        "--preset", choices=sorted(MODEL_PRESETS), help="model size preset (default small)"
+        "--preset", choices=sorted(MODEL_PRESETS), help="model size preset (default rnn_small)"
     )
     t.add_argument(
         "--model",
@@ -340,9 +341,10 @@ def _add_train_parser(sub: Any) -> None:
     t.add_argument(
         "--max-minutes",
         type=float,
-        help="wall-clock budget of the train loop (default 10; 0 = none)",
+        help="optional wall-clock cap on the train loop in minutes (default 0 = none: the run "
+        "length is --steps, so results do not depend on the machine's speed or load)",
     )
-    t.add_argument("--steps", type=int, help="stop after this many steps (default 100000)")
+    t.add_argument("--steps", type=int, help="number of updates to train for (default 1500)")
     t.add_argument(
         "--batch-tokens", type=int, help="target tokens per batch incl. padding (default 2048)"
     )
