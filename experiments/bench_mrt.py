@@ -16,7 +16,6 @@ random model of ``--preset`` samples to the full length (the worst case).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -27,6 +26,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from results_io import write_results
 
 from seqjax.app import run_dir
 from seqjax.config import TrainConfig, model_preset
@@ -146,20 +146,19 @@ def main() -> None:
         "jax": jax.__version__,
         "platform": platform.platform(),
     }
-    (out / "bench_mrt.json").write_text(json.dumps({"meta": meta, "rows": rows_out}, indent=2))
     head = "| step | rows | sentences/s | vs TF | first call s |\n|---|---:|---:|---:|---:|\n"
     body = "".join(
         f"| {r['step']} | {r['rows']} | {r['sentences_per_s']} | {r['relative_to_tf']} "
         f"| {r['first_call_s']} |\n"
         for r in rows_out
     )
-    (out / "bench_mrt.md").write_text(
+    markdown = (
         f"# MRT step vs teacher-forced step ({meta['model']}, {meta['device']}, "
         f"{meta['cpus']} CPUs, load {meta['load_avg'][0]:.1f})\n\n"
         f"Padded length {args.length}; medians of {args.repeats} interleaved passes of "
         f"{args.steps} steps.\n\n" + head + body
     )
-    print(f"wrote {out}/bench_mrt.{{json,md}}")
+    write_results(out / "bench_mrt", meta, rows_out, markdown)
 
 
 if __name__ == "__main__":

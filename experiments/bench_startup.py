@@ -20,7 +20,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -29,6 +28,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from results_io import write_results
 
 
 def make_checkpoint(run: Path, preset: str, work: Path) -> None:
@@ -109,11 +110,6 @@ def main(argv=None) -> None:
         "load": list(os.getloadavg()),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(
-        json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=2)
-    )
     md = [
         f"# `seqjax translate` start-up: {args.preset} checkpoint, {args.sentences} sentences",
         "",
@@ -124,8 +120,7 @@ def main(argv=None) -> None:
         "|---|---:|---:|",
         *(f"| {k} | {v['first_line_s']:.2f} | {v['total_s']:.2f} |" for k, v in summary.items()),
     ]
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    write_results(args.out, meta | {"summary": summary}, rows, "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":
