@@ -132,21 +132,21 @@ class SeqjaxRunner:
 class HFRunner:
     name = "hf_pytorch"
 
-    def __init__(self, hf_dir: Path, new_tokens: int, threads: int) -> None:
+    def __init__(self, hf_dir: Path, new_tokens: int, threads: int, device: str = "cpu") -> None:
         import torch
         from transformers import MarianMTModel
 
         torch.set_num_threads(threads)
-        self.torch = torch
-        self.model = MarianMTModel.from_pretrained(hf_dir).eval()
+        self.torch, self.device = torch, device
+        self.model = MarianMTModel.from_pretrained(hf_dir).eval().to(device)
         self.n = new_tokens
 
     def __call__(self, src_BxS: np.ndarray, method: str, beam: int) -> np.ndarray:
         torch = self.torch
         with torch.inference_mode():
             out = self.model.generate(
-                input_ids=torch.tensor(src_BxS),
-                attention_mask=torch.ones(src_BxS.shape, dtype=torch.long),
+                input_ids=torch.tensor(src_BxS, device=self.device),
+                attention_mask=torch.ones(src_BxS.shape, dtype=torch.long, device=self.device),
                 do_sample=False,
                 num_beams=1 if method == "greedy" else beam,
                 min_new_tokens=self.n,
@@ -154,17 +154,17 @@ class HFRunner:
                 bad_words_ids=[[PAD]],
                 length_penalty=1.0,
             )
-        return out[:, 1:].numpy()
+        return out[:, 1:].cpu().numpy()  # the copy back also waits for the GPU
 
 
 class CT2Runner:
     name = "ctranslate2"
 
-    def __init__(self, ct2_dir: Path, new_tokens: int, threads: int) -> None:
+    def __init__(self, ct2_dir: Path, new_tokens: int, threads: int, device: str = "cpu") -> None:
         import ctranslate2
 
         self.tr = ctranslate2.Translator(
-            str(ct2_dir), device="cpu", compute_type="float32", intra_threads=threads
+            str(ct2_dir), device=device, compute_type="float32", intra_threads=threads
         )
         self.n = new_tokens
 
@@ -180,6 +180,19 @@ class CT2Runner:
         )
         ids = [[EOS if t == "</s>" else int(t[1:]) for t in r.hypotheses[0]] for r in res]
         return np.array(ids)
+
+
+def ct2_sees_gpu() -> bool:
+    import ctranslate2
+
+    try:
+        return ctranslate2.get_cuda_device_count() > 0
+    except RuntimeError:
+        return False
+
+
+def _ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}x"
 
 
 def sources(rng: np.random.Generator, batch: int, length: int) -> np.ndarray:
@@ -212,7 +225,8 @@ def versions() -> dict[str, str]:
 
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
-        "# seqjax vs HF PyTorch vs CTranslate2: random transformer-base Marian, CPU",
+        "# seqjax vs HF PyTorch vs CTranslate2: random transformer-base Marian, "
+        f"peers on {meta.get('peer_device', 'cpu')}",
         "",
         f"{meta['platform']}; source {meta['src_len']} tokens, exactly {meta['new_tokens']} "
         f"output tokens; median of {meta['repeats']} interleaved rounds; tokens/s = batch x "
@@ -230,7 +244,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         t = r["tokens_per_s"]
         lines.append(
             f"| {r['method']} | {r['batch']} | {t['seqjax']:.0f} | {t['hf_pytorch']:.0f} | "
-            f"{t['ctranslate2']:.0f} | {r['ratio_vs_hf']:.2f}x | {r['ratio_vs_ct2']:.2f}x | "
+            f"{t.get('ctranslate2', float('nan')):.0f} | {r['ratio_vs_hf']:.2f}x | "
+            f"{_ratio(r['ratio_vs_ct2'])} | "
             f"{r['seqjax_first_call_s']:.1f} | {r['seqjax_compile_s']:.1f} |"
         )
     lines += [
@@ -253,6 +268,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds per cell")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where HF PyTorch and CTranslate2 run (seqjax runs on JAX's default backend); "
+        "with cuda, CT2 is skipped when its wheel sees no GPU",
+    )
     p.add_argument("--workdir", help="where to keep the model dirs (default: a temp dir)")
     p.add_argument("--out", default="experiments/results/bench_vs_peers")
     args = p.parse_args(argv)
@@ -266,10 +288,11 @@ def main(argv: list[str] | None = None) -> None:
     before = uptime()
     print("load:", before, flush=True)
     sj = SeqjaxRunner(hf_dir, args.new_tokens)
-    peers = [
-        HFRunner(hf_dir, args.new_tokens, args.threads),
-        CT2Runner(ct2_dir, args.new_tokens, args.threads),
-    ]
+    peers: list[Any] = [HFRunner(hf_dir, args.new_tokens, args.threads, args.device)]
+    if args.device == "cpu" or ct2_sees_gpu():
+        peers.append(CT2Runner(ct2_dir, args.new_tokens, args.threads, args.device))
+    else:
+        print("CTranslate2 sees no CUDA device: CT2 is left out of this run", flush=True)
     systems = [sj, *peers]
     rng = np.random.default_rng(args.seed)
 
@@ -311,7 +334,9 @@ def main(argv: list[str] | None = None) -> None:
                 "tokens_per_s": tps,
                 "tokens_per_s_runs": {k: [tokens / t for t in v] for k, v in times.items()},
                 "ratio_vs_hf": tps["seqjax"] / tps["hf_pytorch"],
-                "ratio_vs_ct2": tps["seqjax"] / tps["ctranslate2"],
+                "ratio_vs_ct2": tps["seqjax"] / tps["ctranslate2"]
+                if "ctranslate2" in tps
+                else None,
                 "seqjax_first_call_s": first,
                 "seqjax_compile_s": max(first - med["seqjax"], 0.0),
             }
@@ -319,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
             print(
                 f"{row['method']:>6} b{batch:<3} "
                 + "  ".join(f"{k} {v:7.0f}" for k, v in tps.items())
-                + f"  seqjax/HF {row['ratio_vs_hf']:.2f}x  seqjax/CT2 {row['ratio_vs_ct2']:.2f}x"
+                + f"  seqjax/HF {row['ratio_vs_hf']:.2f}x  seqjax/CT2 {_ratio(row['ratio_vs_ct2'])}"
                 + f"  first call {first:.1f}s",
                 flush=True,
             )
@@ -330,6 +355,7 @@ def main(argv: list[str] | None = None) -> None:
         "repeats": args.repeats,
         "beam_size": args.beam_size,
         "threads": args.threads,
+        "peer_device": args.device,
         "platform": f"{platform.machine()}, {os.cpu_count()} CPUs, jax backend "
         f"{jax.default_backend()}",
         "versions": versions(),
