@@ -136,7 +136,6 @@ def _check_resume_data(saved: TrainConfig, given: TrainConfig, run: Path) -> Non
 
 def _check_resume_config(saved: TrainConfig, given: TrainConfig, run: Path) -> TrainConfig:
     """A resume must train the same thing; runtime fields take the new values."""
-    _check_resume_data(saved, given, run)
     a, b = to_dict(saved), to_dict(given)
     for k in sorted(a):
         if k not in RUNTIME_FIELDS and k not in run_dir.DATA_FILES and a[k] != b[k]:
@@ -144,6 +143,7 @@ def _check_resume_config(saved: TrainConfig, given: TrainConfig, run: Path) -> T
                 f"{run} was started with {k}={a[k]!r} but this run asks for {b[k]!r}; "
                 "rerun with the original options to resume, or use a new --out directory"
             )
+    _check_resume_data(saved, given, run)
     keep = {k: b[k] for k in (*RUNTIME_FIELDS, *run_dir.DATA_FILES)}
     return dataclasses.replace(saved, **keep)
 
