@@ -183,7 +183,7 @@ class Checkpointer:
         # reading must not add directories to a run, which may be read-only.
         self._latest = self._open(LATEST_DIR) if (self.run_dir / LATEST_DIR).is_dir() else None
         self._best = self._open(BEST_DIR) if (self.run_dir / BEST_DIR).is_dir() else None
-        self._best_score = self._read_best_score()
+        self._best_score, self._best_tie = self._read_best_score()
         self._unreadable: set[Path] = set()  # step dirs a restore found damaged
 
     # ---- bookkeeping
@@ -208,12 +208,13 @@ class Checkpointer:
             raise ValueError(f"meta is {type(meta).__name__}, expected a JSON object")
         return meta
 
-    def _read_best_score(self) -> float | None:
+    def _read_best_score(self) -> tuple[float | None, float | None]:
+        """``(valid_score, tie_break)`` of ``RUN/best`` (``None`` when absent)."""
         step = None if self._best is None else self._best.latest_step()
         if self._best is None or step is None:
-            return None
+            return None, None
         try:
-            score = self._read_meta(self._best, step).get("valid_score")
+            meta = self._read_meta(self._best, step)
         except Exception as e:  # any damage means "no usable best"
             warnings.warn(
                 f"best checkpoint {self._step_dir(self._best, step)} is unreadable "
@@ -221,8 +222,35 @@ class Checkpointer:
                 CheckpointWarning,
                 stacklevel=3,
             )
-            return None
-        return None if score is None else float(score)
+            return None, None
+        score, tie = meta.get("valid_score"), meta.get("tie_break")
+        return (None if score is None else float(score)), (None if tie is None else float(tie))
+
+    def _beats_best(self, score: float | None, tie: float | None) -> bool:
+        """Higher ``score`` wins; on a tie, a higher ``tie_break`` (``None`` never wins one)."""
+        if score is None or math.isnan(score):
+            return False
+        best = self._best_score
+        if best is None or score > best:
+            return True
+        if score < best or tie is None or math.isnan(tie):
+            return False
+        return self._best_tie is None or tie > self._best_tie
+
+    def check_step_dirs(self) -> None:
+        """Refuse step directories that are symbolic links before training writes here.
+
+        Clean-up of old steps would delete through them (or fail half-way); the message says
+        which one to replace by a real directory.
+        """
+        for name in (LATEST_DIR, BEST_DIR):
+            d = self.run_dir / name
+            links = sorted(p.name for p in d.iterdir() if p.is_symlink()) if d.is_dir() else []
+            if links:
+                raise CheckpointError(
+                    f"{d / links[0]} is a symbolic link; seqjax deletes old steps and never "
+                    "deletes through links: replace it with a copy of its target (or remove it)"
+                )
 
     def _drop_from(self, manager: ocp.CheckpointManager, step: int, *, equal: bool) -> None:
         """Delete steps after ``step`` (and ``step`` itself if ``equal``) before saving it.
@@ -263,8 +291,12 @@ class Checkpointer:
         meta: dict[str, Any],
         *,
         valid_score: float | None = None,
+        tie_break: float | None = None,
     ) -> bool:
         """Save a latest checkpoint; also the best one if ``valid_score`` beats the best so far.
+
+        Between equal scores, the higher ``tie_break`` wins (the train loop passes minus the
+        validation loss); it is recorded in meta as ``tie_break``.
 
         ``meta`` must be JSON-like (arrays and PRNG keys are converted to lists); ``step`` and
         ``valid_score`` are added to it. Returns False if ``step`` is already saved (the best
@@ -276,6 +308,8 @@ class Checkpointer:
         record = _jsonable({**meta, "step": step})
         if score is not None:
             record["valid_score"] = score
+        if tie_break is not None:
+            record["tie_break"] = float(tie_break)
         params_specs = _array_specs(params)
         specs = {"params": params_specs, "opt_state": _array_specs(opt_state)}
 
@@ -292,8 +326,7 @@ class Checkpointer:
             ),
         )
 
-        best = self._best_score
-        if score is not None and not math.isnan(score) and (best is None or score > best):
+        if self._beats_best(score, tie_break):
             # Orbax only saves above its latest step, so an older-history best goes first.
             best_manager = self._best = self._best or self._open(BEST_DIR)
             self._drop_from(best_manager, step, equal=True)
@@ -304,7 +337,7 @@ class Checkpointer:
                     meta=ocp.args.JsonSave({**record, _SPECS: {"params": params_specs}}),
                 ),
             )
-            self._best_score = score
+            self._best_score, self._best_tie = score, record.get("tie_break")
         return bool(saved)
 
     def restore(

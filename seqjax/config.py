@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,8 +28,42 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: f.type for f in dataclasses.fields(cls)}
 
 
-def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "") -> T:
-    """Build ``cls`` from a dict, rejecting unknown keys and coercing lists to tuples."""
+_EXPECTED = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+
+
+def _coerce(field: str, value: Any, type_str: str, prefix: str) -> Any:
+    """``value`` checked against a field's annotation (as written: ``"int | None"``); ints
+    become floats for float fields, lists tuples. The error names field, value and type."""
+    if value is None and type_str.endswith(" | None"):
+        return None
+    base = type_str.removesuffix(" | None")
+    if base.startswith("tuple["):
+        item = base[len("tuple[") :].split(",")[0].strip()
+        expected = f"a list of {_EXPECTED[item].removeprefix('an ').removeprefix('a ')}s"
+        if isinstance(value, (list, tuple)):
+            try:
+                return tuple(_coerce(field, v, item, prefix) for v in value)
+            except ConfigError:
+                pass
+    else:
+        expected = _EXPECTED[base]
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if base == "float" and (is_int or isinstance(value, float)):
+            return float(value)
+        if {"int": is_int, "str": isinstance(value, str), "bool": isinstance(value, bool)}.get(
+            base, False
+        ):
+            return value
+    if type_str.endswith(" | None"):
+        expected += " (or left out)"
+    raise ConfigError(f"{prefix}{field}={value!r}: expected {expected}")
+
+
+def from_dict(
+    cls: type[T], data: dict[str, Any], *, where: str = "", required: tuple[str, ...] = ()
+) -> T:
+    """Build ``cls`` from a dict, rejecting unknown keys, missing ``required`` keys and values
+    of the wrong type (each error names the field); lists become tuples."""
     known = _field_types(cls)
     prefix = f"{where}: " if where else ""
     unknown = sorted(set(data) - set(known))
@@ -37,7 +72,10 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "") -> T:
             f"{prefix}unknown {cls.__name__} field(s) {', '.join(unknown)}; "
             f"known fields: {', '.join(sorted(known))}"
         )
-    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ConfigError(f"{prefix}missing {cls.__name__} field(s) {', '.join(missing)}")
+    clean = {k: _coerce(k, v, known[k], prefix) for k, v in data.items()}
     try:
         return cls(**clean)
     except (TypeError, ValueError) as e:
@@ -94,9 +132,15 @@ def read_toml(path: str | Path) -> dict[str, dict[str, Any]]:
     """Read a TOML config file into its tables (``[model]``, ``[train]``, ``[decode]``)."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory; give a TOML file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML ({e})") from None
     allowed = {"model", "train", "decode"}
@@ -256,6 +300,23 @@ def model_preset(name: str, **overrides: Any) -> ModelConfig:
     return from_dict(ModelConfig, {**MODEL_PRESETS[name], **overrides}, where=f"preset {name}")
 
 
+# Fields every config.json has held since run format 1: one missing is a damaged file (an
+# error naming it). Fields added later default when absent, so older runs still load.
+MODEL_FIELDS_V1 = (
+    "family", "vocab_size", "d_model", "num_heads", "num_encoder_layers",
+    "num_decoder_layers", "d_ff", "dropout", "attention_dropout", "pre_ln",
+    "share_embeddings", "tie_output", "scale_embeddings", "max_len", "pad_id", "unk_id",
+    "bos_id", "eos_id", "dtype",
+)  # fmt: skip
+TRAIN_FIELDS_V1 = (
+    "preset", "corpus", "src", "tgt", "valid_src", "valid_tgt", "joint_vocab",
+    "max_src_len", "max_tgt_len", "batch_tokens", "length_buckets", "learning_rate",
+    "warmup_steps", "schedule", "total_steps", "max_minutes", "weight_decay", "clip_norm",
+    "label_smoothing", "seed", "eval_every", "valid_bleu_sentences", "save_every",
+    "keep_last", "log_every",
+)  # fmt: skip
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Data, optimisation and bookkeeping for ``seqjax train``.
@@ -342,6 +403,17 @@ class TrainConfig:
         _check(self.batch_tokens > 0, "batch_tokens must be positive")
         _check(self.learning_rate > 0, "learning_rate must be positive")
         _check((self.src is None) == (self.tgt is None), "give both src and tgt, or neither")
+        _check(
+            (self.valid_src is None) == (self.valid_tgt is None),
+            "give both valid_src and valid_tgt (--valid-src/--valid-tgt), or neither",
+        )
+        for name in ("total_steps", "eval_every", "save_every", "log_every"):
+            _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        _check(
+            self.max_minutes >= 0 and not math.isnan(self.max_minutes),
+            f"max_minutes must be >= 0 (0 = no limit), got {self.max_minutes}",
+        )
+        _check(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}")
         _check(
             list(self.length_buckets) == sorted(self.length_buckets) and self.length_buckets,
             "length_buckets must be a non-empty increasing list",

@@ -357,3 +357,38 @@ def test_relative_run_dir_saves_and_restores(tmp_path, monkeypatch):
     ck.close()
     assert (tmp_path / "rel" / "checkpoints" / "1").is_dir()
     assert float(restored["w"][1, 2]) == 5.0
+
+
+# ---------------------------------------------------------------------------- best: tie-break
+
+
+def test_best_tie_on_score_is_broken_by_tie_break(run_dir: Path):
+    with Checkpointer(run_dir) as c:
+        for step, tie in [(1, -2.0), (2, -1.0), (3, -3.0), (4, None)]:
+            p = make_params(seed=step)
+            c.save(step, p, make_opt_state(p), {}, valid_score=5.0, tie_break=tie)
+        c.wait()
+        assert step_dirs(run_dir / BEST_DIR) == ["2"]  # equal BLEU, lowest loss
+        p = make_params(seed=5)
+        c.save(5, p, make_opt_state(p), {}, valid_score=4.0, tie_break=0.0)
+        c.wait()
+    # The tie-break survives a restart (read back from best's meta).
+    with Checkpointer(run_dir) as c:
+        assert c.best_score == 5.0
+        p = make_params(seed=6)
+        c.save(6, p, make_opt_state(p), {}, valid_score=5.0, tie_break=-1.5)
+        c.wait()
+        assert step_dirs(run_dir / BEST_DIR) == ["2"]
+        c.save(7, p, make_opt_state(p), {}, valid_score=5.0, tie_break=-0.5)
+        c.wait()
+    assert step_dirs(run_dir / BEST_DIR) == ["7"]
+
+
+def test_symlinked_step_dir_is_refused_before_training_writes(ckpt: Checkpointer, run_dir: Path):
+    save_steps(ckpt, [1])
+    elsewhere = run_dir.parent / "elsewhere"
+    (run_dir / LATEST_DIR / "1").rename(elsewhere)
+    (run_dir / LATEST_DIR / "1").symlink_to(elsewhere)
+    with pytest.raises(CheckpointError, match="symbolic link") as e:
+        Checkpointer(run_dir).check_step_dirs()
+    assert len(str(e.value).splitlines()) == 1 and "checkpoints/1" in str(e.value)

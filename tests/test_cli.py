@@ -119,3 +119,84 @@ def test_model_flag_picks_the_family_preset():
         build_parser().parse_args(["train", "--model", "rnn", "--preset", "tiny"])
     )
     assert model.family == "transformer"
+
+
+# -- train: one line and exit 2 for every bad option, before anything is written -------------
+
+
+@pytest.mark.parametrize(
+    "case, needles",
+    [
+        ("valid-src-alone", ["valid_tgt"]),
+        ("eval-every-0", ["eval_every must be >= 1"]),
+        ("save-every-0", ["save_every must be >= 1"]),
+        ("log-every-0", ["log_every must be >= 1"]),
+        ("steps-negative", ["total_steps must be >= 1"]),
+        ("max-minutes-negative", ["max_minutes must be >= 0"]),
+        ("seed-huge", ["seed must be in [0, 2**32)"]),
+        ("seed-float", ["seed=1e+23", "integer"]),
+        ("set-str-for-int", ["d_model='abc'", "integer"]),
+        ("toml-str-for-float", ["max_minutes='abc'", "number"]),
+        ("toml-non-utf8", ["c.toml", "not UTF-8"]),
+        ("toml-bad-decode", ["[decode]", "beam_size"]),
+        ("config-dir", ["conf.d", "is a directory"]),
+        ("out-is-a-file", ["--out", "is a file"]),
+        ("set-decode", ["decode.beam_size", "translate"]),
+        ("same-src-tgt", ["--src and --tgt", "same file"]),
+        ("same-valid", ["--valid-src and --valid-tgt", "same file"]),
+    ],
+)
+def test_train_bad_option_one_line(case, needles, tmp_path, tiny_flags, one_line_error):
+    good = _write(tmp_path / "a.txt", b"a b\nc d\n")
+    other = _write(tmp_path / "b.txt", b"A B\nC D\n")
+    toml = tmp_path / "c.toml"
+    out = tmp_path / "run"
+    extra = {
+        "valid-src-alone": ["--valid-src", good],
+        "eval-every-0": ["--eval-every", "0"],
+        "save-every-0": ["--set", "train.save_every=0"],
+        "log-every-0": ["--set", "train.log_every=0"],
+        "steps-negative": ["--steps", "-1"],
+        "max-minutes-negative": ["--max-minutes", "-5"],
+        "seed-huge": ["--seed", str(10**23)],
+        "seed-float": ["--set", "train.seed=1e23"],
+        "set-str-for-int": ["--set", "model.d_model=abc"],
+        "toml-str-for-float": ["--config", str(toml)],
+        "toml-non-utf8": ["--config", str(toml)],
+        "toml-bad-decode": ["--config", str(toml)],
+        "config-dir": ["--config", str(tmp_path / "conf.d")],
+        "out-is-a-file": [],
+        "set-decode": ["--set", "decode.beam_size=2"],
+        "same-src-tgt": [],
+        "same-valid": ["--valid-src", good, "--valid-tgt", str(tmp_path / "." / "a.txt")],
+    }[case]
+    toml.write_bytes(
+        {
+            "toml-str-for-float": b'[train]\nmax_minutes = "abc"\n',
+            "toml-non-utf8": b"[train]\nseed = 1 # caf\xe9\n",
+            "toml-bad-decode": b"[decode]\nbeam_size = 0\n",
+        }.get(case, b"")
+    )
+    (tmp_path / "conf.d").mkdir()
+    if case == "out-is-a-file":
+        out = tmp_path / "a.txt"
+    tgt = good if case == "same-src-tgt" else other
+    # Flags win over the TOML file: its cases go without the tiny flags (--max-minutes 0).
+    flags = ["--preset", "tiny"] if case.startswith("toml") else tiny_flags
+    rc = main(["train", "--out", str(out), *flags, "--src", good, "--tgt", tgt, *extra])
+    assert rc == 2
+    one_line_error(*needles)
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_train_config_file_sets_model_and_train(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        '[model]\nd_model = 64\nnum_heads = 2\n[train]\npreset = "tiny"\nlearning_rate = 1e-3\n'
+        "length_buckets = [8, 16]\n[decode]\nbeam_size = 2\n"
+    )
+    args = build_parser().parse_args(["train", "--config", str(toml), "--lr", "2e-3"])
+    model, train = _train_configs(args)
+    assert (model.d_model, model.num_heads, model.num_encoder_layers) == (64, 2, 2)  # tiny: 2
+    assert train.learning_rate == 2e-3  # a flag wins over the file
+    assert train.length_buckets == (8, 16) and train.preset == "tiny"

@@ -216,3 +216,43 @@ def test_load_bad_path_raises_checkpoint_error(tmp_path, path):
         seqjax.load(str(path))
     msg = str(e.value)
     assert len(msg.splitlines()) == 1 and str(path) in msg
+
+
+# -- config.json fields: types checked, format-1 fields required, later ones defaulted ---------
+
+
+@pytest.mark.parametrize(
+    "section, field, value, expect",
+    [
+        ("model", "d_model", None, "missing ModelConfig field(s) d_model"),
+        ("train", "seed", None, "missing TrainConfig field(s) seed"),
+        ("model", "d_model", "abc", "d_model='abc': expected an integer"),
+        ("train", "max_minutes", "abc", "max_minutes='abc': expected a number"),
+    ],
+)
+def test_config_json_field_missing_or_of_wrong_type(
+    trained, tmp_path, one_line_error, section, field, value, expect
+):
+    run = _copy_run(trained, tmp_path)
+    doc = json.loads((run / "config.json").read_text())
+    if value is None:
+        del doc[section][field]
+    else:
+        doc[section][field] = value
+    (run / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match=re.escape(expect)):
+        read_run_config(run)
+    assert main(["translate", "--checkpoint", str(run), "--input", _input(tmp_path)]) == 2
+    one_line_error("config.json", expect)
+
+
+def test_config_json_without_later_fields_still_loads(trained, tmp_path):
+    run = _copy_run(trained, tmp_path)
+    doc = json.loads((run / "config.json").read_text())
+    for field in ("activation", "layer_norm_eps", "rnn_hidden"):  # added after format 1
+        del doc["model"][field]
+    for field in ("mesh", "objective", "max_bad_steps"):
+        del doc["train"][field]
+    (run / "config.json").write_text(json.dumps(doc))
+    model_cfg, train_cfg = read_run_config(run)
+    assert model_cfg.activation == "relu" and train_cfg.mesh == "auto"

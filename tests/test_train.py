@@ -32,10 +32,19 @@ def _losses(run: Path) -> dict[int, float]:
 # -- exact resume ------------------------------------------------------------------------------
 
 
-def test_resume_continues_exactly(trained, train_cli, tmp_path):
+def test_resume_continues_exactly(trained, train_cli, tmp_path, capsys):
     run = tmp_path / "resumed"
     train_cli(run, 10)
+    first = (run / "metrics.jsonl").read_text()
+    capsys.readouterr()
     train_cli(run, 20)  # same command, later horizon: resumes at step 10
+    assert "restored step 10 (epoch 0, batch 10)" in capsys.readouterr().err
+    # The second run kept the first one's records and wrote only the steps after 10.
+    text = (run / "metrics.jsonl").read_text()
+    assert text.startswith(first)
+    added = [json.loads(x) for x in text[len(first) :].splitlines()]
+    assert added and all(r["step"] > 10 for r in added)
+    assert [r["step"] for r in _records(run) if "loss" in r] == [5, 10, 15, 20]
     straight, resumed = _losses(trained), _losses(run)
     assert sorted(resumed) == [5, 10, 15, 20]
     for s in (15, 20):  # same data order, dropout keys and optimizer state
@@ -131,6 +140,14 @@ def test_resume_after_sigkill_continues_exactly(straight, toy_corpus, tmp_path):
 # -- fine-tuning with each objective ----------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def mle_tuned(trained, train_cli, tmp_path_factory) -> Path:
+    """5 MLE steps from ``trained``: what each objective's run must differ from."""
+    run = tmp_path_factory.mktemp("mle") / "tuned"
+    train_cli(run, 5, "--init-from", str(trained))
+    return run
+
+
 @pytest.mark.parametrize(
     "flags",
     [
@@ -143,7 +160,7 @@ def test_resume_after_sigkill_continues_exactly(straight, toy_corpus, tmp_path):
     ],
     ids=["ss-parallel", "ss-sequential", "mrt", "distill", "distill-ema"],
 )  # fmt: skip
-def test_objectives_fine_tune_from_a_run(trained, train_cli, tmp_path, flags):
+def test_objectives_fine_tune_from_a_run(trained, train_cli, tmp_path, flags, mle_tuned):
     flags = [str(trained) if f == "TRAINED" else f for f in flags]
     run = tmp_path / "tuned"
     train_cli(run, 5, "--init-from", str(trained), *flags)
@@ -152,6 +169,9 @@ def test_objectives_fine_tune_from_a_run(trained, train_cli, tmp_path, flags):
     assert cfg["model"] == json.loads((trained / "config.json").read_text())["model"]
     losses = _losses(run)
     assert losses and all(np.isfinite(v) for v in losses.values())
+    # The objective was used: same start, data and steps as MLE, another loss (a fallback to
+    # MLE gives the same one).
+    assert losses[5] != pytest.approx(_losses(mle_tuned)[5], rel=1e-6, abs=0)
 
 
 # -- the divergence guard ---------------------------------------------------------------------
@@ -190,3 +210,25 @@ def test_train_replaces_control_chars_and_skips_empty_pairs(tmp_path, capsys):
     assert "train: 12 pairs" in err
     losses = [r["loss"] for r in _records(tmp_path / "run") if "loss" in r]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+
+
+# -- resume on another mesh (2 forced host devices, in a subprocess) ------------------------------
+
+
+def test_resume_on_another_mesh(toy_corpus, tiny_flags, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "seqjax.app.cli", "train", "--out", str(run), *tiny_flags,
+           "--set", "train.log_every=1", "--set", "train.save_every=4",
+           "--src", str(toy_corpus / "train.src"), "--tgt", str(toy_corpus / "train.tgt")]  # fmt: skip
+    two = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    err = ""
+    for steps, env in ((4, two), (8, ENV)):  # 4 steps on 2 devices, then resumed on 1
+        done = subprocess.run([*cmd, "--steps", str(steps)], env=env, capture_output=True,
+                              timeout=600)  # fmt: skip
+        err += done.stderr.decode()
+        assert done.returncode == 0, err[-3000:]
+    assert "mesh data=2 model=1" in err and "mesh data=1 model=1" in err
+    assert "restored step 4 (epoch 0, batch 4)" in err
+    steps = [r["step"] for r in _records(run) if "loss" in r]
+    assert steps == list(range(1, 9))
+    assert all(math.isfinite(r["loss"]) for r in _records(run) if "loss" in r)

@@ -167,10 +167,27 @@ def _mesh(args: argparse.Namespace) -> Any:
 # -- train ---------------------------------------------------------------------------------
 
 
+def _same_file(a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return False
+    try:
+        return Path(a).samefile(b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
 def _train_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
     sections: dict[str, dict[str, Any]] = {}
     if args.config:
         sections = read_toml(args.config)
+        # A shared file may carry [decode] for translate: checked here, not used by train.
+        from_dict(DecodeConfig, sections.get("decode", {}), where=f"{args.config} [decode]")
+    decode_sets = [s for s in args.set or [] if s.startswith("decode.")]
+    if decode_sets:
+        raise UsageError(
+            f"--set {decode_sets[0]!r}: train does not decode with [decode] options (validation "
+            "decodes greedily); give them to seqjax translate or evaluate"
+        )
     _apply_sets(sections, args.set or [])
     train_values = dict(sections.get("train", {}))
     if args.model is not None and args.preset is None:
@@ -204,6 +221,11 @@ def _train_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
         if v is not None:
             train_values[field] = v
     train_cfg = from_dict(TrainConfig, train_values, where="train options")
+    for a, b in (("src", "tgt"), ("valid_src", "valid_tgt")):
+        if _same_file(getattr(train_cfg, a), getattr(train_cfg, b)):
+            flags = f"--{a.replace('_', '-')} and --{b.replace('_', '-')}"
+            raise UsageError(f"{flags} name the same file ({getattr(train_cfg, a)}); give the "
+                             "source and target sides of the corpus as two files")  # fmt: skip
     model_values = dict(sections.get("model", {}))
     if args.vocab_size is not None:
         model_values["vocab_size"] = args.vocab_size

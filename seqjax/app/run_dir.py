@@ -9,6 +9,7 @@ One directory is one reusable model::
       best/<step>/         best validation score so far (Orbax, ``seqjax.checkpoint``)
       metrics.jsonl        one JSON record per logged step or validation (the train loop)
       test_results.json    ``seqjax train``'s closing test-set evaluation
+      train.lock           {"pid", "host", "started"} of the training run using it, if any
 
 Everything that reads or writes one of these goes through here: the config, the tokenizers,
 params by ``best | latest | step`` and the corpus the run was trained on (bundled, or the
@@ -17,17 +18,28 @@ user's files).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
 import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import jax
 
-from seqjax.checkpoint import Checkpointer, CheckpointError, no_run_dir
-from seqjax.config import ConfigError, ModelConfig, TrainConfig, from_dict, to_dict
+from seqjax.checkpoint import BEST_DIR, LATEST_DIR, Checkpointer, CheckpointError, no_run_dir
+from seqjax.config import (
+    MODEL_FIELDS_V1,
+    TRAIN_FIELDS_V1,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    from_dict,
+    to_dict,
+)
 from seqjax.data import DataError, ParallelText, Tokenizer, load_bundled, read_parallel
 from seqjax.data import load_tokenizers as _load_tokenizers
 from seqjax.data.tokenizer import JOINT_FILE, SRC_FILE, TGT_FILE
@@ -38,6 +50,8 @@ CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
 METRICS_FILE = "metrics.jsonl"
 TEST_RESULTS_FILE = "test_results.json"
+LOCK_FILE = "train.lock"
+DATA_FILES = ("src", "tgt", "valid_src", "valid_tgt")  # TrainConfig fields naming user files
 
 __all__ = [
     "CONFIG_FILE",
@@ -48,8 +62,13 @@ __all__ = [
     "TEST_RESULTS_FILE",
     "TGT_FILE",
     "TOKENIZER_DIR",
+    "RunLock",
     "append_metrics",
     "corpus_split",
+    "data_record",
+    "has_checkpoints",
+    "holds_run_files",
+    "read_data_record",
     "exists",
     "evaluation_split",
     "load_model",
@@ -74,6 +93,131 @@ def exists(run_dir: str | Path) -> bool:
     return (Path(run_dir) / CONFIG_FILE).exists()
 
 
+def has_checkpoints(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a saved (or half-saved) step in ``checkpoints/`` or ``best/``."""
+    run_dir = Path(run_dir)
+    return any(
+        p.name.split(".")[0].isdigit()
+        for d in (LATEST_DIR, BEST_DIR)
+        if (run_dir / d).is_dir()
+        for p in (run_dir / d).iterdir()
+    )
+
+
+def holds_run_files(run_dir: str | Path) -> list[str]:
+    """Names of the run files other than ``config.json`` that ``run_dir`` holds."""
+    run_dir = Path(run_dir)
+    names = (TOKENIZER_DIR, LATEST_DIR, BEST_DIR, METRICS_FILE, TEST_RESULTS_FILE)
+    return [n for n in names if (run_dir / n).exists()]
+
+
+# -- the lock held by a training run ---------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
+
+
+class RunLock:
+    """``RUN/train.lock``, held by one training run at a time (a context manager).
+
+    Created with ``O_EXCL`` and holding ``{"pid", "host", "started"}``. A lock whose holder is
+    a dead process on this host (killed with ``kill -9``) is stale: it is taken over and
+    ``warn`` is told. Any other holder makes ``acquire`` raise a one-line ``CheckpointError``
+    naming it. On another host the pid cannot be checked; delete the file by hand then.
+    """
+
+    def __init__(self, run_dir: str | Path, warn: Any = None):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.warn = warn or (lambda msg: None)
+        self.held = False
+
+    def _holder(self) -> dict[str, Any] | None:
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # being written, or damaged: its holder is unknown
+        return doc if isinstance(doc, dict) else {}
+
+    def acquire(self) -> None:
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is None:
+                    continue  # released meanwhile: try again
+                pid, host = holder.get("pid"), holder.get("host")
+                if host == me["host"] and isinstance(pid, int) and not _pid_alive(pid):
+                    self.warn(
+                        f"warning: taking over the stale lock {self.path} of process {pid} "
+                        f"(started {holder.get('started', '?')}), which is no longer running"
+                    )
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise CheckpointError(
+                    f"{self.path.parent} is in use by another training run (pid {pid} on "
+                    f"host {host}, started {holder.get('started', '?')}); wait for it to end, "
+                    f"or use another --out (if that process is gone, delete {self.path})"
+                ) from None
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps(me) + "\n")
+            self.held = True
+            return
+        raise CheckpointError(f"{self.path}: could not take the lock; try again")
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# -- what a run was trained on: resolved paths and a content checksum -------------------------
+
+_MB = 1 << 20
+
+
+def _fingerprint(path: Path) -> dict[str, Any]:
+    """Resolved path, size and SHA-256 of the first and last MB (cheap on big corpora)."""
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        h.update(f.read(_MB))
+        if size > _MB:
+            f.seek(max(size - _MB, _MB))
+            h.update(f.read())
+    return {"path": str(path.resolve()), "size": size, "sha256_ends": h.hexdigest()}
+
+
+def data_record(cfg: TrainConfig) -> dict[str, Any]:
+    """``{field: fingerprint}`` of the user files ``cfg`` names (``src``, ``tgt``, ...)."""
+    return {k: _fingerprint(Path(getattr(cfg, k))) for k in DATA_FILES if getattr(cfg, k)}
+
+
+def read_data_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """The ``data`` record of ``config.json`` (``None`` for runs written before it existed)."""
+    doc = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
+    data = doc.get("data")
+    return data if isinstance(data, dict) else None
+
+
 # -- config and tokenizer ------------------------------------------------------------------
 
 
@@ -82,6 +226,7 @@ def write_run_files(
     model_config: ModelConfig,
     train_config: TrainConfig,
     tokenizer_dir: str | Path | None,
+    data: dict[str, Any] | None = None,
 ) -> Path:
     """Create ``run_dir`` with ``config.json`` and (if given) a copy of the tokenizer models.
 
@@ -97,6 +242,8 @@ def write_run_files(
         "seqjax_version": _version(),
         "format": FORMAT,
     }
+    if data is not None:
+        doc["data"] = data  # data_record(): what resume compares the given files with
     path = run_dir / CONFIG_FILE
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
@@ -154,12 +301,15 @@ def read_run_config(run_dir: str | Path) -> tuple[ModelConfig, TrainConfig]:
         raise CheckpointError(f"{path}: expected a JSON object; {redo}")
     _check_format(doc, path)
     sections = []
-    for key, cls in (("model", ModelConfig), ("train", TrainConfig)):
+    for key, cls, required in (
+        ("model", ModelConfig, MODEL_FIELDS_V1),
+        ("train", TrainConfig, TRAIN_FIELDS_V1),
+    ):
         data = doc.get(key)
         if not isinstance(data, dict):
             raise CheckpointError(f"{path}: missing or invalid {key!r} section; {redo}")
         try:
-            sections.append(from_dict(cls, data, where=f"{path} [{key}]"))
+            sections.append(from_dict(cls, data, where=f"{path} [{key}]", required=required))
         except ConfigError as e:
             raise CheckpointError(f"{e}; {redo}") from None
     return sections[0], sections[1]

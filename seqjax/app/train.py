@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -98,16 +100,52 @@ def load_training_data(cfg: TrainConfig) -> tuple[ParallelText, ParallelText | N
     return run_dir.corpus_split(cfg, "train"), run_dir.corpus_split(cfg, "valid")
 
 
+def _check_resume_data(saved: TrainConfig, given: TrainConfig, run: Path) -> None:
+    """The user files of a resume must hold what the run was trained on.
+
+    Compared by content (size + checksum of the ends) where the run recorded it, so the same
+    file by another path resumes and another file by the same relative path does not; runs
+    written before the record existed compare resolved paths.
+    """
+    record = run_dir.read_data_record(run)
+    redo = "rerun with the original files to resume, or use a new --out directory"
+    for k in run_dir.DATA_FILES:
+        a, b = getattr(saved, k), getattr(given, k)
+        if (a is None) != (b is None):
+            raise checkpoint.CheckpointError(
+                f"{run} was started with {k}={a!r} but this run asks for {b!r}; {redo}"
+            )
+        if a is None:
+            continue
+        if record is None or k not in record:
+            if Path(a).resolve() != Path(b).resolve():
+                raise checkpoint.CheckpointError(
+                    f"{run} was started with {k}={a!r} but this run asks for {b!r}; {redo}"
+                )
+            continue
+        was, now = record[k], run_dir.data_record(given)[k]
+        if (was.get("size"), was.get("sha256_ends")) != (now["size"], now["sha256_ends"]):
+            moved = "" if was.get("path") == now["path"] else f" (and its path: {was.get('path')})"
+            raise checkpoint.CheckpointError(
+                f"--{k.replace('_', '-')} {b} ({now['path']}) differs in content from the file "
+                f"{run} was trained on{moved}: size {was.get('size')} -> {now['size']}, "
+                f"checksum {str(was.get('sha256_ends'))[:12]} -> {now['sha256_ends'][:12]}; "
+                f"{redo}"
+            )
+
+
 def _check_resume_config(saved: TrainConfig, given: TrainConfig, run: Path) -> TrainConfig:
     """A resume must train the same thing; runtime fields take the new values."""
     a, b = to_dict(saved), to_dict(given)
     for k in sorted(a):
-        if k not in RUNTIME_FIELDS and a[k] != b[k]:
+        if k not in RUNTIME_FIELDS and k not in run_dir.DATA_FILES and a[k] != b[k]:
             raise checkpoint.CheckpointError(
                 f"{run} was started with {k}={a[k]!r} but this run asks for {b[k]!r}; "
                 "rerun with the original options to resume, or use a new --out directory"
             )
-    return dataclasses.replace(saved, **{k: b[k] for k in RUNTIME_FIELDS})
+    _check_resume_data(saved, given, run)
+    keep = {k: b[k] for k in (*RUNTIME_FIELDS, *run_dir.DATA_FILES)}
+    return dataclasses.replace(saved, **keep)
 
 
 def _to_device(
@@ -220,7 +258,9 @@ def _fine_tune_run_files(run: Path, cfg: TrainConfig, primary: bool) -> ModelCon
     model_cfg, _ = run_dir.read_run_config(cfg.init_from)
     if primary:
         run.mkdir(parents=True, exist_ok=True)
-        run_dir.write_run_files(run, model_cfg, cfg, run_dir.tokenizer_dir(cfg.init_from))
+        run_dir.write_run_files(
+            run, model_cfg, cfg, run_dir.tokenizer_dir(cfg.init_from), run_dir.data_record(cfg)
+        )
     sharding.sync("seqjax-run-files")
     return model_cfg
 
@@ -240,9 +280,32 @@ def _fresh_run_files(
             f"(vocab {tgt_tok.vocab_size}) in {time.monotonic() - t0:.1f}s"
         )
         model_cfg = dataclasses.replace(model_cfg, vocab_size=tgt_tok.vocab_size)
-        run_dir.write_run_files(run, model_cfg, cfg, Path(tmp))
+        run_dir.write_run_files(run, model_cfg, cfg, Path(tmp), run_dir.data_record(cfg))
     sharding.sync("seqjax-run-files")
     return model_cfg
+
+
+def _resumable(run: Path, log: Log) -> bool:
+    """Whether ``run`` is resumed: it has a config and a saved step.
+
+    A config without any saved step is from a start that failed or stopped early: it is
+    started again with the new options. Run files without a readable config are refused, so
+    a fresh start never overwrites another run's tokenizer or checkpoints.
+    """
+    saved = run_dir.has_checkpoints(run)
+    if not run_dir.exists(run):
+        found = run_dir.holds_run_files(run)
+        if found:
+            raise checkpoint.CheckpointError(
+                f"{run} holds {', '.join(found)} but no {run_dir.CONFIG_FILE}: not starting a new "
+                "run over another one's files; restore its config.json, or use a new --out"
+            )
+        return False
+    if saved:
+        return True
+    run_dir.read_run_config(run)  # an unreadable config is refused, not replaced
+    log(f"{run} has no checkpoint yet: starting it again with this command's options")
+    return False
 
 
 def prepare_run(
@@ -260,7 +323,7 @@ def prepare_run(
     ``cfg.init_from`` (its architecture and tokenizer), or fresh: process 0 trains the
     tokenizer and writes the run files, the other processes wait and read them.
     """
-    resuming = run_dir.exists(run)
+    resuming = _resumable(run, log)
     sharding.sync("seqjax-train-start")  # every process has looked before process 0 writes
     started = None
     if resuming:
@@ -344,6 +407,7 @@ def initial_state(
         sharding.place_params(state.opt_state, mesh),
     )
     start = Start(state, sharding.place_replicated(dropout_key, mesh), 0, 0, n_params)
+    ckpt.check_step_dirs()
     if ckpt.latest_step() is not None:
         params, opt_state, meta = ckpt.restore(state.params, state.opt_state)
         step0 = sharding.place_replicated(jnp.asarray(meta["step"], jnp.int32), mesh)
@@ -391,11 +455,48 @@ def _valid_score(valid: dict[str, float]) -> float:
     return valid.get("valid_bleu", -valid.get("valid_nll", 0.0))
 
 
+def _tie_break(valid: dict[str, float]) -> float | None:
+    """Between equal BLEU scores, the lower validation NLL is better."""
+    return -valid["valid_nll"] if "valid_bleu" in valid and "valid_nll" in valid else None
+
+
 def _format(valid: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in valid.items())
 
 
 # -- phase 3: the loop, its log window and divergence guard ----------------------------------
+
+
+class StopOnCtrlC:
+    """While active, Ctrl-C (SIGINT) asks the loop to stop after the step in flight.
+
+    The train step donates the state's buffers, so an interrupt inside it would leave no
+    state to save; deferred to the step boundary, the state the loop holds is always whole.
+    A second Ctrl-C interrupts at once (nothing is saved if that lands inside a step).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> StopOnCtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._old or signal.default_int_handler)
+
+
+def _owned(state: TrainState) -> bool:
+    """Whether every array of ``state`` is still alive (not donated to an unfinished step)."""
+    return not any(isinstance(x, jax.Array) and x.is_deleted() for x in jax.tree.leaves(state))
 
 
 @dataclasses.dataclass
@@ -468,6 +569,7 @@ class Loop:
 
     def __post_init__(self) -> None:
         self.step = int(self.state.step)
+        self.valid_step = -1  # the step self.last_valid was measured at
         self.window = LogWindow()
         self.guard = DivergenceGuard(self.cfg.max_bad_steps)
 
@@ -479,12 +581,14 @@ class Loop:
         if self.primary:
             run_dir.append_metrics(self.run, record)
 
-    def save(self, valid_score: float | None = None) -> None:
+    def save(self, valid: dict[str, float] | None = None) -> None:
         # (epoch, index) is the next batch to train on: a resume starts exactly there.
         meta = {"step": self.step, "epoch": self.epoch, "index": self.index,
                 "minutes": self.minutes}  # fmt: skip
+        score = None if valid is None else _valid_score(valid)
+        tie = None if valid is None else _tie_break(valid)
         self.ckpt.save(self.step, self.state.params, self.state.opt_state, meta,
-                       valid_score=valid_score)  # fmt: skip
+                       valid_score=score, tie_break=tie)  # fmt: skip
 
     def train_one(self) -> None:
         batch_epoch, batch_index, batch = next(self.batches)
@@ -519,42 +623,57 @@ class Loop:
 
     def validate_and_save(self) -> None:
         self.last_valid = self.validate(self.state.params)
+        self.valid_step = self.step
         self.write_metrics({"step": self.step, **self.last_valid})
         self.log(f"step {self.step}: {_format(self.last_valid)}")
-        self.save(_valid_score(self.last_valid))
+        self.save(self.last_valid)
 
     def run_until_done(self, budget_s: float) -> bool:
-        """Train until ``cfg.total_steps`` or the time budget; True if interrupted (Ctrl-C)."""
+        """Train until ``cfg.total_steps`` or the time budget; True if interrupted (Ctrl-C).
+
+        Ctrl-C stops the loop after the step in flight (``StopOnCtrlC``).
+        """
         cfg = self.cfg
-        try:
-            # The wall-clock budget is process 0's: every process must run the same steps.
-            while self.step < cfg.total_steps and sharding.agree(
-                time.monotonic() - self.start < budget_s
-            ):
-                self.train_one()
-                if self.step % cfg.log_every == 0:
-                    self.log_window()
-                if self.step % cfg.eval_every == 0:
-                    self.validate_and_save()
-                elif self.step % cfg.save_every == 0:
-                    self.save()
-        except KeyboardInterrupt:
+        with StopOnCtrlC() as stop:
+            try:
+                # The wall-clock budget is process 0's: every process must run the same steps.
+                while self.step < cfg.total_steps and sharding.agree(
+                    time.monotonic() - self.start < budget_s and not stop.requested
+                ):
+                    self.train_one()
+                    if self.step % cfg.log_every == 0:
+                        self.log_window()
+                    if self.step >= cfg.total_steps:
+                        break  # finish() validates and saves the last step, once
+                    if self.step % cfg.eval_every == 0:
+                        self.validate_and_save()
+                    elif self.step % cfg.save_every == 0:
+                        self.save()
+            except KeyboardInterrupt:
+                stop.requested = True  # a second Ctrl-C
+        if sharding.agree(stop.requested):
             self.log(f"interrupted at step {self.step}; saving a checkpoint")
             return True
         return False
 
     def finish(self, interrupted: bool) -> float:
-        """Validate (unless interrupted), save the last step and wait for the checkpoint.
+        """Validate (unless interrupted, or done at this step), save the last step and wait.
 
         Returns the minutes spent training (the closing validation not included).
         """
         self.progress.close()
         minutes = self.minutes
-        if not interrupted:
+        if not interrupted and self.valid_step != self.step:
             self.last_valid = self.validate(self.state.params)
+            self.valid_step = self.step
             self.write_metrics({"step": self.step, **self.last_valid, "final": True})
+        if not interrupted:
             self.log(f"final step {self.step}: {_format(self.last_valid)}")
-        self.save(None if interrupted else _valid_score(self.last_valid))
+        if _owned(self.state):
+            self.save(None if interrupted else self.last_valid)
+        else:
+            self.log(f"warning: interrupted twice inside step {self.step + 1}: not saved")
+            self.step = self.ckpt.latest_step() or 0
         self.ckpt.wait()
         self.ckpt.close()
         return minutes
@@ -573,6 +692,30 @@ def train(
 ) -> TrainResult:
     """Train (or resume) a model in the run directory ``run``; returns the final step and scores.
 
+    Process 0 holds ``RUN/train.lock`` for the whole run: a second ``train`` on the same
+    directory is refused (``CheckpointError`` naming the holder); a lock left by a killed
+    process on this host is taken over with a warning. See ``_train`` for the rest.
+    """
+    run = Path(run)
+    if run.exists() and not run.is_dir():
+        raise checkpoint.CheckpointError(f"--out {run} is a file; give a directory")
+    if not sharding.is_primary():
+        return _train(model_cfg, cfg, run, log=lambda msg: None, decode_cfg=decode_cfg)
+    run.mkdir(parents=True, exist_ok=True)
+    with run_dir.RunLock(run, warn=log):
+        return _train(model_cfg, cfg, run, log=log, decode_cfg=decode_cfg)
+
+
+def _train(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    run: Path,
+    *,
+    log: Log,
+    decode_cfg: DecodeConfig | None,
+) -> TrainResult:
+    """The run itself, under the lock.
+
     Validation BLEU is computed on the first ``cfg.valid_bleu_sentences`` validation
     sentences with ``decode_cfg`` (greedy by default, to keep validation cheap).
 
@@ -582,11 +725,8 @@ def train(
     when the mesh has one). With several processes only process 0 writes the run files,
     metrics and log lines; every process takes part in the (Orbax) checkpoint saves.
     """
-    run = Path(run)
     mesh = sharding.make_mesh(cfg.mesh)
     primary = sharding.is_primary()
-    if not primary:
-        log = lambda msg: None  # noqa: E731
     t_setup = time.monotonic()
     train_text, valid_text = _read_text(cfg, log)
     model_cfg, cfg, *tokenizers = prepare_run(
