@@ -186,7 +186,7 @@ def test_beam_is_token_identical_to_generate(pair, alpha):
 SETTINGS = [
     ("forced_eos_token_id", "EOS"),
     ("repetition_penalty", 1.3),
-    ("repetition_penalty", 0.7),
+    ("repetition_penalty", 3.0),
     ("no_repeat_ngram_size", 1),
     ("no_repeat_ngram_size", 2),
 ]
