@@ -46,10 +46,10 @@ def make_decoder(model, method: str, beam_size: int, new_tokens: int, counter: d
         cache = model.init_cache(params, memory, mask, new_tokens)
         ids = dict(bos_id=cfg.bos_id, eos_id=cfg.eos_id, pad_id=cfg.pad_id)
         common = dict(max_len=new_tokens, min_len=new_tokens, **ids)
-        step = model.step_fn(params)
+        common.update(params=params)  # weights traced: model.step is the params form
         if method == "greedy":
-            return greedy(step, cache, **common)
-        return beam_search(step, cache, beam_size=beam_size, alpha=0.6, **common)
+            return greedy(model.step, cache, **common)
+        return beam_search(model.step, cache, beam_size=beam_size, alpha=0.6, **common)
 
     return jax.jit(run)
 

@@ -17,6 +17,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
+from seqjax.decode_checks import RULES, check_options
+
 T = TypeVar("T")
 
 
@@ -453,6 +455,8 @@ class DecodeConfig:
     contrastive_lambda: float = 0.5
     contrastive_alpha: float = 0.1
     amateur_temperature: float = 1.0
+    convention: str = "seqjax"  # or "hf": HF generate()'s (see seqjax.decoding.greedy)
+    forced_eos: bool = False  # force EOS at the last position (HF forced_eos_token_id)
     seed: int = 0
     batch_size: int = 64
 
@@ -461,22 +465,15 @@ class DecodeConfig:
             self.method in ("beam", "greedy", "sample", "contrastive"),
             f"method: unknown {self.method!r}; use beam, greedy, sample or contrastive",
         )
-        _check(self.beam_size >= 1, f"beam_size must be >= 1, got {self.beam_size}")
-        _check(1 <= self.n_best, f"n_best must be >= 1, got {self.n_best}")
+        # the ranges are the decoders' own (seqjax.decode_checks), written once
+        try:
+            check_options(**{f: getattr(self, f) for f in RULES})
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         _check(
             self.method != "beam" or self.n_best <= self.beam_size,
             f"n_best ({self.n_best}) cannot exceed beam_size ({self.beam_size})",
         )
         _check(self.length_penalty in ("gnmt", "hf"), "length_penalty: use gnmt or hf")
-        _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
-        _check(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
-        _check(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}")
-        _check(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")
-        _check(self.max_len >= 1, f"max_len must be >= 1, got {self.max_len}")
-        _check(0 <= self.min_len <= self.max_len, "min_len must be in [0, max_len]")
-        _check(self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size must be >= 0")
-        _check(self.repetition_penalty > 0, "repetition_penalty must be > 0")
-        _check(self.coverage >= 0, "coverage must be >= 0")
+        _check(self.convention in ("seqjax", "hf"), "convention: use seqjax or hf")
         _check(self.batch_size >= 1, "batch_size must be >= 1")
-        _check(0.0 <= self.contrastive_alpha <= 1.0, "contrastive_alpha must be in [0, 1]")
-        _check(self.amateur_temperature > 0, "amateur_temperature must be > 0")

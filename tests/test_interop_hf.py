@@ -179,3 +179,50 @@ def test_beam_is_token_identical_to_generate(pair, alpha):
     lengths = {len(r) for r in expected}
     assert len(lengths) >= 2  # hypotheses of different lengths competed
     assert any(r[-1] == c.eos_id for r in expected)
+
+
+# Every generation setting hf_decode_config accepts, against generate() with a value
+# that changes HF's output ("EOS" stands for the model's EOS id).
+SETTINGS = [
+    ("forced_eos_token_id", "EOS"),
+    ("repetition_penalty", 1.3),
+    ("repetition_penalty", 3.0),
+    ("no_repeat_ngram_size", 1),
+    ("no_repeat_ngram_size", 2),
+]
+
+
+@pytest.mark.parametrize("beams", [1, BEAM])
+@pytest.mark.parametrize("name, value", SETTINGS)
+def test_every_accepted_setting_matches_generate(pair, name, value, beams):
+    """Decoding through ``hf_decode_config`` reproduces ``generate()`` per setting:
+    tokens of every returned hypothesis and, for beam search, HF's sequence scores."""
+    from seqjax.decoding import decode
+    from seqjax.interop.hf import hf_decode_config
+
+    _, hf, model, params, src, mask = pair
+    c = model.config
+    value = c.eos_id if value == "EOS" else value
+    beam_kw = {}
+    if beams > 1:
+        beam_kw = dict(num_return_sequences=beams, early_stopping="never")
+    settings = dict(num_beams=beams, max_new_tokens=MAX_NEW, min_new_tokens=MIN_NEW, **beam_kw)
+    scored = dict(output_scores=True, return_dict_in_generate=True)
+    ref = _hf_generate(
+        hf, src, mask, c.pad_id, num_beams=beams, **beam_kw, **scored, **{name: value}
+    )
+    plain = _hf_generate(hf, src, mask, c.pad_id, num_beams=beams, **beam_kw, **scored)
+    expected = _hf_rows(ref.sequences, c.eos_id, c.pad_id)
+    assert expected != _hf_rows(plain.sequences, c.eos_id, c.pad_id)  # the setting matters
+    cfg = hf_decode_config({**settings, name: value, "bad_words_ids": [[c.pad_id]]}, c)
+    _, cache = _prepare(model, params, src, mask)
+    ids = dict(bos_id=c.bos_id, eos_id=c.eos_id, pad_id=c.pad_id)
+    ours = decode(model.step, cache, cfg, params=params, **ids)
+    got = _our_rows(
+        np.asarray(ours.tokens).reshape(-1, MAX_NEW), np.asarray(ours.lengths).reshape(-1)
+    )
+    assert got == expected
+    if beams > 1:
+        np.testing.assert_allclose(
+            np.asarray(ours.scores).reshape(-1), ref.sequences_scores.numpy(), atol=1e-4, rtol=1e-4
+        )

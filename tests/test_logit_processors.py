@@ -146,3 +146,35 @@ def test_forced_prefix_selection():
     out = np.asarray(selection_scores((scores, allowed), (is_forced, tok)))
     assert np.isfinite(out[0]).tolist() == [i == 6 for i in range(8)]
     assert np.isfinite(out[1]).sum() == 7
+
+
+def test_hf_convention_start_token_history_forced_eos_and_log_prob_penalty():
+    import jax
+    import jax.numpy as jnp
+
+    from seqjax.decoding.logit_processors import make_controls, process_logits
+
+    logits = jnp.array([[0.5, 1.0, 2.0, -1.0, 0.0]])
+    history = jnp.array([[3, 0, 0]], jnp.int32)
+    hf = make_controls(
+        eos_id=2, pad_id=0, bos_id=2, max_len=3, no_repeat_ngram_size=1,
+        convention="hf", forced_eos=True,
+    )  # fmt: skip
+    # position 0: the start token (here EOS, as in BART) counts as generated
+    assert process_logits(logits, history, 0, hf)[2][0].tolist() == [
+        True, False, True, False, False
+    ]  # fmt: skip
+    own = hf._replace(start_id=None)
+    assert not process_logits(logits, history, 0, own)[2][0, 2]
+    # the last position: only EOS, with processed log-prob 0 (beats the n-gram ban)
+    _, lp, banned = process_logits(logits, history, 2, hf)
+    assert banned[0].tolist() == [True, True, False, True, True] and lp[0, 2] == 0.0
+    # beam under hf: the penalty multiplies the (negative) log-probs, no renormalisation
+    beam = make_controls(
+        eos_id=2, pad_id=0, bos_id=2, max_len=9, repetition_penalty=2.0,
+        convention="hf", beam=True,
+    )  # fmt: skip
+    model_lp, lp, _ = process_logits(logits, history, 1, beam)
+    expected = model_lp.at[0, jnp.array([2, 3])].multiply(2.0)
+    assert jnp.allclose(lp, expected)
+    assert not jnp.allclose(jax.nn.logsumexp(lp), 0.0)

@@ -203,11 +203,13 @@ TRACES = {"step_fn": 0}
 
 @dataclasses.dataclass(frozen=True)
 class _CountingTransformer(Transformer):
-    """A Transformer whose ``step_fn`` counts how often a decoder program is traced."""
+    """A Transformer that counts how often a decoder program is traced: decoders lay
+    the weights out (``step_params``, via ``model.step.prepare`` or ``step_fn``) once
+    per trace."""
 
-    def step_fn(self, params):
+    def step_params(self, params):
         TRACES["step_fn"] += 1
-        return super().step_fn(params)
+        return super().step_params(params)
 
 
 class _WordTokenizer:

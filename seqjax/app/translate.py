@@ -68,7 +68,7 @@ def _decode_batch(
     mask = src_BxS != mc.pad_id
 
     def prepare(m: Any, p: Any) -> tuple[Any, Any]:
-        return m.step_fn(p), m.init_cache(p, m.encode(p, src_BxS, mask), mask, max_len)
+        return m.step, m.init_cache(p, m.encode(p, src_BxS, mask), mask, max_len)
 
     step_fn, cache = prepare(model, params)
     amateur = prepare(amateur_model, amateur_params) if amateur_model is not None else None
@@ -84,6 +84,8 @@ def _decode_batch(
         src_mask=mask,
         numerics=numerics,
         amateur=amateur,
+        params=params,  # weights are traced: model.step is the params form
+        amateur_params=amateur_params,
     )
 
 

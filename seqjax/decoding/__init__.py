@@ -20,15 +20,20 @@ contrastive ``lambda``/``alpha``) are traced, so changing them does not recompil
     import functools, jax
     from seqjax.decoding import beam_search, jitted
 
-    step = model.step_fn(params)  # build once: the step function is a static argument
-    run = jax.jit(functools.partial(beam_search, step, beam_size=4, max_len=64,
+    # weights are data: ``model.step`` (static, one per architecture) takes the
+    # params as a traced argument, so new weights never recompile
+    run = jax.jit(functools.partial(beam_search, model.step, beam_size=4, max_len=64,
                                     bos_id=2, eos_id=3, pad_id=0))
-    result = run(cache, alpha=0.6)   # compiles
-    result = run(cache2, alpha=1.0)  # same shapes: no recompile
+    result = run(cache, params=params, alpha=0.6)    # compiles
+    result = run(cache2, params=params2, alpha=1.0)  # same shapes: no recompile
 
-    # or let ``jitted`` mark the static arguments for you:
-    result = jitted(beam_search)(step, cache, beam_size=4, max_len=64, alpha=0.6,
-                                 bos_id=2, eos_id=3, pad_id=0)
+    # or let ``jitted`` mark the static arguments (and check the values) for you:
+    result = jitted(beam_search)(model.step, cache, params=params, beam_size=4,
+                                 max_len=64, alpha=0.6, bos_id=2, eos_id=3, pad_id=0)
+
+``model.step_fn(params)`` (the 3-argument form, weights closed over) still works, but
+each set of weights is then a new static argument and a new compilation. Bad
+arguments are one-line ``ValueError``s before any decoding (``arg_checks``).
 
 ``decode(step_fn, cache, DecodeConfig(...), ...)`` dispatches on a config through the
 same ``jitted`` decoders. ``score`` gives teacher-forced log-probs of given targets.
@@ -37,7 +42,8 @@ Layout: each public function lives in a module of the same name (``greedy.py``
 defines ``greedy``, ``beam_search.py`` defines ``beam_search``, ..., ``jitted.py``,
 ``decode.py``, ``score.py``); the loops they share are ``token_loop`` (one token per
 row: greedy, sampling, greedy contrastive) and ``beam_loop`` (beam search and
-contrastive beam search); ``step`` holds the ``StepFn`` contract, ``step_scores``
+contrastive beam search); ``step`` holds the ``StepFn`` contract and ``bind_params``,
+``arg_checks`` the call-site checks, ``step_scores``
 what a search step yields (``StepScores``, ``ScoreFn``). The package imports every
 function *after* its module, so ``seqjax.decoding.greedy`` is the function, never the
 module; reach a module's other names with ``from seqjax.decoding.greedy import ...``

@@ -10,11 +10,11 @@ from typing import Any
 
 import jax
 
-from seqjax.decoding.batch_tree import infer_batch_size
+from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.beam_loop import check_beam_args, coverage_source_len, run_beam_loop
-from seqjax.decoding.logit_processors import Controls
+from seqjax.decoding.logit_processors import make_controls
 from seqjax.decoding.result import DecodeResult
-from seqjax.decoding.step import StepFn, step_output_shapes
+from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import log_prob_scores
 
 
@@ -37,6 +37,9 @@ def beam_search(
     repetition_penalty: float | jax.Array = 1.0,
     prefix: jax.Array | None = None,
     batch_size: int | None = None,
+    params: Any = None,
+    convention: str = "seqjax",
+    forced_eos: bool = False,
 ) -> DecodeResult:
     """Beam search; returns the ``n_best`` finished hypotheses per source, best first.
 
@@ -58,6 +61,15 @@ def beam_search(
     no recompile): ``alpha``, ``coverage``, ``min_len``, ``repetition_penalty`` and the
     arrays ``cache``, ``src_mask``, ``prefix``.
 
+    ``params`` (traced, any pytree) makes ``step_fn`` the params form
+    ``step_fn(params, tokens_B, position, cache)``: one compilation then serves every
+    set of weights (``greedy(model.step, cache, params=params, ...)``).
+
+    ``convention`` (static): ``"seqjax"`` (default) or ``"hf"``, HuggingFace
+    ``generate()``'s (the decoder start token counts as history for the repetition
+    penalty and the n-gram ban; beam search penalises log-probs). ``forced_eos``
+    (static): EOS is forced at the last position, as HF's ``forced_eos_token_id``.
+
     Example (a 1-token vocabulary model plus EOS)::
 
         >>> import jax, jax.numpy as jnp
@@ -69,9 +81,18 @@ def beam_search(
         ([[1, 0, 0], [2, 1, 0]], [1, 2])
     """
     check_beam_args(beam_size, n_best, length_penalty)
-    B = infer_batch_size(cache, batch_size)
-    vocab_size, source_len = step_output_shapes(step_fn, B, cache)
-    controls = Controls(eos_id, pad_id, min_len, repetition_penalty, no_repeat_ngram_size)
+    step_fn = bind_params(step_fn, params)
+    B, vocab_size, source_len = check_decoder_call(
+        step_fn, cache, batch_size=batch_size, max_len=max_len, prefix=prefix,
+        src_mask=src_mask, token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id), min_len=min_len,
+        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        alpha=alpha, coverage=coverage,
+    )  # fmt: skip
+    controls = make_controls(
+        eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
+        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        convention=convention, forced_eos=forced_eos, beam=True,
+    )  # fmt: skip
     return run_beam_loop(
         log_prob_scores(step_fn, controls),
         cache,

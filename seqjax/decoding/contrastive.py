@@ -6,11 +6,11 @@ from typing import Any
 
 import jax
 
-from seqjax.decoding.batch_tree import infer_batch_size
+from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.beam_loop import check_beam_args, coverage_source_len, run_beam_loop
-from seqjax.decoding.logit_processors import Controls
+from seqjax.decoding.logit_processors import make_controls
 from seqjax.decoding.result import DecodeResult
-from seqjax.decoding.step import StepFn, step_output_shapes
+from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import contrastive_scores
 from seqjax.decoding.token_loop import argmax_loop
 
@@ -39,6 +39,10 @@ def contrastive(
     repetition_penalty: float | jax.Array = 1.0,
     prefix: jax.Array | None = None,
     batch_size: int | None = None,
+    params: Any = None,
+    convention: str = "seqjax",
+    forced_eos: bool = False,
+    amateur_params: Any = None,
 ) -> DecodeResult:
     """Maximise ``log p_expert - contrastive_lambda * log p_amateur`` over plausible tokens.
 
@@ -55,9 +59,16 @@ def contrastive(
 
     Static: both step functions, ``max_len``, ``beam_size``, ``n_best``,
     ``length_penalty``, ``no_repeat_ngram_size``, ``batch_size``, the token ids.
+    ``params`` / ``amateur_params`` (traced) switch the matching step function to the
+    params form ``step(params, tokens, position, cache)``, as in ``greedy``.
     Traced: ``contrastive_lambda``, ``contrastive_alpha``, ``amateur_temperature``,
     ``alpha``, ``coverage``, ``min_len``, ``repetition_penalty``, the caches, ``src_mask``,
     ``prefix``.
+
+    ``convention`` (static): ``"seqjax"`` (default) or ``"hf"``, HuggingFace
+    ``generate()``'s (the decoder start token counts as history for the repetition
+    penalty and the n-gram ban; beam search penalises log-probs). ``forced_eos``
+    (static): EOS is forced at the last position, as HF's ``forced_eos_token_id``.
 
     Example (the amateur over-rates token 2, so the expert's runner-up 3 wins)::
 
@@ -70,8 +81,27 @@ def contrastive(
         [[[3]]]
     """
     check_beam_args(beam_size, n_best, length_penalty)
-    B = infer_batch_size(expert_cache, batch_size)
-    controls = Controls(eos_id, pad_id, min_len, repetition_penalty, no_repeat_ngram_size)
+    expert_step_fn = bind_params(expert_step_fn, params)
+    amateur_step_fn = bind_params(amateur_step_fn, amateur_params)
+    B, vocab_size, source_len = check_decoder_call(
+        expert_step_fn, expert_cache, batch_size=batch_size, max_len=max_len, prefix=prefix,
+        src_mask=src_mask, token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id), min_len=min_len,
+        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        alpha=alpha, coverage=coverage, amateur_temperature=amateur_temperature,
+        contrastive_alpha=contrastive_alpha,
+    )  # fmt: skip
+    _, amateur_vocab, _ = check_decoder_call(
+        amateur_step_fn, amateur_cache, batch_size=B, max_len=max_len, token_ids={}
+    )
+    if amateur_vocab != vocab_size:
+        raise ValueError(
+            f"amateur_step_fn must share the expert's vocabulary ({vocab_size}), got {amateur_vocab}"
+        )
+    controls = make_controls(
+        eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
+        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        convention=convention, forced_eos=forced_eos, beam=beam_size > 1,
+    )  # fmt: skip
     score_fn = contrastive_scores(
         expert_step_fn,
         amateur_step_fn,
@@ -83,7 +113,6 @@ def contrastive(
     cache = (expert_cache, amateur_cache)
     if beam_size == 1:
         return argmax_loop(score_fn, cache, B, max_len, bos_id, eos_id, pad_id, prefix)
-    vocab_size, source_len = step_output_shapes(expert_step_fn, B, expert_cache)
     return run_beam_loop(
         score_fn,
         cache,

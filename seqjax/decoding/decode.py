@@ -20,7 +20,7 @@ from seqjax.decoding.greedy import greedy
 from seqjax.decoding.jitted import jitted
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.sample import sample
-from seqjax.decoding.step import StepFn, step_output_shapes
+from seqjax.decoding.step import StepFn, bind_params, step_output_shapes
 
 # DecodeConfig fields that decoders take as traced values (changing them never recompiles).
 NUMERIC_FIELDS: dict[str, type] = {
@@ -98,6 +98,8 @@ def decode(
     prefix: jax.Array | None = None,
     batch_size: int | None = None,
     numerics: dict[str, Any] | None = None,
+    params: Any = None,
+    amateur_params: Any = None,
 ) -> DecodeResult:
     """Decode with the method and options of ``config``, through ``jitted`` decoders.
 
@@ -113,7 +115,9 @@ def decode(
     decoders' ``coverage`` and needs a step function returning cross-attention.
     Numeric options are passed as Python floats/ints (traced), so configs differing
     only in them share one compilation. Static: ``step_fn``, ``static_part(config)``,
-    the token ids, ``max_len``, ``batch_size``; traced: the rest.
+    the token ids, ``max_len``, ``batch_size``; traced: the rest. With ``params``
+    (and ``amateur_params``) the step functions take the params form
+    ``step(params, tokens, position, cache)`` and the weights are traced too.
 
     Example (a bigram table that prefers ``previous + 1``; EOS = 3)::
 
@@ -140,10 +144,13 @@ def decode(
         repetition_penalty=n["repetition_penalty"],
         prefix=prefix,
         batch_size=batch_size,
+        params=params,
+        convention=c.convention,
+        forced_eos=c.forced_eos,
     )
     if c.method in ("beam", "contrastive") and c.coverage:
         B = infer_batch_size(cache, batch_size)
-        if step_output_shapes(step_fn, B, cache)[1] is None:
+        if step_output_shapes(bind_params(step_fn, params), B, cache)[1] is None:
             raise ValueError("coverage > 0 needs a step_fn returning cross-attention")
     if c.method == "greedy":
         return jitted(greedy)(step_fn, cache, **common)
@@ -157,7 +164,7 @@ def decode(
     if c.method == "contrastive":
         if amateur is None:
             raise ValueError("method 'contrastive' needs amateur=(step_fn, cache)")
-        return _decode_contrastive(step_fn, cache, amateur, c, n, ranked, common)
+        return _decode_contrastive(step_fn, cache, amateur, c, n, ranked, common, amateur_params)
     raise ValueError(f"unknown decode method {c.method!r}")
 
 
@@ -189,6 +196,7 @@ def _decode_contrastive(
     n: dict[str, Any],
     ranked: dict[str, Any],
     common: dict[str, Any],
+    amateur_params: Any,
 ) -> DecodeResult:
     if c.beam_size == 1:  # greedy contrastive ignores the ranking options
         ranked = dict(n_best=1, beam_size=1, coverage=n["coverage"], src_mask=ranked["src_mask"])
@@ -200,6 +208,7 @@ def _decode_contrastive(
         contrastive_lambda=n["contrastive_lambda"],
         contrastive_alpha=n["contrastive_alpha"],
         amateur_temperature=n["amateur_temperature"],
+        amateur_params=amateur_params,
         **ranked,
         **common,
     )

@@ -6,10 +6,10 @@ from typing import Any
 
 import jax
 
-from seqjax.decoding.batch_tree import infer_batch_size
-from seqjax.decoding.logit_processors import Controls
+from seqjax.decoding.arg_checks import check_decoder_call
+from seqjax.decoding.logit_processors import make_controls
 from seqjax.decoding.result import DecodeResult
-from seqjax.decoding.step import StepFn
+from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import log_prob_scores
 from seqjax.decoding.token_loop import argmax_loop
 
@@ -27,6 +27,9 @@ def greedy(
     repetition_penalty: float | jax.Array = 1.0,
     prefix: jax.Array | None = None,
     batch_size: int | None = None,
+    params: Any = None,
+    convention: str = "seqjax",
+    forced_eos: bool = False,
 ) -> DecodeResult:
     """Argmax decoding until EOS or ``max_len``; ``K = 1``, score = summed log-prob.
 
@@ -34,6 +37,15 @@ def greedy(
     ``min_len``, repeated n-grams); rows of ``prefix [B, P]`` (PAD-padded) are forced
     first. Static: ``step_fn``, ``max_len``, ``no_repeat_ngram_size``, ``batch_size``,
     the token ids. Traced: ``min_len``, ``repetition_penalty``, ``cache``, ``prefix``.
+
+    ``params`` (traced, any pytree) makes ``step_fn`` the params form
+    ``step_fn(params, tokens_B, position, cache)``: one compilation then serves every
+    set of weights (``greedy(model.step, cache, params=params, ...)``).
+
+    ``convention`` (static): ``"seqjax"`` (default) or ``"hf"``, HuggingFace
+    ``generate()``'s (the decoder start token counts as history for the repetition
+    penalty and the n-gram ban; beam search penalises log-probs). ``forced_eos``
+    (static): EOS is forced at the last position, as HF's ``forced_eos_token_id``.
 
     Example (a bigram table: always prefer token ``prev + 1``, EOS = 3)::
 
@@ -45,8 +57,17 @@ def greedy(
         >>> r.tokens.tolist(), r.lengths.tolist()
         ([[[1, 2, 3, 0, 0]]], [[3]])
     """
-    B = infer_batch_size(cache, batch_size)
-    controls = Controls(eos_id, pad_id, min_len, repetition_penalty, no_repeat_ngram_size)
+    step_fn = bind_params(step_fn, params)
+    B, _, _ = check_decoder_call(
+        step_fn, cache, batch_size=batch_size, max_len=max_len, prefix=prefix,
+        token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id), min_len=min_len,
+        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+    )  # fmt: skip
+    controls = make_controls(
+        eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
+        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        convention=convention, forced_eos=forced_eos, beam=False,
+    )  # fmt: skip
     return argmax_loop(
         log_prob_scores(step_fn, controls), cache, B, max_len, bos_id, eos_id, pad_id, prefix
     )

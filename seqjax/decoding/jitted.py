@@ -13,13 +13,23 @@ from collections.abc import Callable
 
 import jax
 
+from seqjax.decoding.arg_checks import check_concrete_call
 from seqjax.decoding.beam_search import beam_search
 from seqjax.decoding.contrastive import contrastive
 from seqjax.decoding.greedy import greedy
 from seqjax.decoding.sample import sample
 from seqjax.decoding.score import score
 
-_COMMON_STATIC = ("max_len", "bos_id", "eos_id", "pad_id", "no_repeat_ngram_size", "batch_size")
+_COMMON_STATIC = (
+    "max_len",
+    "bos_id",
+    "eos_id",
+    "pad_id",
+    "no_repeat_ngram_size",
+    "batch_size",
+    "convention",
+    "forced_eos",
+)
 
 STATIC_ARGNAMES: dict[Callable, tuple[str, ...]] = {
     greedy: ("step_fn", *_COMMON_STATIC),
@@ -58,4 +68,23 @@ def jitted(decoder: Callable) -> Callable:
     >>> [round(x, 3) for x in fast_beam(step, None, alpha=2.0, **kw).scores[0].tolist()]
     [-0.357, -1.147]
     """
-    return jax.jit(decoder, static_argnames=STATIC_ARGNAMES[decoder])
+    return _Checked(decoder, jax.jit(decoder, static_argnames=STATIC_ARGNAMES[decoder]))
+
+
+class _Checked:
+    """A jitted decoder that checks the concrete option values before ``jit`` traces them.
+
+    Inside the trace numeric options are tracers, so their ranges can only be checked
+    here; everything else (``lower``, ``_cache_size``, ...) is the ``jax.jit`` object's.
+    """
+
+    def __init__(self, decoder: Callable, jit: Callable) -> None:
+        self._decoder, self._jit = decoder, jit
+        functools.update_wrapper(self, decoder)
+
+    def __call__(self, *args, **kwargs):
+        check_concrete_call(self._decoder, args, kwargs)
+        return self._jit(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._jit, name)

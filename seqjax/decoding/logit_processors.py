@@ -21,6 +21,12 @@ class Controls(NamedTuple):
 
     ``min_len``: EOS is banned while fewer than ``min_len`` tokens were generated.
     ``repetition_penalty``: CTRL-style penalty on already generated tokens (1 = off).
+    ``start_id``: a token counted as generated before position 0 by the repetition
+    penalty and the n-gram ban (HF counts its decoder start token); None = none.
+    ``forced_eos_at``: position (static) where EOS is forced with processed log-prob
+    0, as HF's ``forced_eos_token_id`` does at the last position; None = never.
+    ``penalty_on_log_probs``: apply the repetition penalty to the log-probs, without
+    renormalising (HF's beam search), instead of to the logits.
     """
 
     eos_id: int | jax.Array
@@ -28,6 +34,57 @@ class Controls(NamedTuple):
     min_len: int | jax.Array = 0
     repetition_penalty: float | jax.Array = 1.0
     no_repeat_ngram_size: int = 0
+    start_id: int | jax.Array | None = None
+    forced_eos_at: int | None = None
+    penalty_on_log_probs: bool = False
+
+
+CONVENTIONS = ("seqjax", "hf")
+
+
+def make_controls(
+    *,
+    eos_id: int | jax.Array,
+    pad_id: int | jax.Array,
+    bos_id: int | jax.Array,
+    max_len: int,
+    min_len: int | jax.Array = 0,
+    repetition_penalty: float | jax.Array = 1.0,
+    no_repeat_ngram_size: int = 0,
+    convention: str = "seqjax",
+    forced_eos: bool = False,
+    beam: bool = False,
+) -> Controls:
+    """The ``Controls`` of a decoder call under ``convention`` (``seqjax`` or ``hf``).
+
+    ``hf`` reproduces HuggingFace ``generate()``: the decoder start token (BOS) counts
+    as history for the repetition penalty and the n-gram ban, and beam search applies
+    the repetition penalty to log-probs. ``forced_eos`` forces EOS at the last
+    position (HF's ``forced_eos_token_id``), under either convention.
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    hf = convention == "hf"
+    return Controls(
+        eos_id,
+        pad_id,
+        min_len,
+        repetition_penalty,
+        no_repeat_ngram_size,
+        start_id=bos_id if hf else None,
+        forced_eos_at=max_len - 1 if forced_eos else None,
+        penalty_on_log_probs=hf and beam,
+    )
+
+
+def with_start_token(
+    history_NxL: jax.Array, length: jax.Array, controls: Controls
+) -> tuple[jax.Array, jax.Array]:
+    """History and length with ``controls.start_id`` prepended, when set."""
+    if controls.start_id is None:
+        return history_NxL, length
+    start = jnp.full((history_NxL.shape[0], 1), controls.start_id, history_NxL.dtype)
+    return jnp.concatenate([start, history_NxL], axis=1), length + 1
 
 
 def seen_tokens(history_NxL: jax.Array, length: jax.Array, vocab_size: int) -> jax.Array:
@@ -102,7 +159,8 @@ def banned_tokens(
     ban = ban | (is_eos & (length < controls.min_len))
     ban = jnp.broadcast_to(ban, (history_NxL.shape[0], vocab_size))
     if controls.no_repeat_ngram_size:
-        ban = ban | ngram_banned(history_NxL, length, controls.no_repeat_ngram_size, vocab_size)
+        history, hist_len = with_start_token(history_NxL, length, controls)
+        ban = ban | ngram_banned(history, hist_len, controls.no_repeat_ngram_size, vocab_size)
     stuck_N1 = jnp.all(ban, axis=-1, keepdims=True)
     return ban & ~(stuck_N1 & is_eos)
 
@@ -119,15 +177,21 @@ def process_logits(
     logits = logits_NxV.astype(jnp.float32)
     model_lp = jax.nn.log_softmax(logits, axis=-1)
     penalty = controls.repetition_penalty
+    history, hist_len = with_start_token(history_NxL, length, controls)
+
+    def penalised() -> jax.Array:
+        if controls.penalty_on_log_probs:
+            return repetition_penalty(model_lp, history, hist_len, penalty)
+        return jax.nn.log_softmax(repetition_penalty(logits, history, hist_len, penalty), -1)
+
     # a runtime branch: the [N, V] scatter is skipped when the (traced) penalty is off
-    processed_lp = lax.cond(
-        jnp.asarray(penalty) == 1.0,
-        lambda: model_lp,
-        lambda: jax.nn.log_softmax(
-            repetition_penalty(logits, history_NxL, length, penalty), axis=-1
-        ),
-    )
+    processed_lp = lax.cond(jnp.asarray(penalty) == 1.0, lambda: model_lp, penalised)
     banned = banned_tokens(history_NxL, length, logits.shape[-1], controls)
+    if controls.forced_eos_at is not None:
+        at = length == controls.forced_eos_at
+        is_eos = jnp.arange(logits.shape[-1]) == controls.eos_id
+        processed_lp = jnp.where(at, jnp.where(is_eos, 0.0, -jnp.inf), processed_lp)
+        banned = jnp.where(at, ~is_eos, banned)
     return model_lp, processed_lp, banned
 
 

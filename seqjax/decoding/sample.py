@@ -6,10 +6,11 @@ from typing import Any
 
 import jax
 
-from seqjax.decoding.batch_tree import infer_batch_size, repeat_rows
-from seqjax.decoding.logit_processors import Controls
+from seqjax.decoding.arg_checks import check_decoder_call
+from seqjax.decoding.batch_tree import repeat_rows
+from seqjax.decoding.logit_processors import make_controls
 from seqjax.decoding.result import DecodeResult
-from seqjax.decoding.step import StepFn
+from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import sampling_scores
 from seqjax.decoding.token_loop import choose_categorical, loop_result, run_token_loop
 
@@ -32,6 +33,9 @@ def sample(
     repetition_penalty: float | jax.Array = 1.0,
     prefix: jax.Array | None = None,
     batch_size: int | None = None,
+    params: Any = None,
+    convention: str = "seqjax",
+    forced_eos: bool = False,
 ) -> DecodeResult:
     """Draw ``num_samples`` sequences per source (``K = num_samples``), in draw order.
 
@@ -45,6 +49,15 @@ def sample(
     ``batch_size``, the token ids. Traced: ``key``, ``temperature``, ``top_k``,
     ``top_p``, ``min_len``, ``repetition_penalty``, ``cache``, ``prefix``.
 
+    ``params`` (traced, any pytree) makes ``step_fn`` the params form
+    ``step_fn(params, tokens_B, position, cache)``: one compilation then serves every
+    set of weights (``greedy(model.step, cache, params=params, ...)``).
+
+    ``convention`` (static): ``"seqjax"`` (default) or ``"hf"``, HuggingFace
+    ``generate()``'s (the decoder start token counts as history for the repetition
+    penalty and the n-gram ban; beam search penalises log-probs). ``forced_eos``
+    (static): EOS is forced at the last position, as HF's ``forced_eos_token_id``.
+
     Example::
 
         >>> import jax, jax.numpy as jnp
@@ -55,8 +68,18 @@ def sample(
         >>> r.tokens.shape, r.tokens[0, 0].tolist()  # top_k=1: argmax, token 1 = EOS
         ((2, 3, 4), [1, 0, 0, 0])
     """
-    B = infer_batch_size(cache, batch_size)
-    controls = Controls(eos_id, pad_id, min_len, repetition_penalty, no_repeat_ngram_size)
+    step_fn = bind_params(step_fn, params)
+    B, _, _ = check_decoder_call(
+        step_fn, cache, batch_size=batch_size, max_len=max_len, prefix=prefix,
+        token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id), min_len=min_len,
+        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        num_samples=num_samples, temperature=temperature, top_k=top_k, top_p=top_p,
+    )  # fmt: skip
+    controls = make_controls(
+        eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
+        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        convention=convention, forced_eos=forced_eos, beam=False,
+    )  # fmt: skip
     score_fn = sampling_scores(step_fn, controls, temperature=temperature, top_k=top_k, top_p=top_p)
     out = run_token_loop(
         score_fn,

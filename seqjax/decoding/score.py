@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from seqjax.decoding.step import StepFn, call_step
+from seqjax.decoding.arg_checks import check_score_call
+from seqjax.decoding.step import StepFn, bind_params, call_step
 
 
 def target_mask(targets_BxL: jax.Array, eos_id: int | jax.Array, pad_id: int | jax.Array):
@@ -31,13 +32,15 @@ def score(
     bos_id: int,
     eos_id: int,
     pad_id: int,
+    params: Any = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Log-probability of ``targets [B, L]`` (no BOS; EOS then PAD) under ``step_fn``.
 
     Runs one ``lax.scan`` over the ``L`` positions, feeding BOS and then the target
     tokens. Returns ``(log_probs float32[B, L], total float32[B])``: per-token model
     log-probs (0 after EOS and at PAD) and their sum. Scoring a decoder's own output
-    reproduces its ``log_probs``. Static: ``step_fn``, the token ids.
+    reproduces its ``log_probs``. Static: ``step_fn``, the token ids; traced: ``cache``,
+    ``targets`` and ``params`` (given: ``step_fn(params, tokens, position, cache)``).
 
     Example::
 
@@ -47,6 +50,8 @@ def score(
         >>> [round(x, 4) for x in lp[0].tolist()], round(float(total[0]), 4)
         ([-1.3863, -0.6931, 0.0], -2.0794)
     """
+    step_fn = bind_params(step_fn, params)
+    check_score_call(step_fn, cache, targets, dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id))
     targets = jnp.asarray(targets, jnp.int32)
     B = targets.shape[0]
     inputs_LxB = jnp.concatenate([jnp.full((B, 1), bos_id, jnp.int32), targets[:, :-1]], 1).T

@@ -8,7 +8,14 @@ A step function advances every row of a batch by one token::
 ``position`` is a scalar: all rows decode the same position, and position 0 consumes
 the BOS token. ``cache`` is any pytree whose array leaves lead with the batch axis.
 The step function is a static argument of every decoder: it is traced once per
-compilation, so build it once (e.g. ``step = model.step_fn(params)``) and reuse it.
+compilation.
+
+Weights are data: pass them as the decoders' traced ``params=`` and give a step of
+the *params form* ``step_fn(params, tokens_B, position, cache)`` (e.g. the model's
+``model.step``, one hashable object per architecture), and one compilation serves
+every set of weights of that architecture. Without ``params`` the step has the
+3-argument form above and whatever it closes over is a constant of the compiled
+program (``model.step_fn(params)``: a recompile per set of weights).
 """
 
 from __future__ import annotations
@@ -44,6 +51,31 @@ class StepFn(Protocol):
     def __call__(self, tokens_B: jax.Array, position: jax.Array, cache: Any, /) -> tuple: ...
 
 
+def bind_params(step_fn: Any, params: Any) -> StepFn:
+    """The 3-argument step of a params-form ``step_fn`` applied to ``params``.
+
+    ``params=None`` returns ``step_fn`` itself (already the 3-argument form). A step
+    with a ``prepare(params)`` method (e.g. ``model.step``, which lays the weights out
+    for decoding) gets it run once here, outside the decoding loop.
+
+    >>> import jax.numpy as jnp
+    >>> step = lambda table, tok, pos, c: (table[tok], c)
+    >>> bind_params(step, jnp.eye(2))(jnp.array([1]), jnp.int32(0), None)[0].tolist()
+    [[0.0, 1.0]]
+    """
+    if params is None:
+        return step_fn
+    prepare = getattr(step_fn, "prepare", None)
+    weights = params if prepare is None else prepare(params)
+
+    def step(tokens_B: jax.Array, position: jax.Array, cache: Any) -> tuple:
+        return step_fn(weights, tokens_B, position, cache)
+
+    if hasattr(step_fn, "capacity"):  # the cache-capacity check reads it
+        step.capacity = step_fn.capacity
+    return step
+
+
 def call_step(
     step_fn: StepFn, tokens_N: jax.Array, position: jax.Array, cache: Any
 ) -> tuple[jax.Array, Any, jax.Array | None]:
@@ -64,4 +96,8 @@ def step_output_shapes(step_fn: StepFn, num_rows: int, cache: Any) -> tuple[int,
     logits, _, attention = jax.eval_shape(
         lambda t, p, c: call_step(step_fn, t, p, c), tokens, position, cache
     )
+    if logits.ndim != 2 or logits.shape[0] != num_rows:
+        raise ValueError(
+            f"step_fn must return logits of shape [B, V] = [{num_rows}, V], got {logits.shape}"
+        )
     return logits.shape[-1], None if attention is None else attention.shape[-1]

@@ -422,9 +422,12 @@ def hf_decode_config(
     results equal HF's with ``early_stopping="never"`` (seqjax stops only when no live
     beam can win); HF's default heuristic may stop sooner. Refuses sampling,
     ``bad_words_ids`` other than ``[[pad]]`` (seqjax never generates pad anyway) and a
-    ``forced_bos_token_id``. ``forced_eos_token_id`` is accepted: it only changes
-    the last token of hypotheses cut at ``max_len`` (HF writes EOS there, seqjax keeps
-    the model's token).
+    ``forced_bos_token_id``. ``forced_eos_token_id`` (the model's EOS) is applied as
+    HF does (``forced_eos``): EOS is forced at the last position with log-prob 0, which
+    in beam search changes rankings and scores; another id is refused. The config uses
+    ``convention="hf"``: the decoder start token counts as history for
+    ``repetition_penalty`` and ``no_repeat_ngram_size``, and beam search applies the
+    repetition penalty to log-probs.
     """
     s = dict(settings)
     if s.get("do_sample"):
@@ -439,8 +442,16 @@ def hf_decode_config(
             "generation: forced_bos_token_id is not supported; pass the token as a decoding "
             "prefix instead"
         )
+    forced_eos = s.get("forced_eos_token_id")
+    if forced_eos is not None and forced_eos != model_config.eos_id:
+        raise HFImportError(
+            f"generation: forced_eos_token_id {forced_eos} is not supported (only the EOS id "
+            f"{model_config.eos_id})"
+        )
     beams = int(s.get("num_beams") or 1)
     values: dict[str, Any] = {
+        "convention": "hf",
+        "forced_eos": forced_eos is not None,
         "method": "beam" if beams > 1 else "greedy",
         "beam_size": beams,
         "alpha": float(s.get("length_penalty", 1.0)),

@@ -81,6 +81,10 @@ class EncoderDecoder:
         self, params: Params, memory: jax.Array, src_mask_BxS: jax.Array, max_len: int
     ) -> Cache:
         """Decoder state for up to ``max_len`` steps plus what it needs of the memory."""
+        limit = self.max_decode_len()
+        if not 1 <= max_len <= (max_len if limit is None else limit):
+            bound = "" if limit is None else f", <= {limit} (the model's max_len)"
+            raise ValueError(f"init_cache: max_len must be >= 1{bound}, got {max_len}")
         return self.net.apply(params, memory, src_mask_BxS, max_len, method="init_cache")
 
     def decode_step(
@@ -90,13 +94,47 @@ class EncoderDecoder:
         position = jnp.asarray(position, jnp.int32)
         return self.net.apply(params, cache, token_B, position, method="decode_step")
 
+    def step_params(self, params: Params) -> Params:
+        """``params`` laid out for ``prepared_step`` (identity unless a family overrides)."""
+        return params
+
+    def prepared_step(
+        self, weights: Params, cache: Cache, token_B: jax.Array, position: jax.Array
+    ) -> tuple[jax.Array, Cache, jax.Array]:
+        """``decode_step`` on weights already passed through ``step_params``."""
+        return self.decode_step(weights, cache, token_B, position)
+
+    @property
+    def step(self) -> ModelStep:
+        """The params-form step ``step(params, tokens [B], position [], cache)``.
+
+        Weights are data: ``greedy(model.step, cache, params=params, ...)`` compiles once
+        per architecture, as ``model.step`` is hashable and equal for equal configs.
+        """
+        return ModelStep(self)
+
     def step_fn(self, params: Params) -> Callable:
-        """``step_fn(tokens [B], position [], cache)`` for ``seqjax.decoding``."""
+        """``step_fn(tokens [B], position [], cache)`` closed over ``params``.
+
+        The weights become constants of a compiled decoder (a recompile per set of
+        weights); prefer ``model.step`` with the decoders' ``params=``.
+        """
+        weights = self.step_params(params)
 
         def step(token_B: jax.Array, position: jax.Array, cache: Cache):
-            return self.decode_step(params, cache, token_B, position)
+            return self.prepared_step(weights, cache, token_B, position)
 
+        step.capacity = self.cache_capacity  # decoders check max_len against it
         return step
+
+    def cache_capacity(self, cache: Cache) -> int | None:
+        """Positions ``cache`` holds (its ``init_cache(max_len=)``); None = unbounded."""
+        del cache
+        return None
+
+    def max_decode_len(self) -> int | None:
+        """The longest ``init_cache(max_len=)`` the model supports; None = unbounded."""
+        return None
 
     def forward(
         self,
@@ -118,6 +156,26 @@ class EncoderDecoder:
             rngs={"dropout": dropout_rng} if train else None,
             method="forward",
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelStep:
+    """A model's decode step in params form; hashable, so a static ``jax.jit`` argument.
+
+    ``seqjax.decoding`` runs ``prepare(params)`` once per decoder call (outside the
+    loop) and calls the step with its result.
+    """
+
+    model: EncoderDecoder
+
+    def prepare(self, params: Params) -> Params:
+        return self.model.step_params(params)
+
+    def capacity(self, cache: Cache) -> int | None:
+        return self.model.cache_capacity(cache)
+
+    def __call__(self, weights: Params, token_B: jax.Array, position: jax.Array, cache: Cache):
+        return self.model.prepared_step(weights, cache, token_B, position)
 
 
 # XLA:CPU's default backend optimisation level (3) makes compiling the ~60 unrolled

@@ -360,19 +360,22 @@ class Transformer(EncoderDecoder):
         weights = transformer_step.step_weights(self.config, params)
         return transformer_step.decode_step(self.config, weights, cache, token_B, position)
 
-    def step_fn(self, params: Params) -> Callable:
-        """``step_fn(tokens [B], position [], cache)`` for ``seqjax.decoding``.
+    def step_params(self, params: Params) -> Params:
+        """Decode-layout weights (``transformer_step.step_weights``): made once per
+        decoder call, outside the loop (``model.step.prepare`` / ``step_fn``)."""
+        return transformer_step.step_weights(self.config, params)
 
-        The decode-layout weights are prepared here, once: call ``step_fn`` outside
-        the decoding loop (decoders do; inside ``jax.jit`` this is one small fused
-        reshape per call of the compiled program, not per step).
-        """
-        cfg, weights = self.config, transformer_step.step_weights(self.config, params)
+    def cache_capacity(self, cache: Cache) -> int | None:
+        layers = cache["layers"]
+        return layers[0]["k"].shape[2] if layers else None
 
-        def step(token_B: jax.Array, position: jax.Array, cache: Cache):
-            return transformer_step.decode_step(cfg, weights, cache, token_B, position)
+    def max_decode_len(self) -> int | None:
+        return self.config.max_len  # rows of the position table
 
-        return step
+    def prepared_step(
+        self, weights: Params, cache: Cache, token_B: jax.Array, position: jax.Array
+    ) -> tuple[jax.Array, Cache, jax.Array]:
+        return transformer_step.decode_step(self.config, weights, cache, token_B, position)
 
 
 def count_params(params: Params) -> int:

@@ -441,8 +441,8 @@ def mrt_candidates(
     src_mask = src_BxS != pad_id
     memory = model.encode(frozen_params, src_BxS, src_mask)
     cache = model.init_cache(frozen_params, memory, src_mask, max_len)
-    step_fn = model.step_fn(frozen_params)
-    kw = dict(max_len=max_len, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
+    step_fn = model.step
+    kw = dict(max_len=max_len, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, params=frozen_params)
     if candidates == "sample":
         out = sample(
             step_fn, cache, key=key, num_samples=num_samples, temperature=temperature,
@@ -592,8 +592,9 @@ def make_distill_step(
         tp = lax.stop_gradient(teacher_params)
         cache = teacher.init_cache(tp, teacher.encode(tp, src, src_mask), src_mask, L)
         out = sample(
-            teacher.step_fn(tp),
+            teacher.step,
             cache,
+            params=tp,
             key=jax.random.fold_in(key, 1),
             max_len=L,
             bos_id=bos_id,

@@ -1,0 +1,83 @@
+"""The allowed range of every decoding option, written once.
+
+``DecodeConfig`` and the public decoders (``seqjax.decoding``) both call
+``check_options``, so a bad value is the same one-line ``ValueError`` naming the option
+and its range wherever it is given. Options may be Python numbers or arrays (one value
+per row); values being traced by ``jax.jit`` are skipped here (nothing concrete to
+check), which is why ``seqjax.decoding.jitted`` checks its arguments before tracing.
+
+>>> check_options(temperature=0.7, top_p=0.9)
+>>> check_options(top_p=1.5)
+Traceback (most recent call last):
+...
+ValueError: top_p must be in (0, 1], got 1.5
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+# name -> (allowed(values) elementwise, the range as the message states it)
+RULES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
+    "temperature": (lambda v: v > 0, "> 0"),
+    "amateur_temperature": (lambda v: v > 0, "> 0"),
+    "top_k": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "top_p": (lambda v: (v > 0) & (v <= 1), "in (0, 1]"),
+    "repetition_penalty": (lambda v: v > 0, "> 0 (1 = off)"),
+    "coverage": (lambda v: v >= 0, ">= 0"),
+    "alpha": (lambda v: np.isfinite(v), "finite"),
+    "min_len": (lambda v: v >= 0, ">= 0"),
+    "max_len": (lambda v: v >= 1, ">= 1"),
+    "no_repeat_ngram_size": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "num_samples": (lambda v: v >= 1, ">= 1"),
+    "beam_size": (lambda v: v >= 1, ">= 1"),
+    "n_best": (lambda v: v >= 1, ">= 1"),
+    "contrastive_alpha": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
+}
+
+
+def concrete(value: Any) -> np.ndarray | None:
+    """``value`` as a NumPy array, or None when it is None or traced (unknown yet)."""
+    if value is None or isinstance(value, jax.core.Tracer):
+        return None
+    return np.asarray(value)
+
+
+def check_options(**options: Any) -> None:
+    """Raise ``ValueError`` for the first option outside its range (``RULES``).
+
+    ``min_len`` is also checked against ``max_len`` when both are given.
+    """
+    for name, value in options.items():
+        v = concrete(value)
+        if v is None:
+            continue
+        allowed, text = RULES[name]
+        with np.errstate(invalid="ignore"):
+            bad = ~np.asarray(allowed(v.astype(np.float64)), bool)
+        if np.any(bad):
+            raise ValueError(f"{name} must be {text}, got {_first(v, bad)}")
+    min_len, max_len = concrete(options.get("min_len")), concrete(options.get("max_len"))
+    if min_len is not None and max_len is not None and np.any(min_len > max_len):
+        raise ValueError(
+            f"min_len must be in [0, max_len={int(max_len)}], got {int(np.max(min_len))}"
+        )
+
+
+def check_token_ids(vocab_size: int, **ids: Any) -> None:
+    """Token ids (scalars or arrays, e.g. a prefix) must lie in ``[0, vocab_size)``."""
+    for name, value in ids.items():
+        v = concrete(value)
+        if v is not None and v.size and (np.min(v) < 0 or np.max(v) >= vocab_size):
+            bad = v[(v < 0) | (v >= vocab_size)]
+            raise ValueError(
+                f"{name} must be in [0, {vocab_size}) (the step's vocabulary), got {bad.flat[0]}"
+            )
+
+
+def _first(v: np.ndarray, bad: np.ndarray) -> Any:
+    return v.item() if v.ndim == 0 else v[bad].flat[0].item()

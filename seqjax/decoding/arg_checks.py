@@ -1,0 +1,144 @@
+"""Call-site checks of the public decoders: one-line ``ValueError``s before any search.
+
+``check_decoder_call`` runs at the top of every decoder. Everything it needs is known
+before the decoding loop is traced: option values (``seqjax.decode_checks``; skipped
+when traced, so ``jitted`` checks them on the concrete arguments first, see
+``check_concrete_call``), token ids and the vocabulary (from ``jax.eval_shape`` of one
+step), the cache's capacity (a step's optional ``capacity(cache)`` method, which
+``model.step`` and ``model.step_fn`` provide), and the shapes of ``prefix`` and
+``src_mask``.
+
+>>> import jax.numpy as jnp
+>>> step = lambda tok, pos, c: (jnp.zeros((tok.shape[0], 4)), c)
+>>> check_decoder_call(step, None, batch_size=2, max_len=5, token_ids={"eos_id": 3})
+(2, 4, None)
+>>> check_decoder_call(step, None, batch_size=2, max_len=5, token_ids={"eos_id": 4})
+Traceback (most recent call last):
+...
+ValueError: eos_id must be in [0, 4) (the step's vocabulary), got 4
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from seqjax.decode_checks import RULES, check_options, check_token_ids, concrete
+from seqjax.decoding.batch_tree import infer_batch_size
+from seqjax.decoding.step import StepFn, bind_params, step_output_shapes
+
+
+def cache_capacity(step_fn: StepFn, cache: Any) -> int | None:
+    """Positions ``cache`` can hold, if the step says (``step_fn.capacity(cache)``)."""
+    capacity = getattr(step_fn, "capacity", None)
+    return None if capacity is None else capacity(cache)
+
+
+def check_decoder_call(
+    step_fn: StepFn,
+    cache: Any,
+    *,
+    batch_size: int | None,
+    max_len: int,
+    token_ids: dict[str, Any],
+    prefix: jax.Array | None = None,
+    src_mask: jax.Array | None = None,
+    **options: Any,
+) -> tuple[int, int, int | None]:
+    """Validate a decoder call; returns ``(B, vocab_size, source_len or None)``.
+
+    ``step_fn`` is the 3-argument form (after ``bind_params``); ``options`` are the
+    numeric options by name (``RULES``), ``coverage`` included.
+    """
+    if not isinstance(max_len, int | np.integer):
+        raise ValueError(f"max_len must be a Python int (static), got {type(max_len).__name__}")
+    check_options(max_len=max_len, **options)
+    B = infer_batch_size(cache, batch_size)
+    vocab_size, source_len = step_output_shapes(step_fn, B, cache)
+    check_token_ids(vocab_size, **token_ids)
+    capacity = cache_capacity(step_fn, cache)
+    if capacity is not None and max_len > capacity:
+        raise ValueError(
+            f"max_len must be <= {capacity}, the cache's capacity "
+            f"(init_cache(max_len=...)), got {max_len}"
+        )
+    if prefix is not None:
+        _check_prefix(prefix, B, max_len, vocab_size)
+    if src_mask is not None:
+        want = f"[{B}, {source_len if source_len is not None else 'S'}]"
+        shape = np.shape(src_mask)
+        if len(shape) != 2 or shape[0] != B or source_len not in (None, shape[1]):
+            raise ValueError(f"src_mask must have shape {want} (rows, source length), got {shape}")
+    coverage = concrete(options.get("coverage"))
+    if source_len is None and coverage is not None and np.any(coverage != 0):
+        raise ValueError(
+            "coverage penalty (coverage != 0) needs a step_fn returning cross-attention"
+        )
+    return B, vocab_size, source_len
+
+
+def _check_prefix(prefix: jax.Array, B: int, max_len: int, vocab_size: int) -> None:
+    shape = np.shape(prefix)
+    if len(shape) != 2 or shape[0] != B:
+        raise ValueError(
+            f"prefix must have shape [{B}, P] (one PAD-padded row per source), got {shape}"
+        )
+    if shape[1] > max_len:
+        raise ValueError(f"prefix length must be <= max_len ({max_len}), got {shape[1]}")
+    check_token_ids(vocab_size, prefix=prefix)
+
+
+def check_score_call(
+    step_fn: StepFn, cache: Any, targets: jax.Array, token_ids: dict[str, Any]
+) -> None:
+    """``score``: 2-D targets, ids in the vocabulary, no longer than the cache holds."""
+    shape = np.shape(targets)
+    if len(shape) != 2 or shape[1] < 1:
+        raise ValueError(f"targets must have shape [B, L] with L >= 1, got {shape}")
+    vocab_size, _ = step_output_shapes(step_fn, shape[0], cache)
+    check_token_ids(vocab_size, targets=targets, **token_ids)
+    capacity = cache_capacity(step_fn, cache)
+    if capacity is not None and shape[1] > capacity:
+        raise ValueError(
+            f"targets length must be <= {capacity}, the cache's capacity "
+            f"(init_cache(max_len=...)), got {shape[1]}"
+        )
+
+
+_STEP_ARGS = {"step_fn": "params", "expert_step_fn": "params"}
+_CACHE_ARGS = {"step_fn": "cache", "expert_step_fn": "expert_cache"}
+
+
+def check_concrete_call(decoder: Callable, args: tuple, kwargs: dict) -> None:
+    """The value checks of a decoder call made *before* ``jax.jit`` traces the values.
+
+    Under ``jit`` the numeric options are tracers inside the decoder, so their ranges
+    (and ``coverage > 0`` with a step returning no attention) are checked here.
+    """
+    bound = _signature(decoder).bind_partial(*args, **kwargs).arguments
+    options = {k: v for k, v in bound.items() if k in RULES}
+    check_options(**options)
+    coverage = concrete(bound.get("coverage"))
+    if coverage is None or not np.any(coverage != 0):
+        return
+    step_name = "step_fn" if "step_fn" in bound else "expert_step_fn"
+    step = bind_params(bound[step_name], bound.get(_STEP_ARGS[step_name]))
+    cache = bound.get(_CACHE_ARGS[step_name])
+    B = infer_batch_size(cache, bound.get("batch_size"))
+    if step_output_shapes(step, B, cache)[1] is None:
+        raise ValueError(
+            "coverage penalty (coverage != 0) needs a step_fn returning cross-attention"
+        )
+
+
+_SIGNATURES: dict[Callable, inspect.Signature] = {}
+
+
+def _signature(decoder: Callable) -> inspect.Signature:
+    if decoder not in _SIGNATURES:
+        _SIGNATURES[decoder] = inspect.signature(decoder)
+    return _SIGNATURES[decoder]
