@@ -17,6 +17,7 @@ array is read, and params can be restored without a target on any machine.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Callable
@@ -157,6 +158,22 @@ def _short(e: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- checkpointer
+
+
+class _OrbaxTaskNoise(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" reports of Orbax reads.
+
+    When one array of a damaged checkpoint fails to read, its sibling reads fail too and
+    asyncio logs each with a full traceback (hundreds of lines) once the tasks are collected;
+    the first failure is already handled (fallback + one warning), so they are noise.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith("Task exception was never retrieved") and "orbax" in msg)
+
+
+_ORBAX_TASK_NOISE = _OrbaxTaskNoise()
 
 
 class Checkpointer:
@@ -399,6 +416,7 @@ class Checkpointer:
             except CheckpointError:
                 raise  # the model does not fit: an older step will not fit either
             except Exception as e:  # Orbax/TensorStore raise many types for damage
+                logging.getLogger("asyncio").addFilter(_ORBAX_TASK_NOISE)  # once: a set
                 self._unreadable.add(where)
                 errors.append(f"{where} ({_short(e)})")
                 if i + 1 < len(candidates):
