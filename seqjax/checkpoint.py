@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -161,12 +162,7 @@ def _short(e: BaseException) -> str:
 
 
 class _OrbaxTaskNoise(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" reports of Orbax reads.
-
-    When one array of a damaged checkpoint fails to read, its sibling reads fail too and
-    asyncio logs each with a full traceback (hundreds of lines) once the tasks are collected;
-    the first failure is already handled (fallback + one warning), so they are noise.
-    """
+    """Drops asyncio's "Task exception was never retrieved" reports of Orbax reads."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
@@ -174,6 +170,28 @@ class _OrbaxTaskNoise(logging.Filter):
 
 
 _ORBAX_TASK_NOISE = _OrbaxTaskNoise()
+
+
+def _quiet_failed_read_aftermath() -> None:
+    """Silence the echoes of a failed Orbax read (installed once, on the first failure).
+
+    When one array of a damaged checkpoint fails, its sibling reads fail too: asyncio logs
+    each unretrieved task error, and TensorStore callbacks that finish after Orbax closed its
+    event loop raise "Event loop is closed" as unraisable exceptions; hundreds of traceback
+    lines for a failure that is already handled (fallback + one warning).
+    """
+    logging.getLogger("asyncio").addFilter(_ORBAX_TASK_NOISE)  # a no-op when already there
+    previous = sys.unraisablehook
+    if getattr(previous, "_seqjax_quiet", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        e = unraisable.exc_value
+        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook._seqjax_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 class Checkpointer:
@@ -416,7 +434,7 @@ class Checkpointer:
             except CheckpointError:
                 raise  # the model does not fit: an older step will not fit either
             except Exception as e:  # Orbax/TensorStore raise many types for damage
-                logging.getLogger("asyncio").addFilter(_ORBAX_TASK_NOISE)  # once: a set
+                _quiet_failed_read_aftermath()
                 self._unreadable.add(where)
                 errors.append(f"{where} ({_short(e)})")
                 if i + 1 < len(candidates):

@@ -99,6 +99,11 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--decode-config", metavar="FILE.toml", help="read [decode] options from a TOML file"
     )
+    g.add_argument(
+        "--amateur",
+        metavar="DIR",
+        help="contrastive: run directory of the small amateur model (same target tokenizer)",
+    )
 
 
 def decode_config_from_args(
@@ -261,6 +266,11 @@ def _one_line_warnings(cmd: Any) -> Any:
     return run
 
 
+def _check_amateur(args: argparse.Namespace, cfg: DecodeConfig) -> None:
+    if cfg.method == "contrastive" and not args.amateur:
+        raise UsageError("contrastive decoding needs --amateur DIR (a smaller run, same vocab)")
+
+
 def _check_output(path: str | None) -> None:
     """Refuse an ``--output`` that cannot be written, before any decoding starts."""
     if path is None:
@@ -293,8 +303,17 @@ def cmd_translate(args: argparse.Namespace) -> int:
     lines = read_input(args.input)
     from seqjax.sharding import is_primary
 
+    _check_amateur(args, cfg)
     if not args.hf:
-        translator = load(args.checkpoint, decode_config=cfg, mesh=_mesh(args), dtype=args.dtype)
+        translator = load(
+            args.checkpoint,
+            decode_config=cfg,
+            mesh=_mesh(args),
+            dtype=args.dtype,
+            amateur=args.amateur,
+        )
+    elif args.amateur:
+        translator.amateur = load(args.amateur, mesh=_mesh(args), dtype=args.dtype)
     nbest = translator.translate_nbest(lines, cfg, progress=args.input is not None)
     if not is_primary():
         return 0  # every process decodes its rows; process 0 writes the whole output
@@ -320,7 +339,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if (args.src is None) != (args.ref is None):
         raise UsageError("give both --src and --ref, or neither (then --split is used)")
     _check_output(args.output)
-    options = dict(mesh=_mesh(args), dtype=args.dtype)
+    _check_amateur(args, cfg)
+    options = dict(mesh=_mesh(args), dtype=args.dtype, amateur=args.amateur)
     if args.src:
         evaluate_files(args.checkpoint, cfg, args.src, args.ref, output=args.output, **options)
     else:

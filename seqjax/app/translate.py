@@ -257,16 +257,27 @@ def load(
     which: str | int = "best",
     mesh: Mesh | None = None,
     dtype: str | None = None,
+    amateur: str | Path | None = None,
 ) -> Translator:
     """Restore a run directory (config + tokenizer + Orbax params) as a ``Translator``.
 
     ``which`` is ``best`` (best validation BLEU; falls back to latest), ``latest`` or a step.
     ``mesh``: decode data-parallel over it. ``dtype``: activation/matmul dtype to decode
     in (e.g. ``"bfloat16"``; params stay float32), instead of the one trained with.
+    ``amateur``: run directory of the small model for contrastive decoding (its best params;
+    it must share the target tokenizer).
     """
     model, params = run_dir.load_model(path, which=which)
     model = with_dtype(model, dtype)
     src_tok, tgt_tok = run_dir.read_tokenizers(path)
+    small = None
+    if amateur is not None:
+        small = load(amateur, mesh=mesh, dtype=dtype)
+        if small.tgt_tokenizer != tgt_tok:
+            raise ConfigError(
+                f"--amateur {amateur}: its target tokenizer differs from {path}'s; contrastive "
+                "decoding needs both models on the same vocabulary"
+            )
     return Translator(
         model,
         params,
@@ -275,4 +286,5 @@ def load(
         model.config,
         decode_config=decode_config or DecodeConfig(),
         mesh=mesh,
+        amateur=small,
     )
