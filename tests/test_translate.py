@@ -4,6 +4,8 @@ stays line-aligned with the input, n-best output, the truncation policy for long
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import sys
 
 import seqjax
@@ -128,3 +130,26 @@ def test_translate_nbest_matches_per_sentence_beam(trained, toy_corpus):
         scores = [x for _, x in hyps]
         assert len(hyps) == 3 and scores == sorted(scores, reverse=True)  # best first
     assert tr.translate(sents, cfg) == [h[0][0] for h in batched]
+
+
+def test_sharded_translate_equals_unsharded_through_the_cli(trained, toy_corpus, tmp_path):
+    """``seqjax translate --mesh data=4`` on 4 (host-platform) devices vs one device."""
+    sents = _varied_sentences(toy_corpus)[:7]
+    inp = tmp_path / "in.txt"
+    inp.write_text("\n".join([*sents[:3], "", *sents[3:]]) + "\n", encoding="utf-8")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "SEQJAX_NO_COMPILE_CACHE": "1",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-m", "seqjax.app.cli", "translate", "--checkpoint", str(trained),
+         "--input", str(inp), "--mesh", "data=4", "--beam", "2", "--n-best", "2",
+         "--min-len", "2", "--max-len", "6", "--batch-size", "3"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = _rows(p.stdout)
+    assert len(rows) == 8 and rows[3] == [("", 0.0)]
+    del rows[3]
+    tr = seqjax.load(str(trained))
+    cfg = DecodeConfig(beam_size=2, n_best=2, min_len=2, max_len=6, batch_size=3)
+    for row, ref in zip(rows, tr.translate_nbest(sents, cfg), strict=True):
+        assert _same(row, ref), (row, ref)
