@@ -114,7 +114,8 @@ def test_emitted_line_breaks_never_break_output_lines(
 
 def test_python_api_outputs_are_single_lines(forced_translator):
     cfg = DecodeConfig(method="sample", num_samples=2, max_len=5, seed=3)
-    nbest = forced_translator.translate_nbest(["alpha beta", "   ", "gamma"], cfg)
+    # blank = only whitespace, NBSP and U+3000 included (they have byte pieces of their own)
+    nbest = forced_translator.translate_nbest(["alpha beta", "\u00a0 \u3000", "gamma"], cfg)
     assert [len(h) for h in nbest] == [2, 1, 2] and nbest[1] == [("", 0.0)]
     for hyps in nbest:
         for text, _ in hyps:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
-from seqjax.config import TrainConfig, model_preset
+from seqjax.app.translate import _decode_batch
+from seqjax.config import DecodeConfig, TrainConfig, model_preset
+from seqjax.decoding import numeric_options, static_part
 from seqjax.models import build_model
 from seqjax.training.optimizer import make_optimizer
 from seqjax.training.steps import init_train_state, make_train_step
@@ -93,6 +97,21 @@ def _float_ops(jaxpr) -> list[tuple[str, str]]:
     return out
 
 
+def _layer_norm_out_dtypes(fn, *args) -> list[str]:
+    """Output dtype of every ``nn.LayerNorm`` call while tracing ``fn(*args)``."""
+    seen: list[str] = []
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if isinstance(context.module, nn.LayerNorm) and context.method_name == "__call__":
+            seen.append(str(out.dtype))
+        return out
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(fn, *args)
+    return seen
+
+
 def test_bfloat16_keeps_layernorm_softmax_and_log_softmax_in_float32():
     cfg = model_preset("tiny", dropout=0.0, dtype="bfloat16")
     model = build_model(cfg)
@@ -100,13 +119,23 @@ def test_bfloat16_keeps_layernorm_softmax_and_log_softmax_in_float32():
     src, tgt_in = _inputs(cfg.vocab_size)
     mask = src != 0
 
-    def forward_and_decode(params):
+    def forward_and_step(params):
         lp = jax.nn.log_softmax(model.forward(params, src, mask, tgt_in))
         cache = model.init_cache(params, model.encode(params, src, mask), mask, 4)
         logits, cache, _ = model.step_fn(params)(tgt_in[:, 0], jnp.asarray(1), cache)
         return lp, jax.nn.log_softmax(logits)
 
-    ops = _float_ops(jax.make_jaxpr(forward_and_decode)(params).jaxpr)
+    ln = _layer_norm_out_dtypes(forward_and_step, params)
+    assert len(ln) >= 2 * cfg.num_decoder_layers and set(ln) == {"float32"}, (
+        ln
+    )  # forward + cached step
+    ops = _float_ops(jax.make_jaxpr(forward_and_step)(params).jaxpr)
+    # the decoders' own log-softmax (logit processors) on the bf16 model's logits
+    for dc in (DecodeConfig(method="greedy"), DecodeConfig(beam_size=2)):
+        decode = functools.partial(
+            _decode_batch, model, config=static_part(dc), max_len=4, numerics=numeric_options(dc)
+        )
+        ops += _float_ops(jax.make_jaxpr(decode)(params, src, jax.random.key(0)).jaxpr)
     assert ("dot_general", "bfloat16") in ops  # bf16 really runs the matmuls
     seen = {name for name, _ in ops}
     assert {"rsqrt", "exp", "log", "reduce_max"} <= seen
