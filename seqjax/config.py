@@ -396,11 +396,7 @@ class DecodeConfig:
             f"n_best ({self.n_best}) cannot exceed beam_size ({self.beam_size})",
         )
         _check(self.length_penalty in ("gnmt", "hf"), "length_penalty: use gnmt or hf")
-        # Only sampling divides by the temperature; other decoders accept 0 (unused).
-        _check(
-            self.temperature > 0 or (self.method != "sample" and self.temperature == 0),
-            f"temperature must be > 0, got {self.temperature}",
-        )
+        _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         _check(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
         _check(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}")
         _check(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")

@@ -139,6 +139,8 @@ def decode_config_from_args(
         v = getattr(args, flag)
         if v is not None:
             values[field] = v
+    if values.get("method", "beam") != "sample" and values.get("temperature") == 0:
+        del values["temperature"]  # only sampling divides by it: 0 is harmless elsewhere
     return from_dict(DecodeConfig, values, where="decoding options")
 
 
