@@ -264,7 +264,9 @@ class TrainConfig:
     point to user files instead and take precedence when set.
     """
 
-    preset: str = "small"
+    # The main job: the LSTM wins the 2-CPU budget on the bundled corpus (README: 21.6 vs 13.3
+    # test BLEU for the small Transformer); --model transformer picks "small".
+    preset: str = "rnn_small"
     corpus: str = "bible_en_fr"
     src: str | None = None
     tgt: str | None = None
@@ -278,8 +280,8 @@ class TrainConfig:
     learning_rate: float = 3e-3
     warmup_steps: int = 300
     schedule: str = "inverse_sqrt"  # or "cosine"
-    total_steps: int = 100_000  # horizon for cosine; the run stops at max_minutes too
-    max_minutes: float = 10.0  # wall-clock budget of the train loop; 0 = no limit
+    total_steps: int = 1500  # updates; the run's length (and the cosine horizon)
+    max_minutes: float = 0.0  # optional wall-clock cap of the train loop; 0 = no limit
     weight_decay: float = 0.01
     clip_norm: float = 1.0
     adam_b2: float = 0.98
