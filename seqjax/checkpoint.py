@@ -173,7 +173,7 @@ _ORBAX_TASK_NOISE = _OrbaxTaskNoise()
 
 
 def _quiet_failed_read_aftermath() -> None:
-    """Silence the echoes of a failed Orbax read (installed once, on the first failure).
+    """Silence the echoes of a failed Orbax read (installed once, before the first read).
 
     When one array of a damaged checkpoint fails, its sibling reads fail too: asyncio logs
     each unretrieved task error, and TensorStore callbacks that finish after Orbax closed its
@@ -426,6 +426,7 @@ class Checkpointer:
             raise CheckpointError(
                 f"no checkpoints in {self.run_dir}; train with `seqjax train --out {self.run_dir}`"
             )
+        _quiet_failed_read_aftermath()  # before reading: echoes can come while it unwinds
         errors = []
         for i, (manager, step) in enumerate(candidates):
             where = self._step_dir(manager, step)
@@ -434,7 +435,6 @@ class Checkpointer:
             except CheckpointError:
                 raise  # the model does not fit: an older step will not fit either
             except Exception as e:  # Orbax/TensorStore raise many types for damage
-                _quiet_failed_read_aftermath()
                 self._unreadable.add(where)
                 errors.append(f"{where} ({_short(e)})")
                 if i + 1 < len(candidates):
