@@ -311,17 +311,30 @@ def test_evaluate_prints_sacrebleu_scores_and_split_valid_matches_files(
     trained, toy_corpus, tmp_path, capsys
 ):
     hyp = tmp_path / "hyp.txt"
-    common = ["--checkpoint", str(trained), "--greedy", "--max-len", "12"]
-    rc = main(["evaluate", *common, "--src", str(toy_corpus / "valid.src"),
-               "--ref", str(toy_corpus / "valid.tgt"), "--output", str(hyp)])  # fmt: skip
+    # sampling: the 20-step model's greedy output is empty, which would make every score 0
+    common = ["--checkpoint", str(trained), "--sample", "--seed", "1", "--max-len", "8"]
+    src = str(toy_corpus / "valid.src")
+    rc = main(["evaluate", *common, "--src", src, "--ref", str(toy_corpus / "valid.tgt"),
+               "--output", str(hyp)])  # fmt: skip
     assert rc == 0
-    bleu, chrf = _printed_scores(capsys.readouterr().out)
+    first = _printed_scores(capsys.readouterr().out)
     hyps = hyp.read_text(encoding="utf-8").split("\n")[:-1]
     refs = (toy_corpus / "valid.tgt").read_text(encoding="utf-8").splitlines()
-    assert len(hyps) == len(refs) == 40
-    assert bleu == round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)
-    assert chrf == round(sacrebleu.corpus_chrf(hyps, [refs]).score, 2)
+    assert len(hyps) == len(refs) == 40 and sum(map(bool, hyps)) > 30
+    # references half equal to the hypotheses: scores far from 0 and 100, so a wrong
+    # formula, rounding or line pairing shows
+    mixed = [h if i % 2 else r for i, (h, r) in enumerate(zip(hyps, refs, strict=True))]
+    ref_file = _lines_file(tmp_path / "mixed.txt", mixed)
+    assert main(["evaluate", *common, "--src", src, "--ref", ref_file]) == 0
+    bleu, chrf = _printed_scores(capsys.readouterr().out)
+    assert 5 < bleu < 95 and 5 < chrf < 95, (bleu, chrf)
+    assert bleu == round(sacrebleu.corpus_bleu(hyps, [mixed]).score, 2)
+    assert chrf == round(sacrebleu.corpus_chrf(hyps, [mixed]).score, 2)
+    assert first == (
+        round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2),
+        round(sacrebleu.corpus_chrf(hyps, [refs]).score, 2),
+    )
     # --split valid of a run trained on user files scores its validation files
     assert main(["evaluate", *common, "--split", "valid"]) == 0
     out = capsys.readouterr().out
-    assert "valid valid: 40 sentences" in out and _printed_scores(out) == (bleu, chrf)
+    assert "valid valid: 40 sentences" in out and _printed_scores(out) == first
