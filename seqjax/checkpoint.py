@@ -17,7 +17,9 @@ array is read, and params can be restored without a target on any machine.
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -157,6 +159,39 @@ def _short(e: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- checkpointer
+
+
+class _OrbaxTaskNoise(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" reports of Orbax reads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith("Task exception was never retrieved") and "orbax" in msg)
+
+
+_ORBAX_TASK_NOISE = _OrbaxTaskNoise()
+
+
+def _quiet_failed_read_aftermath() -> None:
+    """Silence the echoes of a failed Orbax read (installed once, before the first read).
+
+    When one array of a damaged checkpoint fails, its sibling reads fail too: asyncio logs
+    each unretrieved task error, and TensorStore callbacks that finish after Orbax closed its
+    event loop raise "Event loop is closed" as unraisable exceptions; hundreds of traceback
+    lines for a failure that is already handled (fallback + one warning).
+    """
+    logging.getLogger("asyncio").addFilter(_ORBAX_TASK_NOISE)  # a no-op when already there
+    previous = sys.unraisablehook
+    if getattr(previous, "_seqjax_quiet", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        e = unraisable.exc_value
+        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook._seqjax_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 class Checkpointer:
@@ -424,6 +459,7 @@ class Checkpointer:
             raise CheckpointError(
                 f"no checkpoints in {self.run_dir}; train with `seqjax train --out {self.run_dir}`"
             )
+        _quiet_failed_read_aftermath()  # before reading: echoes can come while it unwinds
         errors = []
         for i, (manager, step) in enumerate(candidates):
             where = self._step_dir(manager, step)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
+import shutil
 from pathlib import Path
 
 import jax
@@ -23,7 +25,7 @@ from seqjax.interop.hf import (
     load_hf_translator,
 )
 from seqjax.interop.hf_tokenizer import MarianSentencePiece
-from seqjax.interop.safetensors_io import read_safetensors, write_safetensors
+from seqjax.interop.safetensors_io import SafetensorsError, read_safetensors, write_safetensors
 from seqjax.models.transformer import marian_sinusoid_table
 
 V, D, H, F, LAYERS, MAXPOS = 40, 16, 2, 24, 2, 32
@@ -145,6 +147,56 @@ def test_safetensors_rejects_bad_offsets(tmp_path):
     (tmp_path / "y.safetensors").write_bytes(raw.replace(b'"shape":[4]', b'"shape":[5]'))
     with pytest.raises(ValueError, match="tensor a: data_offsets do not match"):
         read_safetensors(tmp_path / "y.safetensors")
+
+
+def _with_header(path: Path, header: object, buffer: bytes = b"\0" * 16) -> Path:
+    head = json.dumps(header).encode()
+    path.write_bytes(len(head).to_bytes(8, "little") + head + buffer)
+    return path
+
+
+MALFORMED_HEADERS = {
+    "header-list": ([{"dtype": "F32"}], "not an object of tensors"),
+    "entry-list": ({"a": [1, 2]}, "tensor a: entry is a JSON list"),
+    "offsets-missing": ({"a": {"dtype": "F32", "shape": [4]}}, "tensor a: data_offsets"),
+    "offsets-short": ({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0]}}, "data_offsets"),
+    "offsets-reversed": (
+        {"a": {"dtype": "F32", "shape": [0], "data_offsets": [8, 0]}},
+        "data_offsets",
+    ),
+    "offsets-negative": (
+        {"a": {"dtype": "F32", "shape": [1], "data_offsets": [-4, 0]}},
+        "data_offsets",
+    ),
+    "shape-negative": (
+        {"a": {"dtype": "F32", "shape": [-1, -4], "data_offsets": [0, 16]}},
+        "tensor a: shape",
+    ),
+    "shape-not-list": ({"a": {"dtype": "F32", "shape": 4, "data_offsets": [0, 16]}}, "shape"),
+    "shape-float": ({"a": {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}}, "shape"),
+    "dtype-list": ({"a": {"dtype": ["F32"], "shape": [4], "data_offsets": [0, 16]}}, "dtype"),
+    "offsets-past-end": (
+        {"a": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]}},
+        "data_offsets",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_HEADERS))
+def test_malformed_safetensors_header_is_a_named_error(case, tmp_path):
+    header, expect = MALFORMED_HEADERS[case]
+    path = _with_header(tmp_path / "x.safetensors", header)
+    with pytest.raises(SafetensorsError, match=re.escape(expect)) as e:
+        read_safetensors(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("case", ["header-list", "offsets-missing", "shape-negative"])
+def test_cli_malformed_model_safetensors_is_one_line(case, tmp_path, one_line_error):
+    d = write_dir(tmp_path / "m", hf_config("marian"), None)
+    _with_header(d / "model.safetensors", MALFORMED_HEADERS[case][0])
+    assert main(["translate", "--hf", str(d), "--greedy"]) == 2
+    one_line_error("model.safetensors", MALFORMED_HEADERS[case][1])
 
 
 def test_weights_land_where_they_belong(hand_built):
@@ -361,3 +413,20 @@ def test_cli_translate_hf_text_end_to_end(marian_with_tokenizer, tmp_path, capsy
     assert (tr.decode_config.method, tr.decode_config.beam_size) == ("beam", 2)
     assert tr.decode_config.max_len == 7  # max_length 8 minus the decoder start token
     assert tr.translate(["the cat sat", "", "a dog ran far away"]) == lines[:3]
+
+
+def test_marian_language_code_is_kept_whole(marian_with_tokenizer, tmp_path):
+    """A leading ``>>xx<<`` in the vocabulary is one token, not split into pieces."""
+    src, vocab = marian_with_tokenizer
+    d = tmp_path / "marian_fr"
+    shutil.copytree(src, d)
+    code_id = max(i for i in vocab.values() if i < V - 1) + 1
+    assert code_id < V - 1
+    (d / "vocab.json").write_text(json.dumps({**vocab, ">>fr<<": code_id}))
+    _, _, tok = load_hf(d)
+    assert tok.pieces(">>fr<< the dog")[0] == ">>fr<<"
+    with_code, plain = tok.encode([">>fr<< the dog", "the dog"])
+    assert with_code == [code_id, *plain]
+    assert tok.encode([">>fr<<the dog"]) == [[code_id, *plain]]
+    # only a leading code is special; elsewhere the text is ordinary pieces
+    assert code_id not in tok.encode(["the >>fr<< dog"])[0]

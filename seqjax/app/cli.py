@@ -7,9 +7,12 @@ Every user error (bad file, bad option, missing checkpoint) ends in one line
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +99,11 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--decode-config", metavar="FILE.toml", help="read [decode] options from a TOML file"
     )
+    g.add_argument(
+        "--amateur",
+        metavar="DIR",
+        help="contrastive: run directory of the small amateur model (same target tokenizer)",
+    )
 
 
 def decode_config_from_args(
@@ -131,6 +139,8 @@ def decode_config_from_args(
         v = getattr(args, flag)
         if v is not None:
             values[field] = v
+    if values.get("method", "beam") != "sample" and values.get("temperature") == 0:
+        del values["temperature"]  # only sampling divides by it: 0 is harmless elsewhere
     return from_dict(DecodeConfig, values, where="decoding options")
 
 
@@ -265,10 +275,45 @@ def cmd_train(args: argparse.Namespace) -> int:
 # -- translate / evaluate ------------------------------------------------------------------
 
 
-def cmd_translate(args: argparse.Namespace) -> int:
-    from seqjax.app.translate import load
-    from seqjax.data import decode_lines, read_lines
+def _one_line_warnings(cmd: Any) -> Any:
+    """Run ``cmd`` with each Python warning (e.g. a checkpoint fallback) shown as one line."""
 
+    @functools.wraps(cmd)
+    def run(args: argparse.Namespace) -> int:
+        def show(message: Any, *_: Any, **__: Any) -> None:
+            print(f"seqjax: warning: {message}", file=sys.stderr)
+
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            return cmd(args)
+
+    return run
+
+
+def _check_amateur(args: argparse.Namespace, cfg: DecodeConfig) -> None:
+    if cfg.method == "contrastive" and not args.amateur:
+        raise UsageError("contrastive decoding needs --amateur DIR (a smaller run, same vocab)")
+
+
+def _check_output(path: str | None) -> None:
+    """Refuse an ``--output`` that cannot be written, before any decoding starts."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"--output {path}: is a directory; give the path of a file")
+    parent = p.parent
+    if not parent.is_dir():
+        raise UsageError(f"--output {path}: directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UsageError(f"--output {path}: permission denied")
+
+
+@_one_line_warnings
+def cmd_translate(args: argparse.Namespace) -> int:
+    from seqjax.app.translate import load, read_input
+
+    _check_output(args.output)
     if args.hf:
         from seqjax.config import to_dict
         from seqjax.interop.hf import hf_decode_config, hf_generation_settings, load_hf_translator
@@ -278,22 +323,28 @@ def cmd_translate(args: argparse.Namespace) -> int:
         cfg = decode_config_from_args(args, base)
     else:
         cfg = decode_config_from_args(args)
-    if args.input:
-        lines = read_lines(args.input)
-    else:
-        data = sys.stdin.buffer.read()
-        # An empty stdin is an empty batch (pipelines), not an error.
-        lines = decode_lines(data, "<stdin>")[0] if data.strip() else []
+    # N lines in, N lines out: blank lines and an empty input (no lines) are not errors.
+    lines = read_input(args.input)
     from seqjax.sharding import is_primary
 
+    _check_amateur(args, cfg)
     if not args.hf:
-        translator = load(args.checkpoint, decode_config=cfg, mesh=_mesh(args), dtype=args.dtype)
+        translator = load(
+            args.checkpoint,
+            decode_config=cfg,
+            mesh=_mesh(args),
+            dtype=args.dtype,
+            amateur=args.amateur,
+        )
+    elif args.amateur:
+        translator.amateur = load(args.amateur, mesh=_mesh(args), dtype=args.dtype)
     nbest = translator.translate_nbest(lines, cfg, progress=args.input is not None)
     if not is_primary():
         return 0  # every process decodes its rows; process 0 writes the whole output
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     try:
         for hyps in nbest:
+            # Texts are already single lines without tabs (Translator: single_line).
             if cfg.n_best > 1 or (cfg.method == "sample" and cfg.num_samples > 1):
                 out.write("\t".join(f"{t}\t{s:.4f}" for t, s in hyps) + "\n")
             else:
@@ -304,13 +355,16 @@ def cmd_translate(args: argparse.Namespace) -> int:
     return 0
 
 
+@_one_line_warnings
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from seqjax.app.evaluate import evaluate_files, evaluate_split
 
     cfg = decode_config_from_args(args)
     if (args.src is None) != (args.ref is None):
         raise UsageError("give both --src and --ref, or neither (then --split is used)")
-    options = dict(mesh=_mesh(args), dtype=args.dtype)
+    _check_output(args.output)
+    _check_amateur(args, cfg)
+    options = dict(mesh=_mesh(args), dtype=args.dtype, amateur=args.amateur)
     if args.src:
         evaluate_files(args.checkpoint, cfg, args.src, args.ref, output=args.output, **options)
     else:

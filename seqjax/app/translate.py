@@ -9,6 +9,11 @@ Sources are sorted by length, cut into batches of at most ``DecodeConfig.batch_s
 rows, padded to a length bucket and to a power-of-two row count, so a stream of
 inputs compiles once per (bucket, rows) pair and never per batch.
 
+Output is line-aligned with input whatever the model emits: a blank input line (only
+whitespace, including NBSP or U+3000) gives an empty output line, and every character that
+could break a line or a tab-separated field (C0 controls incl. TAB/LF/VT/FF/CR, DEL, U+0085,
+U+2028, U+2029) is replaced by one space in every decoded text (see ``single_line``).
+
 With a ``mesh`` (``seqjax.sharding.make_mesh``) the rows of every batch are split along
 its ``data`` axis (padded to a multiple of it), the params are replicated (or split along
 ``model``), and the results are gathered back to the host.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,11 +37,47 @@ from seqjax import sharding
 from seqjax.app import run_dir
 from seqjax.app.progress import Progress
 from seqjax.config import ConfigError, DecodeConfig, ModelConfig
-from seqjax.data import Tokenizer, pad_batch
+from seqjax.data import Tokenizer, decode_lines, pad_batch
+from seqjax.data.reader import _read_bytes
 from seqjax.decoding import DecodeResult, decode, numeric_options, static_part
 from seqjax.models import build_model
 
 DECODE_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256)
+
+# Characters that end a line for some reader (str.splitlines, editors) or split a TSV field.
+_LINE_BREAKING_RE = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def single_line(text: str) -> str:
+    """``text`` with each line-breaking/tab/control character replaced by one space.
+
+    Byte-fallback pieces let a model emit any character, so this runs on every decoded text:
+    one output line per input line, and n-best TSV fields stay tab-free.
+    """
+    return _LINE_BREAKING_RE.sub(" ", text)
+
+
+def input_lines(data: bytes, name: str) -> list[str]:
+    """Lines to translate from raw bytes: N lines in, N out, blank lines included.
+
+    Like ``seqjax.data.decode_lines`` (BOM, CRLF, control characters, one-line UTF-8
+    errors), except that empty input is no input and a file of only blank lines is that
+    many empty lines (training refuses both; translation must keep alignment).
+    """
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError:
+        return decode_lines(data, name)[0]  # raises the error naming line and column
+    if text.strip():
+        return decode_lines(data, name)[0]
+    return [""] * (text.count("\n") + (text != "" and not text.endswith("\n")))
+
+
+def read_input(path: str | Path | None) -> list[str]:
+    """``input_lines`` of a file, or of stdin when ``path`` is None."""
+    if path is None:
+        return input_lines(sys.stdin.buffer.read(), "<stdin>")
+    return input_lines(_read_bytes(Path(path)), str(path))
 
 
 def _row_bucket(n: int, cap: int) -> int:
@@ -121,7 +163,11 @@ class Translator:
         *,
         progress: bool = False,
     ) -> list[str]:
-        """Best translation per sentence, line-aligned (an empty line gives an empty line)."""
+        """Best translation per sentence, line-aligned: ``out[i]`` translates ``sentences[i]``.
+
+        A blank sentence (only whitespace) gives ``""``. Every text is one line without tabs:
+        line-breaking and control characters the model emits become spaces (``single_line``).
+        """
         return [nbest[0][0] for nbest in self.translate_nbest(sentences, config, progress=progress)]
 
     def translate_nbest(
@@ -131,7 +177,10 @@ class Translator:
         *,
         progress: bool = False,
     ) -> list[list[tuple[str, float]]]:
-        """Up to ``n_best`` (beam) or ``num_samples`` (sampling) ``(text, score)`` per sentence."""
+        """Up to ``n_best`` (beam) or ``num_samples`` (sampling) ``(text, score)`` per sentence.
+
+        In input order, blank sentences and texts as in ``translate``.
+        """
         cfg = config or self.decode_config
         ids = self.src_tokenizer.encode(list(sentences))
         cap = self.max_source_tokens
@@ -146,8 +195,11 @@ class Translator:
             )
             ids = [x[:cap] for x in ids]
         out: list[list[tuple[str, float]]] = [[("", 0.0)] for _ in ids]
-        todo = sorted((i for i, x in enumerate(ids) if x), key=lambda i: -len(ids[i]))
-        bar = Progress(len(todo), "translate", unit="sent") if progress else None
+        blank = [not s.strip() for s in sentences]  # e.g. NBSP alone still has byte pieces
+        todo = sorted(
+            (i for i, x in enumerate(ids) if x and not blank[i]), key=lambda i: -len(ids[i])
+        )
+        bar = Progress(len(todo), "translate", unit="sent") if progress and todo else None
         key = jax.random.key(cfg.seed)
         amateur: tuple[Any, ...] = ()
         if cfg.method == "contrastive":
@@ -181,6 +233,7 @@ class Translator:
             keep = cfg.n_best if cfg.method == "beam" else tokens.shape[1]
             for r, i in enumerate(chunk):
                 texts = self.tgt_tokenizer.decode(tokens[r, :keep])
+                texts = [single_line(t) for t in texts]
                 out[i] = list(zip(texts, scores[r, :keep].tolist(), strict=True))
             if bar:
                 bar.update(len(chunk))
@@ -206,16 +259,27 @@ def load(
     which: str | int = "best",
     mesh: Mesh | None = None,
     dtype: str | None = None,
+    amateur: str | Path | None = None,
 ) -> Translator:
     """Restore a run directory (config + tokenizer + Orbax params) as a ``Translator``.
 
     ``which`` is ``best`` (best validation BLEU; falls back to latest), ``latest`` or a step.
     ``mesh``: decode data-parallel over it. ``dtype``: activation/matmul dtype to decode
     in (e.g. ``"bfloat16"``; params stay float32), instead of the one trained with.
+    ``amateur``: run directory of the small model for contrastive decoding (its best params;
+    it must share the target tokenizer).
     """
     model, params = run_dir.load_model(path, which=which)
     model = with_dtype(model, dtype)
     src_tok, tgt_tok = run_dir.read_tokenizers(path)
+    small = None
+    if amateur is not None:
+        small = load(amateur, mesh=mesh, dtype=dtype)
+        if small.tgt_tokenizer != tgt_tok:
+            raise ConfigError(
+                f"--amateur {amateur}: its target tokenizer differs from {path}'s; contrastive "
+                "decoding needs both models on the same vocabulary"
+            )
     return Translator(
         model,
         params,
@@ -224,4 +288,5 @@ def load(
         model.config,
         decode_config=decode_config or DecodeConfig(),
         mesh=mesh,
+        amateur=small,
     )

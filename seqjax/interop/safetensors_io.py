@@ -51,21 +51,49 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise SafetensorsError(f"{path}: header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise SafetensorsError(
+            f"{path}: header is a JSON {type(header).__name__}, not an object of tensors"
+        )
     buffer = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
     out: dict[str, np.ndarray] = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        dtype = _DTYPES.get(info.get("dtype"))
-        if dtype is None:
-            raise SafetensorsError(f"{path}: tensor {name}: unsupported dtype {info.get('dtype')}")
-        begin, end = info["data_offsets"]
-        shape = tuple(info["shape"])
+        dtype, shape, begin, end = _entry(path, name, info)
         count = int(np.prod(shape, dtype=np.int64))
         if end - begin != count * dtype.itemsize or end > buffer.size:
             raise SafetensorsError(f"{path}: tensor {name}: data_offsets do not match its shape")
         out[name] = buffer[begin:end].view(dtype).reshape(shape)
     return out
+
+
+def _is_count(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _entry(path: Path, name: str, info: object) -> tuple[np.dtype, tuple[int, ...], int, int]:
+    """``(dtype, shape, begin, end)`` of one header entry, checked (hostile files included)."""
+
+    def bad(what: str) -> SafetensorsError:
+        return SafetensorsError(f"{path}: tensor {name}: {what}")
+
+    if not isinstance(info, dict):
+        raise bad(f"entry is a JSON {type(info).__name__}, not an object")
+    dtype = _DTYPES.get(info.get("dtype")) if isinstance(info.get("dtype"), str) else None
+    if dtype is None:
+        raise bad(f"unsupported dtype {info.get('dtype')}")
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise bad(f"shape must be a list of non-negative integers, got {shape!r}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_is_count(o) for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise bad(f"data_offsets must be [begin, end] with 0 <= begin <= end, got {offsets!r}")
+    return dtype, tuple(shape), offsets[0], offsets[1]
 
 
 def write_safetensors(
