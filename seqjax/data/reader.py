@@ -22,6 +22,9 @@ _BOM = "\ufeff"
 _BLANK_ASCII = bytes(range(33)) + b"\x7f"
 # What ``str.strip`` removes among ASCII bytes (decides whether a file is empty).
 _STRIP_ASCII = b"\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f "
+# Every byte but the visible ASCII characters (33-126): a line keeping one after deleting
+# these has text and is not blank, whatever else it holds.
+_NOT_VISIBLE_ASCII = bytes(range(33)) + bytes(range(127, 256))
 
 
 class DataError(ValueError):
@@ -126,8 +129,12 @@ def line_flags(raw: bytes, name: str, line_no: int) -> tuple[bool, bool]:
 
     ``has_text``: not all whitespace (``str.strip``), which decides whether a file is empty;
     ``blank_after_cleaning``: ``clean_line(...)[0].strip() == ""``, which decides whether a
-    training pair is dropped. Invalid UTF-8 raises like ``clean_line``.
+    training pair is dropped. Cheap on the common lines (the byte checks decide unless the
+    line has no visible ASCII character), so a scan of a large file decodes few lines; invalid
+    UTF-8 raises like ``clean_line`` when the line is decoded (``clean_line`` always checks).
     """
+    if raw.translate(None, _NOT_VISIBLE_ASCII):
+        return True, False
     if raw.isascii():
         return bool(raw.translate(None, _STRIP_ASCII)), not raw.translate(None, _BLANK_ASCII)
     text = _decode(raw, name, line_no)

@@ -8,8 +8,10 @@ A prepared directory (written by ``seqjax.data.prepare``)::
     <split>/lengths.npy        int32 [N, 2]: source and target length of every pair
     <split>/text.src, text.tgt (validation only) the cleaned text, for BLEU
 
-Records are written with ``group_size:1`` so that reading one pair decompresses one pair
-(random access is what a shuffled Grain pipeline does). ``lengths.npy`` lets the pipeline plan
+Records are written with ``group_size:1`` so that reading one pair reads one pair (random
+access is what a shuffled Grain pipeline does), uncompressed: token ids barely compress at
+that granularity (1.3x vs 1.4x of the raw int32 on a test) and compression made writing 4x
+slower (13 vs 3 us per record here). ``lengths.npy`` lets the pipeline plan
 length buckets without opening a single record.
 """
 
@@ -28,7 +30,7 @@ from seqjax.data.reader import DataError
 MANIFEST = "manifest.json"
 LENGTHS = "lengths.npy"
 FORMAT = 1
-WRITER_OPTIONS = "group_size:1"
+WRITER_OPTIONS = "group_size:1,uncompressed"
 
 
 def encode_pair(src_ids: Sequence[int], tgt_ids: Sequence[int]) -> bytes:
