@@ -141,32 +141,38 @@ def child_prepare(args: dict[str, Any]) -> dict[str, Any]:
 
 
 class _TreeRss:
-    """Peak RSS of this process and its children, sampled every 50 ms in a thread."""
+    """Peak memory of this process and its children, sampled every 0.2 s in a thread.
+
+    Both the sum of RSS (counts shared libraries once per process) and the sum of PSS
+    (shared pages split between the processes sharing them: the tree's real footprint).
+    """
 
     def __init__(self) -> None:
         import psutil
 
-        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self.proc, self.rss, self.pss, self._stop = psutil.Process(), 0, 0, threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
 
-    def _sample(self) -> int:
-        total = self.proc.memory_info().rss
-        for c in self.proc.children(recursive=True):
+    def _sample(self) -> tuple[int, int]:
+        rss = pss = 0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
             try:
-                total += c.memory_info().rss
+                m = p.memory_full_info()
             except Exception:  # noqa: BLE001 - a child may exit between listing and reading
-                pass
-        return total
+                continue
+            rss, pss = rss + m.rss, pss + m.pss
+        return rss, pss
 
     def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, self._sample())
+        while not self._stop.wait(0.2):
+            rss, pss = self._sample()
+            self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
 
-    def stop(self) -> float:
+    def stop(self) -> tuple[float, float]:
         self._stop.set()
         self._t.join()
-        return self.peak / 2**20
+        return self.rss / 2**20, self.pss / 2**20
 
 
 def child_pipeline(args: dict[str, Any]) -> dict[str, Any]:
@@ -193,6 +199,7 @@ def child_pipeline(args: dict[str, Any]) -> dict[str, Any]:
         padded += b["tgt_out"].size
     dt = time.perf_counter() - t1
     it.close()
+    rss_mb, pss_mb = rss.stop()
     return {
         "workers": args["workers"],
         "batches": args["batches"],
@@ -202,7 +209,8 @@ def child_pipeline(args: dict[str, Any]) -> dict[str, Any]:
         "tgt_tokens_per_s": real / dt,
         "padded_tokens_per_s": padded / dt,
         "batches_per_s": args["batches"] / dt,
-        "rss_tree_peak_mb": rss.stop(),
+        "rss_tree_peak_mb": rss_mb,
+        "pss_tree_peak_mb": pss_mb,
     }
 
 
@@ -286,7 +294,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         "| pairs | before: time | before: peak RSS | prepare: time (workers) | prepare lines/s "
         "| per core | prepare peak RSS parent / worker | disk | after: first batch | "
-        "after: pipeline peak RSS (2 workers, tree) |",
+        "after: pipeline peak PSS / RSS (2 workers, tree) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -307,7 +315,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{_f(p['lines'] / max(p['cpu_s'], 1e-9))} | {_f(p['rss_parent_mb'])} / "
             f"{_f(p['rss_worker_mb'])} MB | {_f(p['disk_mb'])} MB | "
             f"{_f(pipe[0]['first_batch_s'], 2)} s | "
-            f"{_f(pipe[max(pipe)]['rss_tree_peak_mb'])} MB |"
+            f"{_f(pipe[max(pipe)]['pss_tree_peak_mb'])} / {_f(pipe[max(pipe)]['rss_tree_peak_mb'])} MB |"
         )
     lines += [
         "",
@@ -318,7 +326,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"({GPU_NOTE})",
         "",
         "| pairs | workers | real tgt tokens/s | padded tokens/s | batches/s | x `base` step "
-        "(CPU) | share of an H100's need | first batch | peak RSS (tree) |",
+        "(CPU) | share of an H100's need | first batch | peak PSS / RSS (tree) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -328,7 +336,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 f"{_f(x['padded_tokens_per_s'])} | {_f(x['batches_per_s'], 1)} | "
                 f"{_f(x['tgt_tokens_per_s'] / base, 1)}x | "
                 f"{_f(100 * x['tgt_tokens_per_s'] / h100)}% | {_f(x['first_batch_s'], 2)} s | "
-                f"{_f(x['rss_tree_peak_mb'])} MB |"
+                f"{_f(x['pss_tree_peak_mb'])} / {_f(x['rss_tree_peak_mb'])} MB |"
             )
     lines.append("")
     return "\n".join(lines)

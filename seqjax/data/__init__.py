@@ -21,7 +21,13 @@ from seqjax.data.batching import (
     rows_for,
     tokenize_pairs,
 )
-from seqjax.data.corpus import bundled_meta, bundled_names, bundled_splits, load_bundled
+from seqjax.data.corpus import (
+    bundled_meta,
+    bundled_names,
+    bundled_splits,
+    load_bundled,
+    write_bundled,
+)
 from seqjax.data.reader import (
     DataError,
     ParallelText,
@@ -68,4 +74,5 @@ __all__ = [
     "tokenize_pairs",
     "train_tokenizer",
     "train_tokenizers",
+    "write_bundled",
 ]

@@ -91,11 +91,10 @@ class _Batcher:
 
     def _open(self) -> dict[str, Any]:
         if not self._state:
-            paths, lengths_path = shards.split_paths(self.data_dir, self.split)
-            lengths = np.load(lengths_path, mmap_mode="r")
+            lengths = shards.load_lengths(self.data_dir, self.split)
             kept = kept_pairs(lengths, self.spec)
             self._state = {
-                "source": grain.sources.ArrayRecordDataSource([str(p) for p in paths]),
+                "source": shards.open_split(self.data_dir, self.split),
                 "kept": kept,
                 "needed": needed_lengths(lengths[kept, 0], lengths[kept, 1]),
                 "epoch": None,
@@ -124,8 +123,7 @@ class _Batcher:
             process_count=s.process_count,
         )
         st = self._state
-        ids = st["kept"][plan.indices].tolist()
-        records = st["source"].__getitems__(ids) if ids else []  # a process may get no pairs
+        records = st["source"].read_many(st["kept"][plan.indices])  # maybe none: all-PAD rows
         pairs = [shards.decode_pair(r) for r in records]
         local = TokenizedPairs([p[0] for p in pairs], [p[1] for p in pairs])
         batch = make_batch(

@@ -295,6 +295,7 @@ def write_split(
         "skipped": {"empty_side": n_blank},
         "control_chars_replaced": n_control,
         "shards": writer.names,
+        "pairs_per_shard": writer.per_shard,
         "src_tokens": int(lengths[:, 0].sum(dtype=np.int64)),
         "tgt_tokens": int(lengths[:, 1].sum(dtype=np.int64)),
         "length_histogram": _histogram(lengths),

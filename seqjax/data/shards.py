@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from array_record.python.array_record_module import ArrayRecordWriter
+from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
 from seqjax.data.reader import DataError
 
@@ -31,6 +31,10 @@ MANIFEST = "manifest.json"
 LENGTHS = "lengths.npy"
 FORMAT = 1
 WRITER_OPTIONS = "group_size:1,uncompressed"
+# Random access to ~100-byte records: no read-ahead, and a 4 KiB file buffer (the 32 KiB
+# that Grain's ArrayRecordDataSource uses made random reads 3x slower here).
+READER_OPTIONS = "readahead_buffer_size:0"
+READER_BUFFER = 4096
 
 
 def encode_pair(src_ids: Sequence[int], tgt_ids: Sequence[int]) -> bytes:
@@ -89,6 +93,66 @@ class ShardWriter:
         for name in self.names:
             if not (self._dir / name).exists():
                 ArrayRecordWriter(str(self._dir / name), WRITER_OPTIONS).close()
+
+
+class PairSource:
+    """Random access to a split's records: ``source[i]`` is the record of pair ``i``.
+
+    Implements Grain's random-access data source protocol (``__len__``, ``__getitem__``);
+    ``read_many`` fetches a batch's records shard by shard in one call each. Readers open
+    lazily in whichever process uses the source, and are not pickled. (Grain's own
+    ``ArrayRecordDataSource.__getitems__`` starts a thread pool per call; on this machine its
+    RSS grew by ~500 MB over 300 batches of 1M-record shards, while plain readers stay flat.)
+    """
+
+    def __init__(self, paths: Sequence[str | Path], per_shard: int, n_pairs: int) -> None:
+        self.paths = [str(p) for p in paths]
+        self.per_shard, self.n_pairs = per_shard, n_pairs
+        self._readers: dict[int, ArrayRecordReader] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_readers": {}}
+
+    def __len__(self) -> int:
+        return self.n_pairs
+
+    def _reader(self, shard: int) -> ArrayRecordReader:
+        if shard not in self._readers:
+            self._readers[shard] = ArrayRecordReader(
+                self.paths[shard], READER_OPTIONS, file_reader_buffer_size=READER_BUFFER
+            )
+        return self._readers[shard]
+
+    def __getitem__(self, i: int) -> bytes:
+        return self.read_many([i])[0]
+
+    def read_many(self, ids: Sequence[int]) -> list[bytes]:
+        """Records of pairs ``ids``, in that order."""
+        ids_N = np.asarray(ids, dtype=np.int64)
+        if ids_N.size and (ids_N.min() < 0 or ids_N.max() >= self.n_pairs):
+            raise IndexError(f"pair ids must be in [0, {self.n_pairs})")
+        out: list[bytes] = [b""] * len(ids_N)
+        shard_N = ids_N // self.per_shard
+        for shard in np.unique(shard_N).tolist():
+            where = np.flatnonzero(shard_N == shard)
+            order = where[np.argsort(ids_N[where], kind="stable")]  # ascending file positions
+            positions = (ids_N[order] - shard * self.per_shard).tolist()
+            for k, rec in zip(order.tolist(), self._reader(shard).read(positions), strict=True):
+                out[k] = rec
+        return out
+
+    def close(self) -> None:
+        for r in self._readers.values():
+            r.close()
+        self._readers = {}
+
+
+def open_split(data_dir: str | Path, split: str) -> PairSource:
+    """The records of one split of a prepared directory (see ``PairSource``)."""
+    manifest = read_manifest(data_dir)
+    paths, _ = split_paths(data_dir, split)
+    info = manifest["splits"][split]
+    return PairSource(paths, info["pairs_per_shard"], info["pairs"])
 
 
 def read_manifest(data_dir: str | Path) -> dict[str, Any]:
