@@ -17,7 +17,7 @@ from seqjax.data import (
     train_tokenizers,
 )
 from seqjax.data import prepare as prep
-from seqjax.data.prepare import PrepareOptions, file_sha256, prepare
+from seqjax.data.prepare import PrepareOptions, file_sha256, is_prepared, prepare
 from seqjax.data.shards import decode_pair, load_lengths, read_manifest, split_paths
 
 VOCAB = 500
@@ -97,8 +97,11 @@ def test_rerun_is_a_no_op_and_a_change_reprepares(prepared, corpus) -> None:  # 
     again = prepare(s, t, prepared.path, valid_src=vs, valid_tgt=vt, options=OPTS)
     assert again.reused and again.manifest == prepared.manifest
     assert (prepared.path / "manifest.json").stat().st_mtime_ns == before
+    assert is_prepared(prepared.path, s, t, valid_src=vs, valid_tgt=vt, options=OPTS)
+    assert not is_prepared(prepared.path, s, t, options=OPTS)  # the validation split counts
     other = prepare(s, t, prepared.path, options=PrepareOptions(vocab_size=VOCAB, seed=1))
     assert not other.reused and other.manifest["key"] != prepared.manifest["key"]
+    assert not is_prepared(prepared.path, s, t, valid_src=vs, valid_tgt=vt, options=OPTS)
     assert "valid" not in read_manifest(prepared.path)["splits"]
     prepare(s, t, prepared.path, valid_src=vs, valid_tgt=vt, options=OPTS)  # restore for others
 

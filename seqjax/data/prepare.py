@@ -353,6 +353,42 @@ def _publish(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
+def _roles(
+    src: str | Path, tgt: str | Path, valid_src: str | Path | None, valid_tgt: str | Path | None
+) -> dict[str, str | Path]:
+    roles: dict[str, str | Path] = {"src": src, "tgt": tgt}
+    if valid_src is not None or valid_tgt is not None:
+        if valid_src is None or valid_tgt is None:
+            raise DataError("give both validation files (valid_src and valid_tgt) or neither")
+        roles.update(valid_src=valid_src, valid_tgt=valid_tgt)
+    return roles
+
+
+def _manifest_with_key(out: Path, key: str) -> dict[str, Any] | None:
+    if not (out / shards.MANIFEST).exists():
+        return None
+    try:
+        manifest = shards.read_manifest(out)
+    except DataError:
+        return None
+    return manifest if manifest.get("key") == key else None
+
+
+def is_prepared(
+    out: str | Path,
+    src: str | Path,
+    tgt: str | Path,
+    *,
+    valid_src: str | Path | None = None,
+    valid_tgt: str | Path | None = None,
+    options: PrepareOptions = PrepareOptions(),
+) -> bool:
+    """Whether ``out`` holds exactly what ``prepare`` with these arguments would write."""
+    roles = _roles(src, tgt, valid_src, valid_tgt)
+    key = content_key({r: file_sha256(p) for r, p in roles.items()}, options)
+    return _manifest_with_key(Path(out), key) is not None
+
+
 def auto_workers(n_pairs: int) -> int:
     """Tokenizer processes for ``n_pairs``: none below 50k pairs (start-up would dominate)."""
     return 0 if n_pairs < 50_000 else max(1, min(os.cpu_count() or 1, 16))
@@ -376,21 +412,13 @@ def prepare(
     """
     log = log or (lambda msg: None)
     out = Path(out)
-    roles = {"src": src, "tgt": tgt}
-    if valid_src is not None or valid_tgt is not None:
-        if valid_src is None or valid_tgt is None:
-            raise DataError("give both validation files (valid_src and valid_tgt) or neither")
-        roles.update(valid_src=valid_src, valid_tgt=valid_tgt)
+    roles = _roles(src, tgt, valid_src, valid_tgt)
     t0 = time.monotonic()
     sha = {role: file_sha256(path) for role, path in roles.items()}
     key = content_key(sha, options)
-    if (out / shards.MANIFEST).exists():
-        try:
-            manifest = shards.read_manifest(out)
-        except DataError:
-            manifest = {}
-        if manifest.get("key") == key:
-            return Prepared(out, manifest, True)
+    manifest = _manifest_with_key(out, key)
+    if manifest is not None:
+        return Prepared(out, manifest, True)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
