@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqjax.app import run_dir
 from seqjax.config import TrainConfig, model_preset
-from seqjax.data import load_bundled, load_tokenizers, train_tokenizers
+from seqjax.data import load_bundled, train_tokenizers
 from seqjax.data.batching import TokenizedPairs, make_batch, tokenize_pairs
 from seqjax.models import build_model
 from seqjax.training.objectives import make_mrt_step
@@ -41,10 +42,8 @@ def load_setup(args: argparse.Namespace):
     """``(model, params, tokenized training pairs)`` from a run directory or a random model."""
     data = load_bundled("bible_en_fr", "train")
     if args.checkpoint and Path(args.checkpoint).is_dir():
-        from seqjax.inference import load_model
-
-        model, params = load_model(args.checkpoint)
-        src_tok, tgt_tok = load_tokenizers(Path(args.checkpoint) / "tokenizer")
+        model, params = run_dir.load_model(args.checkpoint)
+        src_tok, tgt_tok = run_dir.read_tokenizers(args.checkpoint)
         origin = args.checkpoint
     else:
         cfg = model_preset(args.preset)

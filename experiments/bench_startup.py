@@ -37,7 +37,7 @@ def make_checkpoint(run: Path, preset: str, work: Path) -> None:
     data = load_bundled("bible_en_fr", "train")
     (work / "train.en").write_text("\n".join(data.src[:2000]) + "\n", encoding="utf-8")
     (work / "train.fr").write_text("\n".join(data.tgt[:2000]) + "\n", encoding="utf-8")
-    cmd = [sys.executable, "-m", "seqjax.cli", "train", "--out", str(run), "--preset", preset,
+    cmd = [sys.executable, "-m", "seqjax.app.cli", "train", "--out", str(run), "--preset", preset,
            "--steps", "1", "--max-minutes", "0", "--no-test", "--no-compile-cache",
            "--src", str(work / "train.en"), "--tgt", str(work / "train.fr")]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True)
@@ -47,7 +47,7 @@ def time_translate(run: Path, lines: str, cache: Path, *flags: str) -> dict:
     """Wall seconds from start to the first output line and to exit of one translate process."""
     env = {**os.environ, "SEQJAX_CACHE_DIR": str(cache)}
     env.pop("SEQJAX_NO_COMPILE_CACHE", None)
-    cmd = [sys.executable, "-m", "seqjax.cli", "translate", "--checkpoint", str(run), *flags]
+    cmd = [sys.executable, "-m", "seqjax.app.cli", "translate", "--checkpoint", str(run), *flags]
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE

@@ -18,9 +18,9 @@ import dataclasses
 import time
 from pathlib import Path
 
+from seqjax.app.translate import load
 from seqjax.config import DecodeConfig
 from seqjax.data import load_bundled
-from seqjax.inference import load
 from seqjax.metrics import corpus_scores
 
 

@@ -48,13 +48,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqjax.app import run_dir
+from seqjax.app.train import train
+from seqjax.app.translate import output_max_len
 from seqjax.config import DecodeConfig, TrainConfig, model_preset
-from seqjax.data import load_bundled, load_tokenizers
+from seqjax.data import load_bundled
 from seqjax.data.batching import TokenizedPairs, make_batch
 from seqjax.decoding import greedy
-from seqjax.inference import load_model, output_max_len
 from seqjax.metrics import corpus_scores
-from seqjax.training.loop import train
 
 # Reference-length buckets in words: (label, lowest, highest).
 BUCKETS = (("1-15", 1, 15), ("16-30", 16, 30), ("31-45", 31, 45), ("46+", 46, 10**9))
@@ -166,8 +167,8 @@ def lcs_length(a: list[int], b: list[int]) -> int:
 
 def evaluate(run: Path, src: list[str], ref: list[str], rows: int = 64) -> dict[str, Any]:
     """Greedy BLEU/chrF (overall and per length bucket) and TF / free-running accuracy."""
-    model, params = load_model(run, which="latest")
-    src_tok, tgt_tok = load_tokenizers(run / "tokenizer")
+    model, params = run_dir.load_model(run, which="latest")
+    src_tok, tgt_tok = run_dir.read_tokenizers(run)
     mc = model.config
     cap = mc.max_len - 1
     pairs = TokenizedPairs(

@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from seqjax.inference import Translator
+    from seqjax.app.translate import Translator
 
 
 def load(path: str, **kwargs: Any) -> Translator:
     """Restore a run directory written by ``seqjax train`` as a ``Translator``.
 
-    Keyword arguments go to ``seqjax.inference.load`` (``decode_config``, ``which``).
+    Keyword arguments go to ``seqjax.app.translate.load`` (``decode_config``, ``which``).
     """
-    from seqjax.inference import load as _load
+    from seqjax.app.translate import load as _load
 
     return _load(path, **kwargs)
 

@@ -1,6 +1,6 @@
-"""Run directories: JSON config, tokenizer files and Orbax checkpoints (latest N + best 1).
+"""Orbax checkpoints of a run directory: the latest N steps and the best one.
 
-One directory is one reusable model::
+The rest of the run directory (``config.json``, tokenizer) is ``seqjax.app.run_dir``'s::
 
     RUN/
       config.json          {"model": {...}, "train": {...}, "seqjax_version": "...", "format": 1}
@@ -17,11 +17,7 @@ array is read, and params can be restored without a target on any machine.
 
 from __future__ import annotations
 
-import importlib.metadata
-import json
 import math
-import os
-import shutil
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -32,16 +28,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.tree_util import keystr, tree_flatten_with_path
 
-from seqjax.config import ConfigError, ModelConfig, TrainConfig, from_dict, to_dict
-
-FORMAT = 1  # bump when the layout changes in a way old readers cannot handle
-CONFIG_FILE = "config.json"
-TOKENIZER_DIR = "tokenizer"
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
-# Tokenizer model names, as in seqjax.data.tokenizer (not imported, so loading a checkpoint
-# does not pull in the data pipeline; a test keeps them in sync).
-JOINT_FILE, SRC_FILE, TGT_FILE = "spm.model", "src.model", "tgt.model"
 _SPECS = "array_specs"  # meta key: {"params": {path: [shape, dtype]}, "opt_state": {...}}
 
 T = TypeVar("T")
@@ -59,109 +47,11 @@ class CheckpointWarning(UserWarning):
     """A checkpoint was skipped because it is unreadable, or deleted because it was superseded."""
 
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version("seqjax")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _no_run_dir(run_dir: Path) -> CheckpointError:
+def no_run_dir(run_dir: Path) -> CheckpointError:
+    """The error for a run directory that does not exist (shared with ``seqjax.app.run_dir``)."""
     return CheckpointError(
         f"no such checkpoint directory: {run_dir}; train one with `seqjax train --out {run_dir}`"
     )
-
-
-# --------------------------------------------------------------------------- run files
-
-
-def write_run_files(
-    run_dir: str | Path,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    tokenizer_dir: str | Path | None,
-) -> Path:
-    """Create ``run_dir`` with ``config.json`` and (if given) a copy of the tokenizer models.
-
-    ``tokenizer_dir`` holds ``spm.model`` or ``src.model`` + ``tgt.model`` (as written by
-    ``seqjax.data.train_tokenizers``); ``None`` leaves ``RUN/tokenizer`` as it is.
-    """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "model": to_dict(model_config),
-        "train": to_dict(train_config),
-        "seqjax_version": _version(),
-        "format": FORMAT,
-    }
-    path = run_dir / CONFIG_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written config.json
-    if tokenizer_dir is not None:
-        _copy_tokenizer(Path(tokenizer_dir), run_dir / TOKENIZER_DIR)
-    return run_dir
-
-
-def _copy_tokenizer(src: Path, dst: Path) -> None:
-    if not src.is_dir():
-        raise CheckpointError(
-            f"no such tokenizer directory: {src}; train one with seqjax.data.train_tokenizers"
-        )
-    if dst.is_dir() and dst.resolve() == src.resolve():
-        return  # resuming a run that already holds its tokenizer
-    if (src / JOINT_FILE).is_file():
-        names = [JOINT_FILE]
-    elif (src / SRC_FILE).is_file() and (src / TGT_FILE).is_file():
-        names = [SRC_FILE, TGT_FILE]
-    else:
-        raise CheckpointError(
-            f"{src}: no tokenizer found (expected {JOINT_FILE}, or {SRC_FILE} and {TGT_FILE}); "
-            "train them with seqjax.data.train_tokenizers"
-        )
-    # Fill a fresh sibling and swap it in, so no model of the other layout survives in dst.
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name in names:
-        shutil.copyfile(src / name, tmp / name)
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
-
-
-def read_run_config(run_dir: str | Path) -> tuple[ModelConfig, TrainConfig]:
-    """Read ``RUN/config.json`` back into ``(ModelConfig, TrainConfig)``."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise _no_run_dir(run_dir)
-    path = run_dir / CONFIG_FILE
-    redo = f"re-create the run with `seqjax train --out {run_dir}`"
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} not found: not a seqjax run directory; {redo}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: invalid JSON ({e}); {redo}") from None
-    if not isinstance(doc, dict):
-        raise CheckpointError(f"{path}: expected a JSON object; {redo}")
-    fmt = doc.get("format")
-    if fmt != FORMAT:
-        newer = isinstance(fmt, int) and fmt > FORMAT
-        hint = "upgrade seqjax" if newer else "load it with the seqjax version that wrote it"
-        raise CheckpointError(
-            f"{path}: run format {fmt!r} (written by seqjax {doc.get('seqjax_version', '?')}) "
-            f"is not readable by seqjax {_version()}, which reads format {FORMAT}; {hint}"
-        )
-    sections = []
-    for key, cls in (("model", ModelConfig), ("train", TrainConfig)):
-        data = doc.get(key)
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{path}: missing or invalid {key!r} section; {redo}")
-        try:
-            sections.append(from_dict(cls, data, where=f"{path} [{key}]"))
-        except ConfigError as e:
-            raise CheckpointError(f"{e}; {redo}") from None
-    return sections[0], sections[1]
 
 
 # --------------------------------------------------------------------------- pytree helpers
@@ -283,7 +173,7 @@ class Checkpointer:
         # Orbax requires absolute paths (a relative one fails inside its async writer).
         self.run_dir = Path(run_dir).absolute()
         if not self.run_dir.is_dir():
-            raise _no_run_dir(self.run_dir)
+            raise no_run_dir(self.run_dir)
         if keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
 
@@ -456,18 +346,27 @@ class Checkpointer:
         return self._first_readable(candidates, read)
 
     def restore_params(
-        self, params_target: PyTree | None = None, which: str = "best"
+        self, params_target: PyTree | None = None, which: str | int = "best"
     ) -> tuple[PyTree, dict[str, Any]]:
         """Restore ``(params, meta)`` for inference; the optimizer state is not read.
 
         ``which="best"`` uses ``RUN/best`` if present, else the latest checkpoint;
-        ``which="latest"`` the reverse. With ``params_target`` the result has its structure and
-        every shape is checked first; without it params come back as nested dicts.
+        ``which="latest"`` the reverse; an integer is that step of ``RUN/checkpoints``. With
+        ``params_target`` the result has its structure and every shape is checked first;
+        without it params come back as nested dicts.
         """
-        if which not in ("best", "latest"):
-            raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
-        order = (self._best, self._latest) if which == "best" else (self._latest, self._best)
-        candidates = [(m, s) for m in order if m is not None for s in _steps(m)]
+        if isinstance(which, int) and not isinstance(which, bool):
+            if which not in _steps(self._latest):
+                raise CheckpointError(
+                    f"{self.run_dir / LATEST_DIR / str(which)}: no such checkpoint step; "
+                    f"available: {sorted(_steps(self._latest))}"
+                )
+            candidates = [(self._latest, which)]
+        elif which in ("best", "latest"):
+            order = (self._best, self._latest) if which == "best" else (self._latest, self._best)
+            candidates = [(m, s) for m in order if m is not None for s in _steps(m)]
+        else:
+            raise ValueError(f"which must be 'best', 'latest' or a step, got {which!r}")
 
         def read(manager: ocp.CheckpointManager, s: int) -> tuple[PyTree, dict]:
             meta = self._read_meta(manager, s)

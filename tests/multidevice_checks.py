@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax import sharding
+from seqjax.app.translate import _decode_batch
 from seqjax.config import DecodeConfig, TrainConfig, model_preset
 from seqjax.decoding import numeric_options, static_part
-from seqjax.inference import _decode_batch
 from seqjax.models import build_model
 from seqjax.training.optimizer import make_optimizer
 from seqjax.training.steps import TrainState, init_train_state, make_train_step
@@ -142,7 +142,7 @@ def beam_checks() -> dict:
 
 def cli_checks(corpus: Path, run_dir: Path) -> dict:
     """``seqjax train --mesh data=8`` end to end (with validation BLEU decoding), then a bad spec."""
-    from seqjax.cli import main
+    from seqjax.app.cli import main
 
     common = ["--preset", "tiny", "--vocab-size", "300", "--max-minutes", "0", "--no-test",
               "--set", "train.length_buckets=[8, 16, 32]", "--set", "train.batch_tokens=100",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -15,15 +14,11 @@ import pytest
 
 from seqjax.checkpoint import (
     BEST_DIR,
-    CONFIG_FILE,
     LATEST_DIR,
     Checkpointer,
     CheckpointError,
     CheckpointWarning,
-    read_run_config,
-    write_run_files,
 )
-from seqjax.config import ModelConfig, TrainConfig, model_preset
 
 # Reading a damaged array leaves an Orbax coroutine whose exception surfaces at garbage
 # collection, in whichever test runs then; the damage tests assert on the outcome instead.
@@ -344,79 +339,6 @@ def test_saving_a_saved_step_again_keeps_it_but_updates_best(ckpt: Checkpointer,
     assert step_dirs(run_dir / BEST_DIR) == ["10"]
     assert ckpt.restore_params(which="latest")[1]["epoch"] == 1
     assert ckpt.restore_params(which="best")[1]["valid_score"] == 1.0
-
-
-# ---------------------------------------------------------------------------- run files
-
-
-def test_config_roundtrip_and_tokenizer_copy(tmp_path: Path):
-    model = model_preset("tiny")
-    train = TrainConfig(preset="tiny", length_buckets=(8, 16), seed=3)
-    tok = tmp_path / "tok"
-    tok.mkdir()
-    (tok / "spm.model").write_bytes(b"joint-model")
-    run = write_run_files(tmp_path / "run", model, train, tok)
-
-    assert read_run_config(run) == (model, train)
-    doc = json.loads((run / CONFIG_FILE).read_text())
-    assert doc["format"] == 1 and doc["seqjax_version"] == "0.1.0"
-    assert (run / "tokenizer" / "spm.model").read_bytes() == b"joint-model"
-
-    # Re-writing with a separate-vocabulary tokenizer leaves no stale joint model behind.
-    tok2 = tmp_path / "tok2"
-    tok2.mkdir()
-    (tok2 / "src.model").write_bytes(b"s")
-    (tok2 / "tgt.model").write_bytes(b"t")
-    write_run_files(run, model, train, tok2)
-    assert sorted(p.name for p in (run / "tokenizer").iterdir()) == ["src.model", "tgt.model"]
-    write_run_files(run, model, train, run / "tokenizer")  # resuming: copying onto itself
-    assert sorted(p.name for p in (run / "tokenizer").iterdir()) == ["src.model", "tgt.model"]
-
-
-def test_tokenizer_file_names_match_data_module():
-    from seqjax import checkpoint
-    from seqjax.data import tokenizer
-
-    names = (checkpoint.JOINT_FILE, checkpoint.SRC_FILE, checkpoint.TGT_FILE)
-    assert names == (tokenizer.JOINT_FILE, tokenizer.SRC_FILE, tokenizer.TGT_FILE)
-
-
-def test_tokenizer_dir_without_models_is_rejected(tmp_path: Path):
-    (tmp_path / "tok").mkdir()
-    with pytest.raises(CheckpointError, match="no tokenizer found"):
-        write_run_files(tmp_path / "run", ModelConfig(), TrainConfig(), tmp_path / "tok")
-
-
-def test_missing_run_dir_and_config(tmp_path: Path):
-    missing = tmp_path / "nope"
-    expected = f"no such checkpoint directory: {missing}; train one with `seqjax train --out"
-    with pytest.raises(CheckpointError, match=expected):
-        read_run_config(missing)
-    with pytest.raises(CheckpointError, match=expected):
-        Checkpointer(missing)
-
-    run = tmp_path / "run"
-    run.mkdir()
-    with pytest.raises(CheckpointError, match=f"{run / CONFIG_FILE} not found"):
-        read_run_config(run)
-    (run / CONFIG_FILE).write_text("{not json")
-    with pytest.raises(CheckpointError, match="invalid JSON"):
-        read_run_config(run)
-
-
-def test_incompatible_format_and_bad_fields(tmp_path: Path):
-    run = write_run_files(tmp_path / "run", ModelConfig(), TrainConfig(), None)
-    path = run / CONFIG_FILE
-    doc = json.loads(path.read_text())
-
-    path.write_text(json.dumps({**doc, "format": 2}))
-    with pytest.raises(CheckpointError, match="run format 2 .* reads format 1; upgrade seqjax"):
-        read_run_config(run)
-
-    doc["model"]["d_modle"] = 64
-    path.write_text(json.dumps(doc))
-    with pytest.raises(CheckpointError, match=r"config.json \[model\]: unknown ModelConfig field"):
-        read_run_config(run)
 
 
 def test_relative_run_dir_saves_and_restores(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from seqjax.cli import main
+from seqjax.app.cli import main
 from seqjax.interop.hf import (
     HFImportError,
     hf_decode_config,

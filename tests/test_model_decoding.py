@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from seqjax.app.translate import Translator, _decode_batch
 from seqjax.config import DecodeConfig, model_preset
 from seqjax.decoding import beam_search, greedy
-from seqjax.inference import Translator, _decode_batch
 from seqjax.models.transformer import Transformer, TransformerNet
 
 MAX_LEN = 12

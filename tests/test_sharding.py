@@ -180,7 +180,7 @@ def test_default_cache_dir():
 
 
 def test_translate_fills_the_compile_cache_unless_opted_out(toy_corpus, tmp_path):
-    from seqjax.cli import main
+    from seqjax.app.cli import main
 
     run = tmp_path / "run"
     assert main(["train", "--out", str(run), "--steps", "1", "--preset", "tiny",
@@ -193,7 +193,7 @@ def test_translate_fills_the_compile_cache_unless_opted_out(toy_corpus, tmp_path
         env = _env(SEQJAX_CACHE_DIR=str(cache))
         env.pop("SEQJAX_NO_COMPILE_CACHE", None)
         proc = subprocess.run(
-            [sys.executable, "-m", "seqjax.cli", "translate", "--checkpoint", str(run),
+            [sys.executable, "-m", "seqjax.app.cli", "translate", "--checkpoint", str(run),
              "--greedy", "--max-len", "8", *flags],
             input="alpha beta\ngamma\n", env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
@@ -214,7 +214,7 @@ def test_translate_fills_the_compile_cache_unless_opted_out(toy_corpus, tmp_path
 
 
 def _train_cmd(run: Path, corpus: Path) -> list[str]:
-    return [sys.executable, "-m", "seqjax.cli", "train", "--out", str(run), "--preset", "tiny",
+    return [sys.executable, "-m", "seqjax.app.cli", "train", "--out", str(run), "--preset", "tiny",
             "--vocab-size", "300", "--max-minutes", "0", "--no-test", "--no-compile-cache",
             "--steps", "4", "--eval-every", "4", "--mesh", "data=4",
             "--set", "train.length_buckets=[8, 16, 32]", "--set", "train.batch_tokens=100",

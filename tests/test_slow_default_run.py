@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from seqjax.cli import main
+from seqjax.app.cli import main
 
 
 @pytest.mark.slow

@@ -379,7 +379,7 @@ def load_hf_translator(
     otherwise. ``decode_config`` defaults to the checkpoint's generation settings
     (``hf_decode_config``). ``mesh`` and ``dtype`` as for ``seqjax.inference.load``.
     """
-    from seqjax.inference import Translator, with_dtype
+    from seqjax.app.translate import Translator, with_dtype
     from seqjax.interop.hf_tokenizer import IdTokenizer
 
     model, params, tokenizer = load_hf(path)

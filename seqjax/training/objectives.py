@@ -17,7 +17,7 @@ Conventions are those of ``seqjax.training.steps``: batches are dicts of int32
 PAD-padded, all-PAD filler rows allowed; steps are jitted, donate the state, derive
 this update's key as ``fold_in(key, state.step)`` and skip (``skipped = 1``) an update
 whose loss or gradient norm is not finite. Every step reports ``loss``, ``nll_sum``,
-``tokens``, ``grad_norm`` and ``skipped`` (what ``seqjax.training.loop`` logs) plus
+``tokens``, ``grad_norm`` and ``skipped`` (what ``seqjax.app.train`` logs) plus
 its own metrics.
 
 Example::
@@ -33,6 +33,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -378,85 +379,130 @@ def make_mrt_loss(
     """
     if candidates not in ("sample", "beam"):
         raise ValueError(f"candidates: unknown {candidates!r}; use sample or beam")
-    S, C = num_samples, num_samples + 1
+    ids = dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
+    draw = functools.partial(
+        mrt_candidates, model, num_samples=num_samples, candidates=candidates,
+        temperature=temperature, top_k=top_k, top_p=top_p, **ids,
+    )  # fmt: skip
 
     def loss_fn(params: Any, batch: Batch, key: jax.Array, step: jax.Array):
         del step
         src, ref = batch["src"], batch["tgt_out"]
-        B = src.shape[0]
         L = ref.shape[1] if max_len is None else max_len
         sample_key, dropout_key = jax.random.fold_in(key, 1), key
-
-        frozen = lax.stop_gradient(params)
-        src_mask = src != pad_id
-        cache = model.init_cache(frozen, model.encode(frozen, src, src_mask), src_mask, L)
-        kw = dict(max_len=L, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
-        if candidates == "sample":
-            out = sample(
-                model.step_fn(frozen),
-                cache,
-                key=sample_key,
-                num_samples=S,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                **kw,
-            )
-        else:
-            out = beam_search(model.step_fn(frozen), cache, beam_size=S, n_best=S, **kw)
-        hyps_BxSxL = lax.stop_gradient(out.tokens)
+        hyps_BxSxL, found_BxS = draw(lax.stop_gradient(params), src, sample_key, L)
         ref_BxL = _fit_length(ref, L, pad_id)
-        cands_BxCxL = jnp.concatenate([ref_BxL[:, None], hyps_BxSxL], axis=1)
-
-        ref_row = jnp.zeros((B, C), bool).at[:, 0].set(True)
-        eligible = jnp.concatenate(
-            [jnp.full((B, 1), include_reference), jnp.isfinite(out.scores)], axis=1
-        )
-        valid_BxC = eligible & ~duplicate_mask(cands_BxCxL, eligible)
+        cands_BxCxL, valid_BxC = candidate_set(ref_BxL, hyps_BxSxL, found_BxS, include_reference)
+        B, C = valid_BxC.shape
 
         flat = cands_BxCxL.reshape(B * C, L)
         lp_NxL, logits = sequence_log_probs(
-            model,
-            params,
-            jnp.repeat(src, C, axis=0),
-            flat,
-            bos_id=bos_id,
-            eos_id=eos_id,
-            pad_id=pad_id,
-            dropout_rng=dropout_key,
+            model, params, jnp.repeat(src, C, axis=0), flat, dropout_rng=dropout_key, **ids
         )
         logp_BxC = jnp.sum(lp_NxL, axis=1).reshape(B, C)
-        q_BxC = jax.nn.softmax(jnp.where(valid_BxC, alpha * logp_BxC, -jnp.inf), axis=1)
-        q_BxC = jnp.where(valid_BxC, q_BxC, 0.0)  # no NaN for rows without candidates
         bleu_BxC = sentence_bleu(
             flat, jnp.repeat(ref_BxL, C, axis=0), pad_id=pad_id, eos_id=eos_id,
             smoothing=bleu_smoothing,
         ).reshape(B, C)  # fmt: skip
         bleu_BxC = lax.stop_gradient(bleu_BxC)
-
-        row = jnp.any(ref != pad_id, axis=1).astype(jnp.float32)  # filler rows: no loss
-        rows = jnp.maximum(jnp.sum(row), 1.0)
-        risk = jnp.sum(row * jnp.sum(q_BxC * (1.0 - bleu_BxC), axis=1)) / rows
+        row_B = jnp.any(ref != pad_id, axis=1).astype(jnp.float32)  # filler rows: no loss
+        risk, q_BxC = expected_risk(logp_BxC, bleu_BxC, valid_BxC, row_B, alpha)
 
         # reference NLL (logged; the MLE term) from the reference's own rows
         ref_logits = logits.reshape(B, C, L, -1)[:, 0]
         mle, ref_metrics = token_loss(ref_logits, {"tgt_out": ref_BxL}, label_smoothing, pad_id)
         loss = risk + mle_weight * mle if mle_weight else risk
-        sampled = valid_BxC & ~ref_row & (row[:, None] > 0)
-        metrics = {
-            **ref_metrics,
-            "risk": risk,
-            "expected_bleu": jnp.sum(row * jnp.sum(q_BxC * bleu_BxC, axis=1)) / rows,
-            "sample_bleu": jnp.sum(bleu_BxC * sampled) / jnp.maximum(jnp.sum(sampled), 1),
-            "candidates": jnp.sum(valid_BxC * row[:, None]) / rows,
-            "q": q_BxC,
-            "valid": valid_BxC,
-            "bleu": bleu_BxC,
-            "candidate_tokens": cands_BxCxL,
-        }
-        return loss, metrics
+        metrics = _mrt_metrics(risk, q_BxC, valid_BxC, bleu_BxC, row_B, cands_BxCxL)
+        return loss, {**ref_metrics, **metrics}
 
     return loss_fn
+
+
+def mrt_candidates(
+    model: Any,
+    frozen_params: Any,
+    src_BxS: jax.Array,
+    key: jax.Array,
+    max_len: int,
+    *,
+    num_samples: int,
+    candidates: str,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int,
+) -> tuple[jax.Array, jax.Array]:
+    """``(tokens [B, S, L], found [B, S])``: S sampled (or n-best beam) candidates per source.
+
+    ``found`` is False for empty beam slots (score -inf); samples are always found.
+    """
+    src_mask = src_BxS != pad_id
+    memory = model.encode(frozen_params, src_BxS, src_mask)
+    cache = model.init_cache(frozen_params, memory, src_mask, max_len)
+    step_fn = model.step_fn(frozen_params)
+    kw = dict(max_len=max_len, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
+    if candidates == "sample":
+        out = sample(
+            step_fn, cache, key=key, num_samples=num_samples, temperature=temperature,
+            top_k=top_k, top_p=top_p, **kw,
+        )  # fmt: skip
+    else:
+        out = beam_search(step_fn, cache, beam_size=num_samples, n_best=num_samples, **kw)
+    return lax.stop_gradient(out.tokens), jnp.isfinite(out.scores)
+
+
+def candidate_set(
+    ref_BxL: jax.Array, hyps_BxSxL: jax.Array, found_BxS: jax.Array, include_reference: bool
+) -> tuple[jax.Array, jax.Array]:
+    """``(candidates [B, C, L], valid [B, C])`` with ``C = S + 1``; candidate 0 is the reference.
+
+    Invalid: the reference when not included, empty beam slots and repeats of an earlier
+    candidate (shapes stay fixed, so masks rather than removal).
+    """
+    B = ref_BxL.shape[0]
+    cands_BxCxL = jnp.concatenate([ref_BxL[:, None], hyps_BxSxL], axis=1)
+    eligible_BxC = jnp.concatenate([jnp.full((B, 1), include_reference), found_BxS], axis=1)
+    return cands_BxCxL, eligible_BxC & ~duplicate_mask(cands_BxCxL, eligible_BxC)
+
+
+def expected_risk(
+    logp_BxC: jax.Array,
+    bleu_BxC: jax.Array,
+    valid_BxC: jax.Array,
+    row_B: jax.Array,
+    alpha: float,
+) -> tuple[jax.Array, jax.Array]:
+    """``(risk, Q [B, C])``: mean over real rows of ``sum_c Q (1 - BLEU)``, Q over valid c."""
+    q_BxC = jax.nn.softmax(jnp.where(valid_BxC, alpha * logp_BxC, -jnp.inf), axis=1)
+    q_BxC = jnp.where(valid_BxC, q_BxC, 0.0)  # no NaN for rows without candidates
+    rows = jnp.maximum(jnp.sum(row_B), 1.0)
+    risk = jnp.sum(row_B * jnp.sum(q_BxC * (1.0 - bleu_BxC), axis=1)) / rows
+    return risk, q_BxC
+
+
+def _mrt_metrics(
+    risk: jax.Array,
+    q_BxC: jax.Array,
+    valid_BxC: jax.Array,
+    bleu_BxC: jax.Array,
+    row_B: jax.Array,
+    cands_BxCxL: jax.Array,
+) -> Metrics:
+    rows = jnp.maximum(jnp.sum(row_B), 1.0)
+    sampled = valid_BxC & (row_B[:, None] > 0)
+    sampled = sampled.at[:, 0].set(False)  # the reference is not a sample
+    return {
+        "risk": risk,
+        "expected_bleu": jnp.sum(row_B * jnp.sum(q_BxC * bleu_BxC, axis=1)) / rows,
+        "sample_bleu": jnp.sum(bleu_BxC * sampled) / jnp.maximum(jnp.sum(sampled), 1),
+        "candidates": jnp.sum(valid_BxC * row_B[:, None]) / rows,
+        "q": q_BxC,
+        "valid": valid_BxC,
+        "bleu": bleu_BxC,
+        "candidate_tokens": cands_BxCxL,
+    }
 
 
 def make_mrt_step(

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seqjax import checkpoint
+from seqjax.app import run_dir
+from seqjax.app.translate import Translator, load
 from seqjax.config import DecodeConfig
-from seqjax.data import DataError, load_bundled, read_parallel
-from seqjax.inference import Translator, load
+from seqjax.data import read_parallel
 from seqjax.metrics import CorpusScores, corpus_scores
 
 
@@ -36,7 +36,7 @@ def score_translations(
 
 
 def evaluate_split(
-    run_dir: str | Path,
+    run: str | Path,
     cfg: DecodeConfig,
     *,
     split: str = "test",
@@ -47,25 +47,14 @@ def evaluate_split(
 ) -> CorpusScores:
     """Score a run on a split of the corpus it was trained on (bundled, or its valid files).
 
-    ``load_options`` go to ``seqjax.inference.load`` (``mesh``, ``dtype``).
+    ``load_options`` go to ``seqjax.app.translate.load`` (``mesh``, ``dtype``).
     """
-    _, train_cfg = checkpoint.read_run_config(run_dir)
-    if train_cfg.src is not None:
-        if split != "valid" or train_cfg.valid_src is None:
-            raise DataError(
-                f"{run_dir} was trained on user files; evaluate with --src FILE --ref FILE"
-            )
-        data = read_parallel(train_cfg.valid_src, train_cfg.valid_tgt)
-    else:
-        data = load_bundled(train_cfg.corpus, split)
-    translator = load(str(run_dir), decode_config=cfg, **load_options)
+    corpus, data = run_dir.evaluation_split(run, split)
+    translator = load(str(run), decode_config=cfg, **load_options)
     scores, seconds = score_translations(
         translator, data.src, data.tgt, cfg, output=output, samples=samples
     )
-    print(
-        f"{train_cfg.corpus if train_cfg.src is None else 'valid'} {split}: "
-        f"{len(data.src)} sentences in {seconds:.1f}s\n{scores.format()}"
-    )
+    print(f"{corpus} {split}: {len(data.src)} sentences in {seconds:.1f}s\n{scores.format()}")
     if results_file:
         Path(results_file).write_text(
             json.dumps(
@@ -86,7 +75,7 @@ def evaluate_split(
 
 
 def evaluate_files(
-    run_dir: str | Path,
+    run: str | Path,
     cfg: DecodeConfig,
     src: str,
     ref: str,
@@ -96,7 +85,7 @@ def evaluate_files(
 ) -> CorpusScores:
     """Score a run on a source file against a reference file (``load_options`` as above)."""
     data = read_parallel(src, ref)
-    translator = load(str(run_dir), decode_config=cfg, **load_options)
+    translator = load(str(run), decode_config=cfg, **load_options)
     scores, seconds = score_translations(translator, data.src, data.tgt, cfg, output=output)
     print(f"{src}: {len(data.src)} sentences in {seconds:.1f}s\n{scores.format()}")
     return scores

@@ -28,10 +28,12 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from seqjax import sharding
-from seqjax.config import DecodeConfig, ModelConfig
+from seqjax.app import run_dir
+from seqjax.app.progress import Progress
+from seqjax.config import ConfigError, DecodeConfig, ModelConfig
 from seqjax.data import Tokenizer, pad_batch
 from seqjax.decoding import DecodeResult, decode, numeric_options, static_part
-from seqjax.progress import Progress
+from seqjax.models import build_model
 
 DECODE_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256)
 
@@ -185,29 +187,10 @@ class Translator:
         return out
 
 
-def load_model(path: str | Path, *, which: str = "best") -> tuple[Any, Any]:
-    """``(model, params)`` of a run directory; ``which`` is ``best`` or ``latest``."""
-    from seqjax import checkpoint
-    from seqjax.models import build_model
-
-    model_cfg, _ = checkpoint.read_run_config(path)
-    model = build_model(model_cfg)
-    target = jax.eval_shape(model.init, jax.random.key(0))
-    ckpt = checkpoint.Checkpointer(path, async_save=False)
-    try:
-        params, _ = ckpt.restore_params(target, which=which)
-    finally:
-        ckpt.close()
-    return model, params
-
-
 def with_dtype(model: Any, dtype: str | None) -> Any:
     """``model`` rebuilt to compute in ``dtype`` (params unchanged); ``None`` keeps it."""
     if dtype is None or dtype == model.config.dtype:
         return model
-    from seqjax.config import ConfigError
-    from seqjax.models import build_model
-
     try:
         return build_model(dataclasses.replace(model.config, dtype=dtype))
     except ValueError as e:
@@ -218,21 +201,19 @@ def load(
     path: str | Path,
     *,
     decode_config: DecodeConfig | None = None,
-    which: str = "best",
+    which: str | int = "best",
     mesh: Mesh | None = None,
     dtype: str | None = None,
 ) -> Translator:
     """Restore a run directory (config + tokenizer + Orbax params) as a ``Translator``.
 
-    ``which`` is ``best`` (best validation BLEU; falls back to latest) or ``latest``.
+    ``which`` is ``best`` (best validation BLEU; falls back to latest), ``latest`` or a step.
     ``mesh``: decode data-parallel over it. ``dtype``: activation/matmul dtype to decode
     in (e.g. ``"bfloat16"``; params stay float32), instead of the one trained with.
     """
-    from seqjax.data import load_tokenizers
-
-    model, params = load_model(path, which=which)
+    model, params = run_dir.load_model(path, which=which)
     model = with_dtype(model, dtype)
-    src_tok, tgt_tok = load_tokenizers(Path(path) / "tokenizer")
+    src_tok, tgt_tok = run_dir.read_tokenizers(path)
     return Translator(
         model,
         params,

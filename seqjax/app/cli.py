@@ -213,8 +213,8 @@ def _train_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from seqjax.app.train import train
     from seqjax.sharding import is_primary
-    from seqjax.training.loop import train
 
     model_cfg, train_cfg = _train_configs(args)
     t0 = time.monotonic()
@@ -226,14 +226,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"({result.params / 1e6:.2f}M parameters) -> {result.run_dir}"
     )
     if train_cfg.src is None and not args.no_test and result.step > 0:
-        from seqjax.evaluation import evaluate_split
+        from seqjax.app import run_dir
+        from seqjax.app.evaluate import evaluate_split
 
         evaluate_split(
             result.run_dir,
             DecodeConfig(),
             split="test",
             samples=3,
-            results_file=Path(result.run_dir) / "test_results.json",
+            results_file=Path(result.run_dir) / run_dir.TEST_RESULTS_FILE,
         )
     print(f"total wall time {(time.monotonic() - t0) / 60:.1f} min")
     return 0
@@ -243,8 +244,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
+    from seqjax.app.translate import load
     from seqjax.data import decode_lines, read_lines
-    from seqjax.inference import load
 
     if args.hf:
         from seqjax.config import to_dict
@@ -282,7 +283,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from seqjax.evaluation import evaluate_files, evaluate_split
+    from seqjax.app.evaluate import evaluate_files, evaluate_split
 
     cfg = decode_config_from_args(args)
     if (args.src is None) != (args.ref is None):
@@ -304,7 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compiled sequence-to-sequence training and decoding in JAX.",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train_parser(sub)
+    _add_translate_parser(sub)
+    _add_evaluate_parser(sub)
+    return p
 
+
+def _add_train_parser(sub: Any) -> None:
     t = sub.add_parser(
         "train",
         help="train a model (default: the small Transformer on the bundled en->fr corpus)",
@@ -352,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-every", type=int, help="validate (loss + BLEU) every N steps (default 500)"
     )
     t.add_argument("--no-test", action="store_true", help="skip the final test-set evaluation")
+    _add_objective_args(t)
+    add_runtime_args(t)
+    t.set_defaults(func=cmd_train)
+
+
+def _add_objective_args(t: argparse.ArgumentParser) -> None:
     o = t.add_argument_group("objective (default mle: teacher forcing with label smoothing)")
     o.add_argument(
         "--objective",
@@ -391,9 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--distill-temperature", type=float, help="distill: softmax temperature T (default 2)"
     )
-    add_runtime_args(t)
-    t.set_defaults(func=cmd_train)
 
+
+def _add_translate_parser(sub: Any) -> None:
     tr = sub.add_parser(
         "translate",
         help="translate lines of text with a trained model",
@@ -415,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_args(tr)
     tr.set_defaults(func=cmd_translate)
 
+
+def _add_evaluate_parser(sub: Any) -> None:
     ev = sub.add_parser(
         "evaluate",
         help="score a model with sacrebleu BLEU and chrF",
@@ -436,7 +451,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_decode_args(ev)
     add_runtime_args(ev)
     ev.set_defaults(func=cmd_evaluate)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -445,10 +459,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from seqjax.app.train import TrainingDiverged
     from seqjax.checkpoint import CheckpointError
     from seqjax.data import DataError
     from seqjax.sharding import enable_compile_cache, maybe_initialize_distributed
-    from seqjax.training.loop import TrainingDiverged
 
     try:
         # Before any device is touched: join a multi-host job, turn on the compile cache.

@@ -1,0 +1,634 @@
+"""The train loop behind ``seqjax train``: files, tokenizers, metrics, progress.
+
+One run = one directory (``seqjax.app.run_dir``). Rerunning with the same directory
+resumes from the latest complete checkpoint: same data order (epoch, batch index), same
+dropout keys (folded from the step), same optimizer state, so the loss curve continues
+as if never interrupted.
+
+``train`` reads top to bottom in phases: prepare the run (text, configs, tokenizers), the
+initial state (fresh, fine-tuned or restored), then the loop, whose log window reduces the
+last few steps to one metrics record and whose divergence guard stops a run that went
+non-finite; a closing validation and save end it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from seqjax import checkpoint, sharding
+from seqjax.app import run_dir
+from seqjax.app.progress import Progress
+from seqjax.app.translate import Translator
+from seqjax.config import DecodeConfig, ModelConfig, TrainConfig, to_dict
+from seqjax.data import (
+    DataError,
+    ParallelText,
+    TokenizedPairs,
+    Tokenizer,
+    drop_empty_pairs,
+    epoch_batches,
+    filter_long,
+    iterate_batches,
+    make_batch,
+    tokenize_pairs,
+    train_tokenizers,
+)
+from seqjax.metrics import corpus_scores
+from seqjax.models import build_model
+from seqjax.models.transformer import count_params
+from seqjax.training import objectives
+from seqjax.training.optimizer import make_optimizer
+from seqjax.training.schedules import make_teacher_forcing_schedule
+from seqjax.training.steps import (
+    Step,
+    TrainState,
+    init_train_state,
+    make_eval_step,
+    make_train_step,
+)
+
+# Fields that may differ between the first run and a resume (they do not change what is
+# being trained, only for how long and how often it reports).
+RUNTIME_FIELDS = {
+    "max_minutes",
+    "total_steps",
+    "eval_every",
+    "save_every",
+    "log_every",
+    "valid_bleu_sentences",
+    "keep_last",
+    "max_bad_steps",
+    "mesh",
+}
+
+Log = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite steps; the last good checkpoint is left as it was."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    valid: dict[str, float]
+    minutes: float
+    params: int
+
+
+def load_training_data(cfg: TrainConfig) -> tuple[ParallelText, ParallelText | None]:
+    """(train, valid) text pairs from the bundled corpus or the user's files."""
+    return run_dir.corpus_split(cfg, "train"), run_dir.corpus_split(cfg, "valid")
+
+
+def _check_resume_config(saved: TrainConfig, given: TrainConfig, run: Path) -> TrainConfig:
+    """A resume must train the same thing; runtime fields take the new values."""
+    a, b = to_dict(saved), to_dict(given)
+    for k in sorted(a):
+        if k not in RUNTIME_FIELDS and a[k] != b[k]:
+            raise checkpoint.CheckpointError(
+                f"{run} was started with {k}={a[k]!r} but this run asks for {b[k]!r}; "
+                "rerun with the original options to resume, or use a new --out directory"
+            )
+    return dataclasses.replace(saved, **{k: b[k] for k in RUNTIME_FIELDS})
+
+
+def _to_device(
+    batch: dict[str, np.ndarray], mesh: Mesh | None = None, pad_id: int = 0
+) -> dict[str, jax.Array]:
+    """A whole batch (the same on every process) on the device(s), rows split along ``data``.
+
+    Rows are padded with ``pad_id`` up to a multiple of the data axis; the loss masks them.
+    """
+    if mesh is None:
+        return {k: jnp.asarray(v) for k, v in batch.items()}
+    rows = sharding.padded_rows(len(batch["src"]), mesh)
+    return sharding.shard_rows(
+        {k: sharding.pad_rows(v, rows, pad_id) for k, v in batch.items()}, mesh
+    )
+
+
+def evaluate_loss(
+    eval_step: Callable,
+    params: Any,
+    pairs: TokenizedPairs,
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    mesh: Mesh | None = None,
+) -> dict[str, float]:
+    """Token NLL, perplexity and teacher-forced accuracy over ``pairs`` (fixed order)."""
+    nll = tok = correct = 0.0
+    plans = epoch_batches(
+        pairs, epoch=0, seed=0, batch_tokens=cfg.batch_tokens, buckets=cfg.length_buckets
+    )
+    for plan in plans:
+        batch = make_batch(
+            pairs, *plan, pad_id=model_cfg.pad_id, bos_id=model_cfg.bos_id, eos_id=model_cfg.eos_id
+        )
+        m = eval_step(params, _to_device(batch, mesh, model_cfg.pad_id))
+        nll += float(m["nll_sum"])
+        tok += float(m["tokens"])
+        correct += float(m["correct"])
+    tok = max(tok, 1.0)
+    return {
+        "valid_nll": nll / tok,
+        "valid_ppl": math.exp(min(nll / tok, 50.0)),
+        "valid_acc": correct / tok,
+    }
+
+
+def make_objective_step(
+    cfg: TrainConfig, model: Any, optimizer: Any, mesh: Mesh | None = None
+) -> Step:
+    """The jitted ``step(state, batch, key) -> (state, metrics)`` for ``cfg.objective``.
+
+    ``mesh``: where the distillation teacher's params are placed (replicated).
+    """
+    mc: ModelConfig = model.config
+    ids = dict(pad_id=mc.pad_id, bos_id=mc.bos_id, eos_id=mc.eos_id)
+    if cfg.objective == "scheduled-sampling":
+        schedule = make_teacher_forcing_schedule(
+            cfg.ss_schedule, k=cfg.ss_k, c=cfg.ss_c, eps_min=cfg.ss_eps_min, warmup=cfg.ss_warmup
+        )
+        return objectives.make_scheduled_sampling_step(
+            model, optimizer, schedule=schedule, mode=cfg.ss_mode,
+            label_smoothing=cfg.label_smoothing, pad_id=mc.pad_id, sample_tokens=cfg.ss_sample,
+        )  # fmt: skip
+    if cfg.objective == "mrt":
+        return objectives.make_mrt_step(
+            model, optimizer, num_samples=cfg.mrt_samples, alpha=cfg.mrt_alpha,
+            mle_weight=cfg.mrt_mle_weight, include_reference=cfg.mrt_include_reference,
+            candidates=cfg.mrt_candidates, label_smoothing=cfg.label_smoothing, **ids,
+        )  # fmt: skip
+    if cfg.objective == "distill" and cfg.distill_ema is not None:
+        step = objectives.make_distill_step(
+            model, optimizer, temperature=cfg.distill_temperature, top_p=cfg.distill_top_p,
+            teacher_from_opt_state=True, **ids,
+        )  # fmt: skip
+        return lambda state, batch, key: step(state, batch, key, None)[:2]
+    if cfg.objective == "distill":
+        teacher, teacher_params = run_dir.load_model(cfg.teacher)
+        if teacher.config.vocab_size != mc.vocab_size:
+            raise DataError(
+                f"teacher {cfg.teacher} has vocab {teacher.config.vocab_size}, student "
+                f"{mc.vocab_size}; distill from a teacher trained with the same tokenizer "
+                "(start the student with --init-from the teacher or its tokenizer)"
+            )
+        if mesh is not None:
+            teacher_params = sharding.place_params(teacher_params, mesh)
+        step = objectives.make_distill_step(
+            model, optimizer, teacher_model=teacher, temperature=cfg.distill_temperature,
+            top_p=cfg.distill_top_p, **ids,
+        )  # fmt: skip
+        return lambda state, batch, key: step(state, batch, key, teacher_params)[:2]
+    return make_train_step(model, optimizer, label_smoothing=cfg.label_smoothing, pad_id=mc.pad_id)
+
+
+# -- phase 1: prepare the run (text, configs, tokenizers) -----------------------------------
+
+
+def _read_text(cfg: TrainConfig, log: Log) -> tuple[ParallelText, ParallelText | None]:
+    """The training and validation text; control characters replaced, empty pairs dropped."""
+    train_text, valid_text = load_training_data(cfg)
+    if train_text.n_control:
+        log(f"warning: replaced {train_text.n_control} control character(s) in the training data")
+    train_text, n_empty = drop_empty_pairs(train_text)
+    if n_empty:
+        log(f"skipped {n_empty} training pairs with an empty side")
+    return train_text, valid_text
+
+
+def _fine_tune_run_files(run: Path, cfg: TrainConfig, primary: bool) -> ModelConfig:
+    """Fine-tuning keeps the starting model's architecture and tokenizer."""
+    model_cfg, _ = run_dir.read_run_config(cfg.init_from)
+    if primary:
+        run.mkdir(parents=True, exist_ok=True)
+        run_dir.write_run_files(run, model_cfg, cfg, run_dir.tokenizer_dir(cfg.init_from))
+    sharding.sync("seqjax-run-files")
+    return model_cfg
+
+
+def _fresh_run_files(
+    run: Path, model_cfg: ModelConfig, cfg: TrainConfig, text: ParallelText, log: Log
+) -> ModelConfig:
+    """Train the SentencePiece tokenizer(s) on ``text`` and write the run files (process 0)."""
+    run.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=run) as tmp:
+        t0 = time.monotonic()
+        _, tgt_tok = train_tokenizers(
+            text.src, text.tgt, model_cfg.vocab_size, tmp, joint=cfg.joint_vocab, seed=cfg.seed
+        )
+        log(
+            f"trained {'joint ' if cfg.joint_vocab else ''}SentencePiece BPE "
+            f"(vocab {tgt_tok.vocab_size}) in {time.monotonic() - t0:.1f}s"
+        )
+        model_cfg = dataclasses.replace(model_cfg, vocab_size=tgt_tok.vocab_size)
+        run_dir.write_run_files(run, model_cfg, cfg, Path(tmp))
+    sharding.sync("seqjax-run-files")
+    return model_cfg
+
+
+def prepare_run(
+    run: Path,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    train_text: ParallelText,
+    *,
+    primary: bool,
+    log: Log,
+) -> tuple[ModelConfig, TrainConfig, Tokenizer, Tokenizer]:
+    """The run's configs and tokenizers, by how it starts.
+
+    Resumed (``run`` holds a config: it must train the same thing), fine-tuned from
+    ``cfg.init_from`` (its architecture and tokenizer), or fresh: process 0 trains the
+    tokenizer and writes the run files, the other processes wait and read them.
+    """
+    resuming = run_dir.exists(run)
+    sharding.sync("seqjax-train-start")  # every process has looked before process 0 writes
+    started = None
+    if resuming:
+        model_cfg, saved_cfg = run_dir.read_run_config(run)
+        cfg = _check_resume_config(saved_cfg, cfg, run)
+        started = f"resuming {run}"
+    elif cfg.init_from is not None:
+        model_cfg = _fine_tune_run_files(run, cfg, primary)
+        started = f"starting from {cfg.init_from} ({cfg.objective})"
+    elif not primary:
+        sharding.sync("seqjax-run-files")  # process 0 writes them (on a shared filesystem)
+        model_cfg, _ = run_dir.read_run_config(run)
+    else:
+        model_cfg = _fresh_run_files(run, model_cfg, cfg, train_text, log)
+    src_tok, tgt_tok = run_dir.read_tokenizers(run)
+    if started:
+        log(started)
+    if src_tok.vocab_size != tgt_tok.vocab_size:
+        raise DataError("separate source/target vocabularies must have the same size")
+    return model_cfg, cfg, src_tok, tgt_tok
+
+
+def _limit_lengths(pairs: TokenizedPairs, cfg: TrainConfig) -> tuple[TokenizedPairs, int]:
+    return filter_long(pairs, cfg.max_src_len, cfg.max_tgt_len, cfg.length_buckets)
+
+
+def tokenize_data(
+    train_text: ParallelText,
+    valid_text: ParallelText | None,
+    tokenizers: tuple[Tokenizer, Tokenizer],
+    cfg: TrainConfig,
+    log: Log,
+) -> tuple[TokenizedPairs, TokenizedPairs | None, ParallelText | None]:
+    """``(train pairs, valid pairs, valid text)``, tokenized and within the length limits."""
+    pairs, n_long = _limit_lengths(tokenize_pairs(train_text, *tokenizers), cfg)
+    log(
+        f"train: {len(pairs)} pairs"
+        + (f" ({n_long} longer than the limits dropped)" if n_long else "")
+    )
+    if valid_text is None:
+        return pairs, None, None
+    valid_text, _ = drop_empty_pairs(valid_text)
+    valid_pairs, _ = _limit_lengths(tokenize_pairs(valid_text, *tokenizers), cfg)
+    return pairs, valid_pairs, valid_text
+
+
+# -- phase 2: the initial state --------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Start:
+    """Where the loop starts: the train state, dropout key and data position (epoch, batch)."""
+
+    state: TrainState
+    dropout_key: jax.Array
+    epoch: int
+    index: int
+    n_params: int
+
+
+def initial_state(
+    model: Any,
+    optimizer: Any,
+    cfg: TrainConfig,
+    ckpt: checkpoint.Checkpointer,
+    mesh: Mesh,
+    log: Log,
+) -> Start:
+    """Fresh params (or ``cfg.init_from``'s best), replaced by the run's latest checkpoint."""
+    init_key, dropout_key = jax.random.split(jax.random.key(cfg.seed))
+    if cfg.init_from is not None:
+        params = run_dir.load_model(cfg.init_from)[1]
+    else:
+        params = model.init(init_key)
+    n_params = count_params(params)
+    state = init_train_state(params, optimizer)
+    # Place the state on the mesh before restoring: Orbax restores into these shardings.
+    state = TrainState(
+        sharding.place_replicated(state.step, mesh),
+        sharding.place_params(state.params, mesh),
+        sharding.place_params(state.opt_state, mesh),
+    )
+    start = Start(state, sharding.place_replicated(dropout_key, mesh), 0, 0, n_params)
+    if ckpt.latest_step() is not None:
+        params, opt_state, meta = ckpt.restore(state.params, state.opt_state)
+        step0 = sharding.place_replicated(jnp.asarray(meta["step"], jnp.int32), mesh)
+        start.state = TrainState(step0, params, opt_state)
+        start.epoch, start.index = meta["epoch"], meta["index"]
+        log(f"restored step {meta['step']} (epoch {start.epoch}, batch {start.index})")
+    return start
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Validator:
+    """Loss on the validation pairs and BLEU/chrF on the first sentences of the valid text."""
+
+    eval_step: Callable
+    model: Any
+    tokenizers: tuple[Tokenizer, Tokenizer]
+    pairs: TokenizedPairs | None
+    text: ParallelText | None
+    cfg: TrainConfig
+    model_cfg: ModelConfig
+    decode_cfg: DecodeConfig
+    mesh: Mesh
+
+    def __call__(self, params: Any) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.pairs is None or len(self.pairs) == 0:
+            return out
+        out.update(
+            evaluate_loss(self.eval_step, params, self.pairs, self.cfg, self.model_cfg, self.mesh)
+        )
+        n = min(self.cfg.valid_bleu_sentences, len(self.text))
+        if n:
+            tr = Translator(self.model, params, *self.tokenizers, self.model_cfg, mesh=self.mesh)
+            hyps = tr.translate(self.text.src[:n], self.decode_cfg)
+            s = corpus_scores(hyps, self.text.tgt[:n])
+            out.update(valid_bleu=s.bleu, valid_chrf=s.chrf)
+        return out
+
+
+def _valid_score(valid: dict[str, float]) -> float:
+    """Higher is better: BLEU when measured, else minus the validation NLL."""
+    return valid.get("valid_bleu", -valid.get("valid_nll", 0.0))
+
+
+def _format(valid: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in valid.items())
+
+
+# -- phase 3: the loop, its log window and divergence guard ----------------------------------
+
+
+@dataclasses.dataclass
+class LogWindow:
+    """Metrics of the steps since the last log line, reduced to one ``metrics.jsonl`` record."""
+
+    metrics: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
+    t0: float = dataclasses.field(default_factory=time.monotonic)
+
+    def add(self, m: dict[str, jax.Array]) -> None:
+        self.metrics.append(m)
+
+    def flush(self, step: int, epoch: int, start: float) -> tuple[dict[str, Any], list[int]]:
+        """``(record, skipped flag per step)``; the window starts over."""
+        host = jax.device_get(self.metrics)
+        self.metrics = []
+        tokens = sum(float(w["tokens"]) for w in host)
+        nll = sum(float(w["nll_sum"]) for w in host)
+        dt = time.monotonic() - self.t0
+        self.t0 = time.monotonic()
+        skipped = [int(w["skipped"]) for w in host]
+        record = {
+            "step": step,
+            "epoch": epoch,
+            "loss": float(np.mean([float(w["loss"]) for w in host])),
+            "train_nll": nll / max(tokens, 1.0),
+            "grad_norm": float(np.mean([float(w["grad_norm"]) for w in host])),
+            "skipped": int(sum(skipped)),
+            "tgt_tok_per_s": tokens / max(dt, 1e-9),
+            "minutes": (time.monotonic() - start) / 60,
+        }
+        return record, skipped
+
+
+@dataclasses.dataclass
+class DivergenceGuard:
+    """Counts skipped (non-finite) updates; ``max_bad`` of them in a row is a diverged run."""
+
+    max_bad: int
+    in_a_row: int = 0
+    total: int = 0
+
+    def diverged(self, skipped: list[int]) -> bool:
+        for s in skipped:
+            self.in_a_row = self.in_a_row + 1 if s else 0
+        self.total += sum(skipped)
+        return self.in_a_row >= self.max_bad
+
+
+@dataclasses.dataclass
+class Loop:
+    """The train loop's moving parts: the state, its position in the data, and the run."""
+
+    run: Path
+    cfg: TrainConfig
+    state: TrainState
+    dropout_key: jax.Array
+    epoch: int
+    index: int
+    train_step: Step
+    validate: Validator
+    ckpt: checkpoint.Checkpointer
+    batches: Iterator
+    progress: Progress
+    mesh: Mesh
+    primary: bool
+    log: Log
+    start: float = dataclasses.field(default_factory=time.monotonic)
+    last_valid: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.step = int(self.state.step)
+        self.window = LogWindow()
+        self.guard = DivergenceGuard(self.cfg.max_bad_steps)
+
+    @property
+    def minutes(self) -> float:
+        return (time.monotonic() - self.start) / 60
+
+    def write_metrics(self, record: dict[str, Any]) -> None:
+        if self.primary:
+            run_dir.append_metrics(self.run, record)
+
+    def save(self, valid_score: float | None = None) -> None:
+        # (epoch, index) is the next batch to train on: a resume starts exactly there.
+        meta = {"step": self.step, "epoch": self.epoch, "index": self.index,
+                "minutes": self.minutes}  # fmt: skip
+        self.ckpt.save(self.step, self.state.params, self.state.opt_state, meta,
+                       valid_score=valid_score)  # fmt: skip
+
+    def train_one(self) -> None:
+        batch_epoch, batch_index, batch = next(self.batches)
+        global_rows = len(batch["src"]) * jax.process_count()
+        self.state, m = self.train_step(
+            self.state, sharding.shard_local_rows(batch, self.mesh, global_rows), self.dropout_key
+        )
+        self.step += 1
+        self.epoch, self.index = batch_epoch, batch_index + 1
+        self.window.add(m)
+
+    def log_window(self) -> None:
+        record, skipped = self.window.flush(self.step, self.epoch, self.start)
+        self.write_metrics(record)
+        if self.guard.diverged(skipped):
+            self.ckpt.wait()
+            last = self.ckpt.latest_step()
+            self.ckpt.close()
+            raise TrainingDiverged(
+                f"stopped at step {self.step}: {self.guard.in_a_row} consecutive steps had a "
+                f"non-finite loss or gradient ({self.guard.total} skipped in all); the last good "
+                f"checkpoint is step {last} in {self.run / checkpoint.LATEST_DIR}; lower --lr "
+                "or check the data"
+            )
+        self.progress.update(
+            self.cfg.log_every,
+            loss=record["loss"],
+            tok_s=int(record["tgt_tok_per_s"]),
+            epoch=self.epoch,
+            min=round(record["minutes"], 1),
+        )
+
+    def validate_and_save(self) -> None:
+        self.last_valid = self.validate(self.state.params)
+        self.write_metrics({"step": self.step, **self.last_valid})
+        self.log(f"step {self.step}: {_format(self.last_valid)}")
+        self.save(_valid_score(self.last_valid))
+
+    def run_until_done(self, budget_s: float) -> bool:
+        """Train until ``cfg.total_steps`` or the time budget; True if interrupted (Ctrl-C)."""
+        cfg = self.cfg
+        try:
+            # The wall-clock budget is process 0's: every process must run the same steps.
+            while self.step < cfg.total_steps and sharding.agree(
+                time.monotonic() - self.start < budget_s
+            ):
+                self.train_one()
+                if self.step % cfg.log_every == 0:
+                    self.log_window()
+                if self.step % cfg.eval_every == 0:
+                    self.validate_and_save()
+                elif self.step % cfg.save_every == 0:
+                    self.save()
+        except KeyboardInterrupt:
+            self.log(f"interrupted at step {self.step}; saving a checkpoint")
+            return True
+        return False
+
+    def finish(self, interrupted: bool) -> float:
+        """Validate (unless interrupted), save the last step and wait for the checkpoint.
+
+        Returns the minutes spent training (the closing validation not included).
+        """
+        self.progress.close()
+        minutes = self.minutes
+        if not interrupted:
+            self.last_valid = self.validate(self.state.params)
+            self.write_metrics({"step": self.step, **self.last_valid, "final": True})
+            self.log(f"final step {self.step}: {_format(self.last_valid)}")
+        self.save(None if interrupted else _valid_score(self.last_valid))
+        self.ckpt.wait()
+        self.ckpt.close()
+        return minutes
+
+
+# -- train -----------------------------------------------------------------------------------
+
+
+def train(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    run: str | Path,
+    *,
+    log: Log = _stderr,
+    decode_cfg: DecodeConfig | None = None,
+) -> TrainResult:
+    """Train (or resume) a model in the run directory ``run``; returns the final step and scores.
+
+    Validation BLEU is computed on the first ``cfg.valid_bleu_sentences`` validation
+    sentences with ``decode_cfg`` (greedy by default, to keep validation cheap).
+
+    Data parallel over ``sharding.make_mesh(cfg.mesh)``: every global batch is padded to a
+    multiple of the mesh's data axis and split along it (each process builds only its own
+    rows); params and optimizer state are replicated (big matrices split along ``model``
+    when the mesh has one). With several processes only process 0 writes the run files,
+    metrics and log lines; every process takes part in the (Orbax) checkpoint saves.
+    """
+    run = Path(run)
+    mesh = sharding.make_mesh(cfg.mesh)
+    primary = sharding.is_primary()
+    if not primary:
+        log = lambda msg: None  # noqa: E731
+    t_setup = time.monotonic()
+    train_text, valid_text = _read_text(cfg, log)
+    model_cfg, cfg, *tokenizers = prepare_run(
+        run, model_cfg, cfg, train_text, primary=primary, log=log
+    )
+    pairs, valid_pairs, valid_text = tokenize_data(train_text, valid_text, tokenizers, cfg, log)
+
+    model = build_model(model_cfg)
+    optimizer = make_optimizer(cfg)
+    ckpt = checkpoint.Checkpointer(run, keep_last=cfg.keep_last)
+    start = initial_state(model, optimizer, cfg, ckpt, mesh, log)
+    log(
+        f"model: {model_cfg.family} {start.n_params / 1e6:.2f}M parameters ({model_cfg.dtype}); "
+        f"mesh data={mesh.shape['data']} model={mesh.shape['model']} over "
+        f"{jax.process_count()} process(es); setup {time.monotonic() - t_setup:.1f}s"
+    )
+
+    validate = Validator(
+        make_eval_step(model, pad_id=model_cfg.pad_id), model, tuple(tokenizers), valid_pairs,
+        valid_text, cfg, model_cfg, decode_cfg or DecodeConfig(method="greedy", batch_size=64),
+        mesh,
+    )  # fmt: skip
+    if primary:
+        run_dir.truncate_metrics(run, int(start.state.step))
+    budget_s = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
+    batches = iterate_batches(
+        pairs, seed=cfg.seed, batch_tokens=cfg.batch_tokens, buckets=cfg.length_buckets,
+        start_epoch=start.epoch, start_index=start.index, row_multiple=sharding.data_size(mesh),
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    )  # fmt: skip
+    total = cfg.total_steps if math.isinf(budget_s) else None
+    progress = Progress(
+        total, "train", unit="steps", initial=int(start.state.step), disable=not primary
+    )
+    loop = Loop(
+        run, cfg, start.state, start.dropout_key, start.epoch, start.index,
+        make_objective_step(cfg, model, optimizer, mesh), validate, ckpt, batches, progress,
+        mesh, primary, log,
+    )  # fmt: skip
+    interrupted = loop.run_until_done(budget_s)
+    minutes = loop.finish(interrupted)
+    if interrupted:
+        log(f"saved step {loop.step} in {run}; rerun the same command to resume")
+        raise KeyboardInterrupt
+    return TrainResult(run, loop.step, loop.last_valid, minutes, start.n_params)

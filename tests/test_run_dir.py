@@ -1,0 +1,218 @@
+"""``seqjax.app.run_dir``: the run directory's config, tokenizer, params by best / latest /
+step, the corpus it was trained on and its metrics file; one-line errors for damaged runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import seqjax
+from seqjax.app import run_dir
+from seqjax.app.cli import main
+from seqjax.app.run_dir import CONFIG_FILE, read_run_config, write_run_files
+from seqjax.checkpoint import Checkpointer, CheckpointError
+from seqjax.config import ModelConfig, TrainConfig, model_preset
+from seqjax.data import DataError
+
+# -- config.json and tokenizer ------------------------------------------------------------------
+
+
+def test_config_roundtrip_and_tokenizer_copy(tmp_path: Path):
+    model = model_preset("tiny")
+    train = TrainConfig(preset="tiny", length_buckets=(8, 16), seed=3)
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "spm.model").write_bytes(b"joint-model")
+    run = write_run_files(tmp_path / "run", model, train, tok)
+
+    assert read_run_config(run) == (model, train)
+    doc = json.loads((run / CONFIG_FILE).read_text())
+    assert doc["format"] == 1 and doc["seqjax_version"] == "0.1.0"
+    assert (run / "tokenizer" / "spm.model").read_bytes() == b"joint-model"
+
+    # Re-writing with a separate-vocabulary tokenizer leaves no stale joint model behind.
+    tok2 = tmp_path / "tok2"
+    tok2.mkdir()
+    (tok2 / "src.model").write_bytes(b"s")
+    (tok2 / "tgt.model").write_bytes(b"t")
+    write_run_files(run, model, train, tok2)
+    assert sorted(p.name for p in (run / "tokenizer").iterdir()) == ["src.model", "tgt.model"]
+    write_run_files(run, model, train, run / "tokenizer")  # resuming: copying onto itself
+    assert sorted(p.name for p in (run / "tokenizer").iterdir()) == ["src.model", "tgt.model"]
+
+
+def test_tokenizer_file_names_match_data_module():
+    from seqjax.data import tokenizer
+
+    names = (run_dir.JOINT_FILE, run_dir.SRC_FILE, run_dir.TGT_FILE)
+    assert names == (tokenizer.JOINT_FILE, tokenizer.SRC_FILE, tokenizer.TGT_FILE)
+
+
+def test_tokenizer_dir_without_models_is_rejected(tmp_path: Path):
+    (tmp_path / "tok").mkdir()
+    with pytest.raises(CheckpointError, match="no tokenizer found"):
+        write_run_files(tmp_path / "run", ModelConfig(), TrainConfig(), tmp_path / "tok")
+
+
+def test_missing_run_dir_and_config(tmp_path: Path):
+    missing = tmp_path / "nope"
+    expected = f"no such checkpoint directory: {missing}; train one with `seqjax train --out"
+    with pytest.raises(CheckpointError, match=expected):
+        read_run_config(missing)
+    with pytest.raises(CheckpointError, match=expected):
+        Checkpointer(missing)
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(CheckpointError, match=f"{run / CONFIG_FILE} not found"):
+        read_run_config(run)
+    (run / CONFIG_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match="invalid JSON"):
+        read_run_config(run)
+
+
+def test_incompatible_format_and_bad_fields(tmp_path: Path):
+    run = write_run_files(tmp_path / "run", ModelConfig(), TrainConfig(), None)
+    path = run / CONFIG_FILE
+    doc = json.loads(path.read_text())
+
+    path.write_text(json.dumps({**doc, "format": 2}))
+    with pytest.raises(CheckpointError, match="run format 2 .* reads format 1; upgrade seqjax"):
+        read_run_config(run)
+
+    doc["model"]["d_modle"] = 64
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match=r"config.json \[model\]: unknown ModelConfig field"):
+        read_run_config(run)
+
+
+# -- params by best / latest / step -----------------------------------------------------------
+
+
+def test_load_model_by_best_latest_and_step(trained):
+    steps = sorted(int(p.name) for p in (trained / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps and steps[-1] == 20
+    model, latest = run_dir.load_model(trained, which="latest")
+    _, by_step = run_dir.load_model(trained, which=steps[-1])
+    _, best = run_dir.load_model(trained)
+    assert model.config == read_run_config(trained)[0]
+    jax.tree.map(np.testing.assert_array_equal, latest, by_step)
+    assert jax.tree.structure(best) == jax.tree.structure(latest)
+    with pytest.raises(CheckpointError, match="no such checkpoint step"):
+        run_dir.load_model(trained, which=10**6)
+
+
+def test_tokenizers_of_a_run(trained):
+    src_tok, tgt_tok = run_dir.read_tokenizers(trained)
+    assert src_tok.vocab_size == tgt_tok.vocab_size == read_run_config(trained)[0].vocab_size
+
+
+# -- the corpus a run was trained on ----------------------------------------------------------
+
+
+def test_corpus_split_bundled_or_user_files(toy_corpus):
+    user = TrainConfig(src=str(toy_corpus / "train.src"), tgt=str(toy_corpus / "train.tgt"))
+    assert len(run_dir.corpus_split(user, "train").src) == 260
+    assert run_dir.corpus_split(user, "valid") is None  # no valid files given
+    assert run_dir.corpus_split(user, "test") is None
+    bundled = TrainConfig()
+    assert len(run_dir.corpus_split(bundled, "valid").src) > 0
+
+
+def test_evaluation_split_of_a_run_on_user_files(trained):
+    name, data = run_dir.evaluation_split(trained, "valid")
+    assert name == "valid" and len(data.src) == 40
+    for split in ("train", "test"):
+        with pytest.raises(DataError, match="trained on user files"):
+            run_dir.evaluation_split(trained, split)
+
+
+# -- metrics.jsonl ----------------------------------------------------------------------------
+
+
+def test_truncate_metrics_keeps_records_up_to_the_restored_step(tmp_path):
+    p = tmp_path / "metrics.jsonl"
+    p.write_text('{"step": 1, "loss": 1}\n{"step": 2}\n{"step": 3, "loss": 3}\n{"st')
+    run_dir.truncate_metrics(tmp_path, 2)
+    assert [json.loads(x)["step"] for x in p.read_text().splitlines()] == [1, 2]
+    run_dir.truncate_metrics(tmp_path / "absent", 5)  # nothing to do, no error
+    assert not (tmp_path / "absent" / "metrics.jsonl").exists()
+    run_dir.append_metrics(tmp_path, {"step": 3})
+    assert json.loads(p.read_text().splitlines()[-1]) == {"step": 3}
+
+
+# -- damaged or missing runs: one-line errors -------------------------------------------------
+
+
+def _input(tmp_path) -> str:
+    p = tmp_path / "in.txt"
+    p.write_text("alpha\n", encoding="utf-8")
+    return str(p)
+
+
+def _copy_run(trained: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "copy"
+    shutil.copytree(trained, run)
+    return run
+
+
+@pytest.mark.parametrize(
+    "content, expect",
+    [
+        ("FORMAT99", "format 99"),
+        ("FORMAT_STR", "format 'one'"),
+        ('{"model": {"d_model": 3', "invalid JSON"),
+        ("[1, 2]", "JSON object"),
+        (b"\xff\xfe{}", "invalid JSON"),
+        ("", "invalid JSON"),
+        ("NO_MODEL", "'model'"),
+        ("BAD_FIELD", "d_modell"),
+    ],
+    ids=["newer-format", "bad-format", "truncated", "array", "binary", "empty", "no-model",
+         "unknown-field"],
+)  # fmt: skip
+def test_bad_config_json_one_line(trained, tmp_path, one_line_error, content, expect):
+    run = _copy_run(trained, tmp_path)
+    doc = json.loads((run / "config.json").read_text())
+    if content == "FORMAT99":
+        content = json.dumps({**doc, "format": 99})
+    elif content == "FORMAT_STR":
+        content = json.dumps({**doc, "format": "one"})
+    elif content == "NO_MODEL":
+        content = json.dumps({k: v for k, v in doc.items() if k != "model"})
+    elif content == "BAD_FIELD":
+        content = json.dumps({**doc, "model": {**doc["model"], "d_modell": 8}})
+    if isinstance(content, str):
+        content = content.encode()
+    (run / "config.json").write_bytes(content)
+    rc = main(["translate", "--checkpoint", str(run), "--input", _input(tmp_path)])
+    assert rc == 2
+    one_line_error("config.json", expect)
+    with pytest.raises(CheckpointError, match=re.escape(expect)):
+        seqjax.load(str(run))
+
+
+def test_run_dir_without_checkpoints_one_line(trained, tmp_path, one_line_error):
+    run = _copy_run(trained, tmp_path)
+    shutil.rmtree(run / "checkpoints")
+    shutil.rmtree(run / "best", ignore_errors=True)
+    rc = main(["translate", "--checkpoint", str(run), "--input", _input(tmp_path)])
+    assert rc == 2
+    one_line_error(str(run))
+
+
+@pytest.mark.parametrize("path", ["does/not/exist", "FILE"])
+def test_load_bad_path_raises_checkpoint_error(tmp_path, path):
+    if path == "FILE":
+        path = tmp_path / "a_file"
+        path.write_text("x")
+    with pytest.raises(CheckpointError) as e:
+        seqjax.load(str(path))
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and str(path) in msg
