@@ -261,7 +261,8 @@ class TrainConfig:
     """Data, optimisation and bookkeeping for ``seqjax train``.
 
     ``corpus`` names a bundled corpus; ``src``/``tgt`` (and ``valid_src``/``valid_tgt``)
-    point to user files instead and take precedence when set.
+    point to user files instead and take precedence when set; ``data`` is a directory written
+    by ``seqjax prepare`` (tokenizer + shards), used instead of both.
     """
 
     preset: str = "small"
@@ -270,6 +271,8 @@ class TrainConfig:
     tgt: str | None = None
     valid_src: str | None = None
     valid_tgt: str | None = None
+    data: str | None = None  # a prepared directory (seqjax prepare) instead of text files
+    data_workers: int = 0  # processes building batches (0: one prefetch thread); runtime
     joint_vocab: bool = True
     max_src_len: int = 128  # tokens; longer training pairs are dropped and counted
     max_tgt_len: int = 128
@@ -340,6 +343,11 @@ class TrainConfig:
         _check(self.batch_tokens > 0, "batch_tokens must be positive")
         _check(self.learning_rate > 0, "learning_rate must be positive")
         _check((self.src is None) == (self.tgt is None), "give both src and tgt, or neither")
+        _check(
+            self.data is None or (self.src is None and self.valid_src is None),
+            "data (a prepared directory) replaces src/tgt and valid_src/valid_tgt; give one",
+        )
+        _check(self.data_workers >= 0, "data_workers must be >= 0")
         _check(
             list(self.length_buckets) == sorted(self.length_buckets) and self.length_buckets,
             "length_buckets must be a non-empty increasing list",

@@ -84,7 +84,7 @@ def test_manifest_records_counts_reasons_and_checksums(prepared, corpus) -> None
 
 
 def test_validation_text_kept_for_bleu(prepared, corpus) -> None:  # noqa: ANN001
-    from seqjax.data.pipeline import read_text
+    from seqjax.data.shards import read_text
 
     _, _, vs, vt = corpus
     ref = read_parallel(vs, vt)

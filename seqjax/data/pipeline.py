@@ -214,13 +214,3 @@ def eval_batches(
     batcher = _Batcher(str(data_dir), split, fixed, per_epoch)
     for j in range(per_epoch):
         yield batcher(j)
-
-
-def read_text(data_dir: str | Path, split: str = "valid") -> tuple[list[str], list[str]]:
-    """The cleaned source and target text kept for a split (``prepare`` keeps it for valid)."""
-    d = Path(data_dir) / split
-    out = []
-    for side in ("src", "tgt"):
-        text = (d / f"text.{side}").read_text(encoding="utf-8")
-        out.append(text.split("\n")[:-1])
-    return out[0], out[1]

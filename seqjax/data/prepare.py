@@ -65,6 +65,13 @@ class PrepareOptions:
     pairs_per_shard: int = 1_000_000
     tokenizer: str | None = None
 
+    def __post_init__(self) -> None:
+        for name, low in [("vocab_size", 5), ("sample_sentences", 1), ("pairs_per_shard", 1)]:
+            if getattr(self, name) < low:
+                raise DataError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        if self.model_type not in ("bpe", "unigram", "char", "word"):
+            raise DataError(f"model_type {self.model_type!r}: use bpe or unigram")
+
 
 @dataclasses.dataclass(frozen=True)
 class Prepared:
@@ -464,7 +471,11 @@ def _prepare_into(
         n_sample = 0
     else:
         n_sample = _train_tokenizer(scan, src, tgt, opts, tok_dir)
-        log(f"trained the tokenizer on {n_sample} sentences in {time.monotonic() - t1:.1f}s")
+        log(
+            f"trained {'joint ' if opts.joint_vocab else ''}SentencePiece "
+            f"{opts.model_type.upper()} (vocab {opts.vocab_size}) on {n_sample} sentences in "
+            f"{time.monotonic() - t1:.1f}s"
+        )
     scan.sample = []  # free the sample before the workers start
     toks = load_tokenizers(tok_dir)
     n_workers = auto_workers(scan.kept) if workers is None else workers
