@@ -457,7 +457,7 @@ def _prepare_into(
     scan = scan_parallel(src, tgt, 0 if opts.tokenizer else sample_pairs, opts.seed)
     if scan.kept == 0:
         raise DataError(f"{src}: no pair with text on both sides; check the files")
-    log(f"scanned {scan.lines} lines ({scan.kept} pairs kept) in {time.monotonic() - t0:.1f}s")
+    scan_s = time.monotonic() - t0
     t1 = time.monotonic()
     tok_dir = tmp / "tokenizer"
     if opts.tokenizer is not None:
@@ -487,7 +487,10 @@ def _prepare_into(
         )
     }  # fmt: skip
     tokenize_s = time.monotonic() - t2
-    log(f"tokenised {scan.kept} pairs with {n_workers} worker(s) in {tokenize_s:.1f}s")
+    log(
+        f"read {scan.lines} lines in {scan_s:.1f}s; tokenised the {scan.kept} kept pairs with "
+        f"{n_workers} worker process(es) in {tokenize_s:.1f}s"
+    )
     if "valid_src" in roles:
         vs, vt = Path(roles["valid_src"]), Path(roles["valid_tgt"])
         v_scan = scan_parallel(vs, vt, 0, opts.seed)

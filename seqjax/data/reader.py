@@ -125,19 +125,18 @@ def clean_line(raw: bytes, name: str, line_no: int) -> tuple[str, int]:
 
 
 def line_flags(raw: bytes, name: str, line_no: int) -> tuple[bool, bool]:
-    """``(has_text, blank_after_cleaning)`` of one raw line, decoding only non-ASCII lines.
+    """``(has_text, blank_after_cleaning)`` of one raw line; invalid UTF-8 raises.
 
     ``has_text``: not all whitespace (``str.strip``), which decides whether a file is empty;
     ``blank_after_cleaning``: ``clean_line(...)[0].strip() == ""``, which decides whether a
-    training pair is dropped. Cheap on the common lines (the byte checks decide unless the
-    line has no visible ASCII character), so a scan of a large file decodes few lines; invalid
-    UTF-8 raises like ``clean_line`` when the line is decoded (``clean_line`` always checks).
+    training pair is dropped. Cheap: ASCII lines are judged from their bytes, and a line with
+    a visible ASCII character is never blank, so only the other lines are cleaned.
     """
-    if raw.translate(None, _NOT_VISIBLE_ASCII):
-        return True, False
     if raw.isascii():
         return bool(raw.translate(None, _STRIP_ASCII)), not raw.translate(None, _BLANK_ASCII)
-    text = _decode(raw, name, line_no)
+    text = _decode(raw, name, line_no)  # validates the UTF-8 of every line
+    if raw.translate(None, _NOT_VISIBLE_ASCII):
+        return True, False
     return bool(text.strip()), not _clean(text)[0].strip()
 
 
