@@ -172,7 +172,8 @@ class _TreeRss:
     def stop(self) -> tuple[float, float]:
         self._stop.set()
         self._t.join()
-        return self.rss / 2**20, self.pss / 2**20
+        rss, pss = self._sample()  # a last look: a fast run may end between two samples
+        return max(self.rss, rss) / 2**20, max(self.pss, pss) / 2**20
 
 
 def child_pipeline(args: dict[str, Any]) -> dict[str, Any]:
@@ -348,7 +349,7 @@ def main() -> None:
     ap.add_argument("--before", default="30k,1M", help="corpora to run today's path on")
     ap.add_argument("--workers", default="0,1,2", help="pipeline worker counts")
     ap.add_argument("--prepare-workers", type=int, default=None, help="default: all CPUs")
-    ap.add_argument("--batches", type=int, default=300, help="timed pipeline batches")
+    ap.add_argument("--batches", type=int, default=2000, help="timed pipeline batches")
     ap.add_argument("--tmp", default="/tmp/seqjax_bench_data", help="corpora and prepared data")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     ap.add_argument("--out", default=str(HERE / "results" / "bench_data"))
