@@ -256,15 +256,37 @@ def run_child(kind: str, **args: Any) -> dict[str, Any]:
     load0 = os.getloadavg()[0]
     out = subprocess.run(
         [sys.executable, __file__, "--child", kind, json.dumps(args, default=str)],
-        check=True,
         capture_output=True,
         text=True,
         cwd=HERE,
     )
+    if out.returncode != 0:
+        raise RuntimeError(f"{kind} child failed ({out.returncode}): {out.stderr[-3000:]}")
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res["load_1min"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
-    print(f"  {kind} {args.get('workers', '')}: {res}", file=sys.stderr, flush=True)
+    print(f"  {kind} {args.get('workers', '')}: {json.dumps(res)}", file=sys.stderr, flush=True)
     return res
+
+
+def _from_log(path: str | None) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Measurements an earlier, interrupted invocation printed: ``{(size, kind, workers): row}``.
+
+    Lets a rerun measure only what is missing (its prepared directories must still exist).
+    """
+    import ast
+
+    done: dict[tuple[str, str, str], dict[str, Any]] = {}
+    label = ""
+    for line in Path(path).read_text().splitlines() if path else []:
+        if line.endswith(": generating"):
+            label = line.split(":")[0]
+        elif line.startswith("  ") and ": {" in line:
+            head, body = line.strip().split(": ", 1)
+            kind, _, workers = head.partition(" ")
+            row = json.loads(body) if body.startswith('{"') else ast.literal_eval(body)
+            row["from_earlier_invocation"] = True
+            done[(label, kind, workers)] = row
+    return done
 
 
 # ---------------------------------------------------------------- the table
@@ -353,6 +375,11 @@ def main() -> None:
     ap.add_argument("--tmp", default="/tmp/seqjax_bench_data", help="corpora and prepared data")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     ap.add_argument("--out", default=str(HERE / "results" / "bench_data"))
+    ap.add_argument(
+        "--from-log",
+        metavar="LOG",
+        help="stderr of an interrupted run: reuse its measurements, run only the missing ones",
+    )
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -372,6 +399,8 @@ def main() -> None:
         "h100_base_tokens_per_s_estimate": H100_BASE_TOKENS_PER_S,
         "gpu_note": GPU_NOTE,
     }
+    done = _from_log(args.from_log)
+    meta["measurements_from_earlier_invocation"] = len(done)
     workers = [int(w) for w in args.workers.split(",")]
     before_sizes = [s for s in args.before.split(",") if s]
     rows = []
@@ -381,14 +410,18 @@ def main() -> None:
         src, tgt = make_corpus(n, tmp / label)
         row: dict[str, Any] = {"label": label, "pairs_requested": n}
         if label in before_sizes:
-            row["before"] = run_child("before", src=src, tgt=tgt)
+            row["before"] = done.get((label, "before", "")) or run_child("before", src=src, tgt=tgt)
         data = tmp / f"{label}.prepared"
-        shutil.rmtree(data, ignore_errors=True)
-        row["prepare"] = run_child(
-            "prepare", src=src, tgt=tgt, out=data, workers=args.prepare_workers
-        )
+        if (label, "prepare", "None") in done and data.is_dir():
+            row["prepare"] = done[(label, "prepare", "None")]
+        else:
+            shutil.rmtree(data, ignore_errors=True)
+            row["prepare"] = run_child(
+                "prepare", src=src, tgt=tgt, out=data, workers=args.prepare_workers
+            )
         row["pipeline"] = [
-            run_child("pipeline", data=data, workers=w, warmup=20, batches=args.batches)
+            done.get((label, "pipeline", str(w)))
+            or run_child("pipeline", data=data, workers=w, warmup=20, batches=args.batches)
             for w in workers
         ]
         rows.append(row)
