@@ -324,7 +324,8 @@ class TrainConfig:
     """Data, optimisation and bookkeeping for ``seqjax train``.
 
     ``corpus`` names a bundled corpus; ``src``/``tgt`` (and ``valid_src``/``valid_tgt``)
-    point to user files instead and take precedence when set.
+    point to user files instead and take precedence when set; ``data`` is a directory written
+    by ``seqjax prepare`` (tokenizer + shards), used instead of both.
     """
 
     # The main job: the LSTM wins the 2-CPU budget on the bundled corpus (README: 21.6 vs 13.3
@@ -335,6 +336,8 @@ class TrainConfig:
     tgt: str | None = None
     valid_src: str | None = None
     valid_tgt: str | None = None
+    data: str | None = None  # a prepared directory (seqjax prepare) instead of text files
+    data_workers: int = 0  # processes building batches (0: one prefetch thread); runtime
     joint_vocab: bool = True
     max_src_len: int = 128  # tokens; longer training pairs are dropped and counted
     max_tgt_len: int = 128
@@ -416,6 +419,11 @@ class TrainConfig:
             f"max_minutes must be >= 0 (0 = no limit), got {self.max_minutes}",
         )
         _check(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}")
+        _check(
+            self.data is None or (self.src is None and self.valid_src is None),
+            "data (a prepared directory) replaces src/tgt and valid_src/valid_tgt; give one",
+        )
+        _check(self.data_workers >= 0, "data_workers must be >= 0")
         _check(
             list(self.length_buckets) == sorted(self.length_buckets) and self.length_buckets,
             "length_buckets must be a non-empty increasing list",

@@ -54,3 +54,15 @@ def test_unknown_name_lists_choices() -> None:
 def test_unknown_split_lists_choices() -> None:
     with pytest.raises(DataError, match="no split 'dev'; choose one of: test, train, valid"):
         load_bundled("bible_en_fr", "dev")
+
+
+def test_write_bundled_gives_the_same_text(tmp_path) -> None:  # noqa: ANN001
+    from seqjax.data import read_parallel, write_bundled
+
+    src, tgt = write_bundled("bible_en_fr", "valid", tmp_path)
+    assert (src.name, tgt.name) == ("valid.en", "valid.fr")
+    pt, ref = read_parallel(src, tgt), load_bundled("bible_en_fr", "valid")
+    assert (pt.src, pt.tgt) == (ref.src, ref.tgt)
+    before = src.stat().st_mtime_ns
+    write_bundled("bible_en_fr", "valid", tmp_path)
+    assert src.stat().st_mtime_ns == before  # unchanged files are not rewritten

@@ -1,4 +1,4 @@
-"""The ``seqjax`` command: train, translate, evaluate.
+"""The ``seqjax`` command: prepare, train, translate, evaluate.
 
 Every user error (bad file, bad option, missing checkpoint) ends in one line
 ``seqjax: error: ...`` and exit code 2, never a traceback.
@@ -213,6 +213,8 @@ def _train_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
         ("tgt", "tgt"),
         ("valid_src", "valid_src"),
         ("valid_tgt", "valid_tgt"),
+        ("data", "data"),
+        ("data_workers", "data_workers"),
         ("eval_every", "eval_every"),
         ("objective", "objective"),
         ("init_from", "init_from"),
@@ -257,7 +259,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"trained {result.step} steps in {result.minutes:.1f} min "
         f"({result.params / 1e6:.2f}M parameters) -> {result.run_dir}"
     )
-    if train_cfg.src is None and not args.no_test and result.step > 0:
+    bundled = train_cfg.src is None and train_cfg.data is None
+    if bundled and not args.no_test and result.step > 0:
         from seqjax.app import run_dir
         from seqjax.app.evaluate import evaluate_split
 
@@ -269,6 +272,40 @@ def cmd_train(args: argparse.Namespace) -> int:
             results_file=Path(result.run_dir) / run_dir.TEST_RESULTS_FILE,
         )
     print(f"total wall time {(time.monotonic() - t0) / 60:.1f} min")
+    return 0
+
+
+# -- prepare -------------------------------------------------------------------------------
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from seqjax.data.prepare import PrepareOptions, prepare
+
+    options = PrepareOptions(
+        vocab_size=args.vocab_size,
+        joint_vocab=not args.separate_vocab,
+        model_type=args.model_type,
+        seed=args.seed,
+        sample_sentences=args.sample_sentences,
+        pairs_per_shard=args.pairs_per_shard,
+        tokenizer=args.tokenizer,
+    )
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    res = prepare(
+        args.src, args.tgt, args.out, valid_src=args.valid_src, valid_tgt=args.valid_tgt,
+        options=options, workers=args.workers, log=log,
+    )  # fmt: skip
+    m = res.manifest
+    for name, split in m["splits"].items():
+        skipped = split["skipped"]["empty_side"]
+        print(
+            f"{name}: {split['pairs']} pairs ({skipped} with an empty side skipped, "
+            f"{split['control_chars_replaced']} control characters replaced), "
+            f"{split['src_tokens']} + {split['tgt_tokens']} tokens in {len(split['shards'])} "
+            "shard(s)"
+        )
+    state = "already prepared (same files and options)" if res.reused else f"{m['seconds']}s"
+    print(f"tokenizer vocab {m['tokenizer']['vocab_size']}; {state} -> {res.path}")
     return 0
 
 
@@ -381,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compiled sequence-to-sequence training and decoding in JAX.",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    _add_prepare_parser(sub)
     _add_train_parser(sub)
     _add_translate_parser(sub)
     _add_evaluate_parser(sub)
@@ -434,12 +472,85 @@ def _add_train_parser(sub: Any) -> None:
     t.add_argument("--valid-src", help="validation source file")
     t.add_argument("--valid-tgt", help="validation target file")
     t.add_argument(
+        "--data",
+        metavar="DIR",
+        help="train on a directory written by `seqjax prepare` (instead of --src/--tgt)",
+    )
+    t.add_argument(
+        "--data-workers",
+        type=int,
+        metavar="N",
+        help="processes building batches (default 0: one prefetch thread; use a few on GPU/TPU "
+        "hosts with cores to spare)",
+    )
+    t.add_argument(
         "--eval-every", type=int, help="validate (loss + BLEU) every N steps (default 500)"
     )
     t.add_argument("--no-test", action="store_true", help="skip the final test-set evaluation")
     _add_objective_args(t)
     add_runtime_args(t)
     t.set_defaults(func=cmd_train)
+
+
+def _add_prepare_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="tokenize a parallel corpus once into shards for `seqjax train --data`",
+        description="Stream two line-aligned text files, train a SentencePiece tokenizer on a "
+        "random sample of them, tokenize every pair in worker processes and write "
+        "ArrayRecord shards plus manifest.json into --out. Rerunning with the same files and "
+        "options does nothing; an interrupted run never leaves a directory that looks "
+        "complete.",
+    )
+    p.add_argument("--src", required=True, help="source file, one segment per line")
+    p.add_argument("--tgt", required=True, help="target file, line-aligned with --src")
+    p.add_argument("--valid-src", help="validation source file (kept as text too, for BLEU)")
+    p.add_argument("--valid-tgt", help="validation target file")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write")
+    p.add_argument(
+        "--vocab-size", type=int, default=8000, help="SentencePiece vocabulary size (default 8000)"
+    )
+    p.add_argument(
+        "--separate-vocab",
+        action="store_true",
+        help="one tokenizer per side instead of one joint tokenizer",
+    )
+    p.add_argument(
+        "--model-type",
+        choices=["bpe", "unigram"],
+        default="bpe",
+        help="SentencePiece model type (default bpe)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the tokenizer sample and training (default 0)"
+    )
+    p.add_argument(
+        "--sample-sentences",
+        type=int,
+        default=200_000,
+        metavar="N",
+        help="most sentences the tokenizer trains on, drawn at random (default 200000)",
+    )
+    p.add_argument(
+        "--pairs-per-shard",
+        type=int,
+        default=1_000_000,
+        metavar="N",
+        help="pairs per ArrayRecord file (default 1000000)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        metavar="DIR",
+        help="use this tokenizer (a run's tokenizer/ or a prepared directory's) instead of "
+        "training one, e.g. to fine-tune a model on new data",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="tokenizer processes (default: one per CPU; none below 50k pairs)",
+    )
+    p.set_defaults(func=cmd_prepare, no_compile_cache=True)
 
 
 def _add_objective_args(t: argparse.ArgumentParser) -> None:

@@ -42,6 +42,7 @@ from seqjax.config import (
 )
 from seqjax.data import DataError, ParallelText, Tokenizer, load_bundled, read_parallel
 from seqjax.data import load_tokenizers as _load_tokenizers
+from seqjax.data.shards import read_text
 from seqjax.data.tokenizer import JOINT_FILE, SRC_FILE, TGT_FILE
 from seqjax.models import build_model
 
@@ -373,6 +374,14 @@ def evaluation_split(run_dir: str | Path, split: str) -> tuple[str, ParallelText
     files are not held out); other files go through ``--src``/``--ref``.
     """
     _, cfg = read_run_config(run_dir)
+    if cfg.data is not None:
+        if split != "valid":
+            raise DataError(
+                f"{run_dir} was trained on a prepared directory ({cfg.data}); evaluate with "
+                "--src FILE --ref FILE"
+            )
+        src, tgt = read_text(cfg.data, "valid")
+        return "valid", ParallelText(src, tgt, f"{cfg.data}/valid", f"{cfg.data}/valid")
     name = cfg.corpus if cfg.src is None else "valid"
     data = corpus_split(cfg, split) if cfg.src is None or split == "valid" else None
     if data is None:

@@ -5,10 +5,12 @@ resumes from the latest complete checkpoint: same data order (epoch, batch index
 dropout keys (folded from the step), same optimizer state, so the loss curve continues
 as if never interrupted.
 
-``train`` reads top to bottom in phases: prepare the run (text, configs, tokenizers), the
-initial state (fresh, fine-tuned or restored), then the loop, whose log window reduces the
-last few steps to one metrics record and whose divergence guard stops a run that went
-non-finite; a closing validation and save end it.
+``train`` reads top to bottom in phases: prepare the run (data, configs, tokenizers: raw
+text is first prepared into shards, ``seqjax.app.train_data``), the initial state (fresh,
+fine-tuned or restored), then the loop, which reads batches through Grain, whose log window
+reduces the last few steps to one metrics record and whose divergence guard stops a run
+that went non-finite; a closing validation and save end it. The batch iterator's state is
+saved in every checkpoint.
 """
 
 from __future__ import annotations
@@ -17,10 +19,9 @@ import dataclasses
 import math
 import signal
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +31,11 @@ import numpy as np
 from jax.sharding import Mesh
 
 from seqjax import checkpoint, sharding
-from seqjax.app import run_dir
+from seqjax.app import run_dir, train_data
 from seqjax.app.progress import Progress
 from seqjax.app.translate import Translator
 from seqjax.config import DecodeConfig, ModelConfig, TrainConfig, to_dict
-from seqjax.data import (
-    DataError,
-    ParallelText,
-    TokenizedPairs,
-    Tokenizer,
-    drop_empty_pairs,
-    epoch_batches,
-    filter_long,
-    iterate_batches,
-    make_batch,
-    tokenize_pairs,
-    train_tokenizers,
-)
+from seqjax.data import DataError, Tokenizer, load_tokenizers
 from seqjax.metrics import corpus_scores
 from seqjax.models import build_model
 from seqjax.models.transformer import count_params
@@ -73,6 +62,7 @@ RUNTIME_FIELDS = {
     "keep_last",
     "max_bad_steps",
     "mesh",
+    "data_workers",
 }
 
 Log = Callable[[str], None]
@@ -93,11 +83,6 @@ class TrainResult:
     valid: dict[str, float]
     minutes: float
     params: int
-
-
-def load_training_data(cfg: TrainConfig) -> tuple[ParallelText, ParallelText | None]:
-    """(train, valid) text pairs from the bundled corpus or the user's files."""
-    return run_dir.corpus_split(cfg, "train"), run_dir.corpus_split(cfg, "valid")
 
 
 def _check_resume_data(saved: TrainConfig, given: TrainConfig, run: Path) -> None:
@@ -166,21 +151,14 @@ def _to_device(
 def evaluate_loss(
     eval_step: Callable,
     params: Any,
-    pairs: TokenizedPairs,
-    cfg: TrainConfig,
-    model_cfg: ModelConfig,
+    batches: Iterable[dict[str, np.ndarray]],
+    pad_id: int = 0,
     mesh: Mesh | None = None,
 ) -> dict[str, float]:
-    """Token NLL, perplexity and teacher-forced accuracy over ``pairs`` (fixed order)."""
+    """Token NLL, perplexity and teacher-forced accuracy over ``batches`` (whole batches)."""
     nll = tok = correct = 0.0
-    plans = epoch_batches(
-        pairs, epoch=0, seed=0, batch_tokens=cfg.batch_tokens, buckets=cfg.length_buckets
-    )
-    for plan in plans:
-        batch = make_batch(
-            pairs, *plan, pad_id=model_cfg.pad_id, bos_id=model_cfg.bos_id, eos_id=model_cfg.eos_id
-        )
-        m = eval_step(params, _to_device(batch, mesh, model_cfg.pad_id))
+    for batch in batches:
+        m = eval_step(params, _to_device(batch, mesh, pad_id))
         nll += float(m["nll_sum"])
         tok += float(m["tokens"])
         correct += float(m["correct"])
@@ -239,18 +217,7 @@ def make_objective_step(
     return make_train_step(model, optimizer, label_smoothing=cfg.label_smoothing, pad_id=mc.pad_id)
 
 
-# -- phase 1: prepare the run (text, configs, tokenizers) -----------------------------------
-
-
-def _read_text(cfg: TrainConfig, log: Log) -> tuple[ParallelText, ParallelText | None]:
-    """The training and validation text; control characters replaced, empty pairs dropped."""
-    train_text, valid_text = load_training_data(cfg)
-    if train_text.n_control:
-        log(f"warning: replaced {train_text.n_control} control character(s) in the training data")
-    train_text, n_empty = drop_empty_pairs(train_text)
-    if n_empty:
-        log(f"skipped {n_empty} training pairs with an empty side")
-    return train_text, valid_text
+# -- phase 1: prepare the run (data, configs, tokenizers) -----------------------------------
 
 
 def _fine_tune_run_files(run: Path, cfg: TrainConfig, primary: bool) -> ModelConfig:
@@ -266,23 +233,18 @@ def _fine_tune_run_files(run: Path, cfg: TrainConfig, primary: bool) -> ModelCon
 
 
 def _fresh_run_files(
-    run: Path, model_cfg: ModelConfig, cfg: TrainConfig, text: ParallelText, log: Log
+    run: Path, model_cfg: ModelConfig, cfg: TrainConfig, data_dir: Path, primary: bool
 ) -> ModelConfig:
-    """Train the SentencePiece tokenizer(s) on ``text`` and write the run files (process 0)."""
-    run.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=run) as tmp:
-        t0 = time.monotonic()
-        _, tgt_tok = train_tokenizers(
-            text.src, text.tgt, model_cfg.vocab_size, tmp, joint=cfg.joint_vocab, seed=cfg.seed
+    """Write the run files with the prepared data's tokenizer (process 0; the others wait)."""
+    tok_dir = train_data.tokenizer_dir(data_dir)
+    if primary:
+        model_cfg = dataclasses.replace(
+            model_cfg, vocab_size=load_tokenizers(tok_dir)[1].vocab_size
         )
-        log(
-            f"trained {'joint ' if cfg.joint_vocab else ''}SentencePiece BPE "
-            f"(vocab {tgt_tok.vocab_size}) in {time.monotonic() - t0:.1f}s"
-        )
-        model_cfg = dataclasses.replace(model_cfg, vocab_size=tgt_tok.vocab_size)
-        run_dir.write_run_files(run, model_cfg, cfg, Path(tmp), run_dir.data_record(cfg))
+        run.mkdir(parents=True, exist_ok=True)
+        run_dir.write_run_files(run, model_cfg, cfg, tok_dir, run_dir.data_record(cfg))
     sharding.sync("seqjax-run-files")
-    return model_cfg
+    return run_dir.read_run_config(run)[0]
 
 
 def _resumable(run: Path, log: Log) -> bool:
@@ -309,65 +271,43 @@ def _resumable(run: Path, log: Log) -> bool:
 
 
 def prepare_run(
-    run: Path,
-    model_cfg: ModelConfig,
-    cfg: TrainConfig,
-    train_text: ParallelText,
-    *,
-    primary: bool,
-    log: Log,
-) -> tuple[ModelConfig, TrainConfig, Tokenizer, Tokenizer]:
-    """The run's configs and tokenizers, by how it starts.
+    run: Path, model_cfg: ModelConfig, cfg: TrainConfig, *, primary: bool, log: Log
+) -> tuple[ModelConfig, TrainConfig, Tokenizer, Tokenizer, Path]:
+    """The run's configs, tokenizers and prepared data directory, by how it starts.
 
-    Resumed (``run`` holds a config: it must train the same thing), fine-tuned from
-    ``cfg.init_from`` (its architecture and tokenizer), or fresh: process 0 trains the
-    tokenizer and writes the run files, the other processes wait and read them.
+    Resumed (``run`` holds a config: it must train the same thing, and keeps its tokenizer),
+    fine-tuned from ``cfg.init_from`` (its architecture and tokenizer), or fresh (the
+    tokenizer the data was prepared with). Raw text is prepared into ``RUN/data`` first
+    (``train_data.ensure_prepared``); only process 0 writes, the others wait and read.
     """
     resuming = _resumable(run, log)
     sharding.sync("seqjax-train-start")  # every process has looked before process 0 writes
     started = None
+    prep = dict(primary=primary, log=log)
     if resuming:
         model_cfg, saved_cfg = run_dir.read_run_config(run)
         cfg = _check_resume_config(saved_cfg, cfg, run)
+        keep = run_dir.tokenizer_dir(run)
+        data_dir = train_data.ensure_prepared(run, model_cfg, cfg, keep_tokenizer=keep, **prep)
+        train_data.check_tokenizer(data_dir, run_dir.read_tokenizers(run))
         started = f"resuming {run}"
     elif cfg.init_from is not None:
+        model_cfg, _ = run_dir.read_run_config(cfg.init_from)
+        tok = run_dir.tokenizer_dir(cfg.init_from)
+        data_dir = train_data.ensure_prepared(run, model_cfg, cfg, tokenizer=tok, **prep)
+        # Before anything is written: the data must use the starting model's tokenizer.
+        train_data.check_tokenizer(data_dir, run_dir.read_tokenizers(cfg.init_from))
         model_cfg = _fine_tune_run_files(run, cfg, primary)
         started = f"starting from {cfg.init_from} ({cfg.objective})"
-    elif not primary:
-        sharding.sync("seqjax-run-files")  # process 0 writes them (on a shared filesystem)
-        model_cfg, _ = run_dir.read_run_config(run)
     else:
-        model_cfg = _fresh_run_files(run, model_cfg, cfg, train_text, log)
+        data_dir = train_data.ensure_prepared(run, model_cfg, cfg, **prep)
+        model_cfg = _fresh_run_files(run, model_cfg, cfg, data_dir, primary)
     src_tok, tgt_tok = run_dir.read_tokenizers(run)
     if started:
         log(started)
     if src_tok.vocab_size != tgt_tok.vocab_size:
         raise DataError("separate source/target vocabularies must have the same size")
-    return model_cfg, cfg, src_tok, tgt_tok
-
-
-def _limit_lengths(pairs: TokenizedPairs, cfg: TrainConfig) -> tuple[TokenizedPairs, int]:
-    return filter_long(pairs, cfg.max_src_len, cfg.max_tgt_len, cfg.length_buckets)
-
-
-def tokenize_data(
-    train_text: ParallelText,
-    valid_text: ParallelText | None,
-    tokenizers: tuple[Tokenizer, Tokenizer],
-    cfg: TrainConfig,
-    log: Log,
-) -> tuple[TokenizedPairs, TokenizedPairs | None, ParallelText | None]:
-    """``(train pairs, valid pairs, valid text)``, tokenized and within the length limits."""
-    pairs, n_long = _limit_lengths(tokenize_pairs(train_text, *tokenizers), cfg)
-    log(
-        f"train: {len(pairs)} pairs"
-        + (f" ({n_long} longer than the limits dropped)" if n_long else "")
-    )
-    if valid_text is None:
-        return pairs, None, None
-    valid_text, _ = drop_empty_pairs(valid_text)
-    valid_pairs, _ = _limit_lengths(tokenize_pairs(valid_text, *tokenizers), cfg)
-    return pairs, valid_pairs, valid_text
+    return model_cfg, cfg, src_tok, tgt_tok, data_dir
 
 
 # -- phase 2: the initial state --------------------------------------------------------------
@@ -382,6 +322,7 @@ class Start:
     epoch: int
     index: int
     n_params: int
+    data_state: dict[str, Any] | None = None  # the batch iterator's, from the checkpoint
 
 
 def initial_state(
@@ -413,6 +354,7 @@ def initial_state(
         step0 = sharding.place_replicated(jnp.asarray(meta["step"], jnp.int32), mesh)
         start.state = TrainState(step0, params, opt_state)
         start.epoch, start.index = meta["epoch"], meta["index"]
+        start.data_state = meta.get("data_state")
         log(f"restored step {meta['step']} (epoch {start.epoch}, batch {start.index})")
     return start
 
@@ -427,8 +369,7 @@ class Validator:
     eval_step: Callable
     model: Any
     tokenizers: tuple[Tokenizer, Tokenizer]
-    pairs: TokenizedPairs | None
-    text: ParallelText | None
+    data: train_data.ValidData | None
     cfg: TrainConfig
     model_cfg: ModelConfig
     decode_cfg: DecodeConfig
@@ -436,16 +377,15 @@ class Validator:
 
     def __call__(self, params: Any) -> dict[str, float]:
         out: dict[str, float] = {}
-        if self.pairs is None or len(self.pairs) == 0:
+        if self.data is None or len(self.data) == 0:
             return out
-        out.update(
-            evaluate_loss(self.eval_step, params, self.pairs, self.cfg, self.model_cfg, self.mesh)
-        )
-        n = min(self.cfg.valid_bleu_sentences, len(self.text))
+        batches = self.data.batches()
+        out.update(evaluate_loss(self.eval_step, params, batches, self.model_cfg.pad_id, self.mesh))
+        n = min(self.cfg.valid_bleu_sentences, len(self.data.src))
         if n:
             tr = Translator(self.model, params, *self.tokenizers, self.model_cfg, mesh=self.mesh)
-            hyps = tr.translate(self.text.src[:n], self.decode_cfg)
-            s = corpus_scores(hyps, self.text.tgt[:n])
+            hyps = tr.translate(self.data.src[:n], self.decode_cfg)
+            s = corpus_scores(hyps, self.data.tgt[:n])
             out.update(valid_bleu=s.bleu, valid_chrf=s.chrf)
         return out
 
@@ -559,7 +499,7 @@ class Loop:
     train_step: Step
     validate: Validator
     ckpt: checkpoint.Checkpointer
-    batches: Iterator
+    batches: train_data.TrainBatches
     progress: Progress
     mesh: Mesh
     primary: bool
@@ -582,9 +522,10 @@ class Loop:
             run_dir.append_metrics(self.run, record)
 
     def save(self, valid: dict[str, float] | None = None) -> None:
-        # (epoch, index) is the next batch to train on: a resume starts exactly there.
+        # (epoch, index) is the next batch to train on: a resume starts exactly there; the
+        # batch iterator's own state (Grain's) lets it continue without replanning.
         meta = {"step": self.step, "epoch": self.epoch, "index": self.index,
-                "minutes": self.minutes}  # fmt: skip
+                "minutes": self.minutes, "data_state": self.batches.state()}  # fmt: skip
         score = None if valid is None else _valid_score(valid)
         tie = None if valid is None else _tie_break(valid)
         self.ckpt.save(self.step, self.state.params, self.state.opt_state, meta,
@@ -628,6 +569,15 @@ class Loop:
         self.log(f"step {self.step}: {_format(self.last_valid)}")
         self.save(self.last_valid)
 
+    def in_budget(self, budget_s: float, stop_requested: bool) -> bool:
+        """Whether to go on: process 0's clock is within the budget and no Ctrl-C is pending
+        (every process must run the same steps). With several processes, asking is a blocking
+        broadcast, so it is asked only every ``log_every`` steps (the run may overshoot by
+        fewer steps than that)."""
+        if jax.process_count() > 1 and self.step % self.cfg.log_every:
+            return True
+        return sharding.agree(time.monotonic() - self.start < budget_s and not stop_requested)
+
     def run_until_done(self, budget_s: float) -> bool:
         """Train until ``cfg.total_steps`` or the time budget; True if interrupted (Ctrl-C).
 
@@ -636,10 +586,7 @@ class Loop:
         cfg = self.cfg
         with StopOnCtrlC() as stop:
             try:
-                # The wall-clock budget is process 0's: every process must run the same steps.
-                while self.step < cfg.total_steps and sharding.agree(
-                    time.monotonic() - self.start < budget_s and not stop.requested
-                ):
+                while self.step < cfg.total_steps and self.in_budget(budget_s, stop.requested):
                     self.train_one()
                     if self.step % cfg.log_every == 0:
                         self.log_window()
@@ -674,6 +621,7 @@ class Loop:
         else:
             self.log(f"warning: interrupted twice inside step {self.step + 1}: not saved")
             self.step = self.ckpt.latest_step() or 0
+        self.batches.close()
         self.ckpt.wait()
         self.ckpt.close()
         return minutes
@@ -728,11 +676,11 @@ def _train(
     mesh = sharding.make_mesh(cfg.mesh)
     primary = sharding.is_primary()
     t_setup = time.monotonic()
-    train_text, valid_text = _read_text(cfg, log)
-    model_cfg, cfg, *tokenizers = prepare_run(
-        run, model_cfg, cfg, train_text, primary=primary, log=log
+    model_cfg, cfg, *tokenizers, data_dir = prepare_run(
+        run, model_cfg, cfg, primary=primary, log=log
     )
-    pairs, valid_pairs, valid_text = tokenize_data(train_text, valid_text, tokenizers, cfg, log)
+    spec = train_data.batch_spec(cfg, model_cfg, mesh)
+    train_data.log_counts(data_dir, spec, log)
 
     model = build_model(model_cfg)
     optimizer = make_optimizer(cfg)
@@ -745,17 +693,16 @@ def _train(
     )
 
     validate = Validator(
-        make_eval_step(model, pad_id=model_cfg.pad_id), model, tuple(tokenizers), valid_pairs,
-        valid_text, cfg, model_cfg, decode_cfg or DecodeConfig(method="greedy", batch_size=64),
-        mesh,
+        make_eval_step(model, pad_id=model_cfg.pad_id), model, tuple(tokenizers),
+        train_data.valid_data(data_dir, spec), cfg, model_cfg,
+        decode_cfg or DecodeConfig(method="greedy", batch_size=64), mesh,
     )  # fmt: skip
     if primary:
         run_dir.truncate_metrics(run, int(start.state.step))
     budget_s = cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
-    batches = iterate_batches(
-        pairs, seed=cfg.seed, batch_tokens=cfg.batch_tokens, buckets=cfg.length_buckets,
-        start_epoch=start.epoch, start_index=start.index, row_multiple=sharding.data_size(mesh),
-        process_index=jax.process_index(), process_count=jax.process_count(),
+    batches = train_data.TrainBatches(
+        data_dir, spec, workers=cfg.data_workers, epoch=start.epoch, index=start.index,
+        state=start.data_state,
     )  # fmt: skip
     total = cfg.total_steps if math.isinf(budget_s) else None
     progress = Progress(

@@ -94,6 +94,19 @@ def _needed_lengths(pairs: TokenizedPairs) -> np.ndarray:
     )
 
 
+def fits(
+    src_len_N: np.ndarray,
+    tgt_len_N: np.ndarray,
+    max_src_len: int,
+    max_tgt_len: int,
+    buckets: Sequence[int],
+) -> np.ndarray:
+    """Boolean ``[N]``: which pairs ``filter_long`` keeps, from the side lengths alone."""
+    top = max(buckets)
+    src_cap, tgt_cap = min(max_src_len, top), min(max_tgt_len, top)
+    return (np.asarray(src_len_N) <= src_cap) & (np.asarray(tgt_len_N) + 1 <= tgt_cap)
+
+
 def filter_long(
     pairs: TokenizedPairs, max_src_len: int, max_tgt_len: int, buckets: Sequence[int]
 ) -> tuple[TokenizedPairs, int]:
@@ -115,14 +128,29 @@ def filter_long(
 def epoch_batches(
     pairs: TokenizedPairs, *, epoch: int, seed: int, batch_tokens: int, buckets: Sequence[int]
 ) -> list[BatchPlan]:
-    """The batches of one epoch, in order: every pair exactly once.
+    """The batches of one epoch, in order: every pair exactly once (see ``plan_epoch``)."""
+    return plan_epoch(
+        _needed_lengths(pairs), epoch=epoch, seed=seed, batch_tokens=batch_tokens, buckets=buckets
+    )
+
+
+def needed_lengths(src_len_N: np.ndarray, tgt_len_N: np.ndarray) -> np.ndarray:
+    """Positions each pair needs from its side lengths: ``max(src, tgt + 1)`` (``[N]`` int64)."""
+    return np.maximum(np.asarray(src_len_N, np.int64), np.asarray(tgt_len_N, np.int64) + 1)
+
+
+def plan_epoch(
+    needed_N: np.ndarray, *, epoch: int, seed: int, batch_tokens: int, buckets: Sequence[int]
+) -> list[BatchPlan]:
+    """The batches of one epoch over pairs needing ``needed_N`` positions each, in order.
 
     Pairs are shuffled within their bucket and cut into batches of ``rows_for(bucket)``; then
     the batch order is shuffled. Both use ``np.random.default_rng((seed, epoch))``, so the
-    result depends only on ``(pairs, seed, epoch, batch_tokens, buckets)``.
+    result depends only on ``(needed_N, seed, epoch, batch_tokens, buckets)``. Plans index
+    ``needed_N``; the in-memory path and the Grain pipeline share this one planner.
     """
     bucket_arr = np.asarray(sorted(buckets), dtype=np.int64)
-    needed = _needed_lengths(pairs)
+    needed = np.asarray(needed_N, dtype=np.int64)
     if needed.size and needed.max() > bucket_arr[-1]:
         raise DataError(
             f"a pair needs {needed.max()} positions but the largest bucket is {bucket_arr[-1]}; "
@@ -137,6 +165,15 @@ def epoch_batches(
         for start in range(0, len(members), rows):
             plans.append(BatchPlan(members[start : start + rows], length, rows))
     return [plans[i] for i in rng.permutation(len(plans))]
+
+
+def batches_per_epoch(needed_N: np.ndarray, *, batch_tokens: int, buckets: Sequence[int]) -> int:
+    """How many batches ``plan_epoch`` cuts an epoch into (the same for every epoch)."""
+    bucket_arr = np.asarray(sorted(buckets), dtype=np.int64)
+    which = np.searchsorted(bucket_arr, np.asarray(needed_N, np.int64), side="left")
+    counts = np.bincount(which, minlength=len(bucket_arr))[: len(bucket_arr)]
+    rows = np.asarray([rows_for(b, batch_tokens) for b in bucket_arr.tolist()])
+    return int((-(-counts // rows)).sum())
 
 
 def make_batch(

@@ -12,6 +12,7 @@ import functools
 import json
 import tarfile
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from seqjax.data.reader import DataError, ParallelText, decode_lines
@@ -92,3 +93,25 @@ def load_bundled(name: str = "bible_en_fr", split: str = "train") -> ParallelTex
     src, n_src = decode_lines(files[src_file], f"{name}/{src_file}")
     tgt, n_tgt = decode_lines(files[tgt_file], f"{name}/{tgt_file}")
     return ParallelText(src, tgt, f"{name}/{src_file}", f"{name}/{tgt_file}", n_src + n_tgt)
+
+
+def write_bundled(name: str, split: str, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write one split's two files, byte for byte, to ``out_dir``; return their paths.
+
+    For tools that read files (``seqjax prepare``): the reader sees exactly the bytes
+    ``load_bundled`` decodes. Existing identical files are left alone.
+    """
+    src_lang, tgt_lang = _languages(name)
+    files = _archive_members(name)
+    if split not in bundled_splits(name):
+        raise DataError(f"bundled corpus {name!r} has no split {split!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for lang in (src_lang, tgt_lang):
+        path = out_dir / f"{split}.{lang}"
+        data = files[f"{split}.{lang}"]
+        if not (path.is_file() and path.read_bytes() == data):
+            path.write_bytes(data)
+        paths.append(path)
+    return paths[0], paths[1]

@@ -194,30 +194,34 @@ def train_tokenizers(
     *,
     model_type: str = "bpe",
     seed: int = 0,
+    max_sentences: int = 200_000,
 ) -> tuple[Tokenizer, Tokenizer]:
     """Train source and target tokenizers into ``out_dir``; return ``(src_tok, tgt_tok)``.
 
     ``joint=True`` (default) trains one model on both sides, written to ``out_dir/spm.model``
     and returned twice (shared embeddings need one vocabulary). ``joint=False`` writes
     ``src.model`` and ``tgt.model``. Model files of the other layout in ``out_dir`` are removed
-    so ``load_tokenizers`` can never pick up a stale one.
+    so ``load_tokenizers`` can never pick up a stale one. ``max_sentences`` bounds the lines
+    each model trains on (see ``train_tokenizer``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if joint:
         both = [*src_texts, *tgt_texts]
         tok = train_tokenizer(
-            both, vocab_size, out_dir / JOINT_FILE, model_type=model_type, seed=seed
+            both,
+            vocab_size,
+            out_dir / JOINT_FILE,
+            model_type=model_type,
+            seed=seed,
+            max_sentences=max_sentences,
         )
         for stale in (SRC_FILE, TGT_FILE):
             (out_dir / stale).unlink(missing_ok=True)
         return tok, tok
-    src_tok = train_tokenizer(
-        src_texts, vocab_size, out_dir / SRC_FILE, model_type=model_type, seed=seed
-    )
-    tgt_tok = train_tokenizer(
-        tgt_texts, vocab_size, out_dir / TGT_FILE, model_type=model_type, seed=seed
-    )
+    kw = dict(model_type=model_type, seed=seed, max_sentences=max_sentences)
+    src_tok = train_tokenizer(src_texts, vocab_size, out_dir / SRC_FILE, **kw)
+    tgt_tok = train_tokenizer(tgt_texts, vocab_size, out_dir / TGT_FILE, **kw)
     (out_dir / JOINT_FILE).unlink(missing_ok=True)
     return src_tok, tgt_tok
 
