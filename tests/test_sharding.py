@@ -189,8 +189,10 @@ def test_translate_fills_the_compile_cache_unless_opted_out(toy_corpus, tmp_path
                  "--set", "train.valid_bleu_sentences=0",
                  "--src", str(toy_corpus / "train.src"), "--tgt", str(toy_corpus / "train.tgt")]) == 0  # fmt: skip
 
-    def translate(cache: Path, *flags: str) -> str:
-        env = _env(SEQJAX_CACHE_DIR=str(cache))
+    def translate(cache: Path, *flags: str, log: dict | None = None) -> str:
+        env = _env(
+            SEQJAX_CACHE_DIR=str(cache), **({"JAX_LOG_COMPILES": "1"} if log is not None else {})
+        )
         env.pop("SEQJAX_NO_COMPILE_CACHE", None)
         proc = subprocess.run(
             [sys.executable, "-m", "seqjax.app.cli", "translate", "--checkpoint", str(run),
@@ -198,12 +200,18 @@ def test_translate_fills_the_compile_cache_unless_opted_out(toy_corpus, tmp_path
             input="alpha beta\ngamma\n", env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-2000:]
+        if log is not None:
+            log["stderr"] = proc.stderr
         return proc.stdout
 
     on, off = tmp_path / "cache_on", tmp_path / "cache_off"
     out_on = translate(on)
     assert len(out_on.splitlines()) == 2
     assert any(p.is_file() for p in on.rglob("*"))  # the decoder program was written
+    # ... and read back: a second process gets its programs from the cache, not the compiler.
+    log: dict = {}
+    assert translate(on, log=log) == out_on
+    assert "Persistent compilation cache hit" in log["stderr"], log["stderr"][-2000:]
     assert translate(off, "--no-compile-cache") == out_on
     assert not off.exists() or not any(off.rglob("*"))
     # A float32 checkpoint decodes in bfloat16 too (same params, bfloat16 activations).
