@@ -83,20 +83,14 @@ def contrastive(
     check_beam_args(beam_size, n_best, length_penalty)
     expert_step_fn = bind_params(expert_step_fn, params)
     amateur_step_fn = bind_params(amateur_step_fn, amateur_params)
-    B, vocab_size, source_len = check_decoder_call(
-        expert_step_fn, expert_cache, batch_size=batch_size, max_len=max_len, prefix=prefix,
-        src_mask=src_mask, token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id), min_len=min_len,
+    B, vocab_size, source_len = _check_call(
+        expert_step_fn, expert_cache, amateur_step_fn, amateur_cache, batch_size=batch_size,
+        max_len=max_len, prefix=prefix, src_mask=src_mask,
+        token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id), min_len=min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
         alpha=alpha, coverage=coverage, amateur_temperature=amateur_temperature,
         contrastive_alpha=contrastive_alpha,
     )  # fmt: skip
-    _, amateur_vocab, _ = check_decoder_call(
-        amateur_step_fn, amateur_cache, batch_size=B, max_len=max_len, token_ids={}
-    )
-    if amateur_vocab != vocab_size:
-        raise ValueError(
-            f"amateur_step_fn must share the expert's vocabulary ({vocab_size}), got {amateur_vocab}"
-        )
     controls = make_controls(
         eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -114,21 +108,32 @@ def contrastive(
     if beam_size == 1:
         return argmax_loop(score_fn, cache, B, max_len, bos_id, eos_id, pad_id, prefix)
     return run_beam_loop(
-        score_fn,
-        cache,
-        batch_size=B,
-        beam_size=beam_size,
-        n_best=n_best,
-        max_len=max_len,
-        vocab_size=vocab_size,
-        source_len=coverage_source_len(source_len, coverage),
-        alpha=alpha,
-        length_penalty_kind=length_penalty,
-        coverage=coverage,
-        src_mask_BxS=src_mask,
-        monotone=False,
-        bos_id=bos_id,
-        eos_id=eos_id,
-        pad_id=pad_id,
-        prefix_BxP=prefix,
+        score_fn, cache, batch_size=B, beam_size=beam_size, n_best=n_best, max_len=max_len,
+        vocab_size=vocab_size, source_len=coverage_source_len(source_len, coverage),
+        alpha=alpha, length_penalty_kind=length_penalty, coverage=coverage, src_mask_BxS=src_mask,
+        monotone=False, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, prefix_BxP=prefix,
+    )  # fmt: skip
+
+
+def _check_call(
+    expert_step_fn: StepFn,
+    expert_cache: Any,
+    amateur_step_fn: StepFn,
+    amateur_cache: Any,
+    *,
+    batch_size: int | None,
+    max_len: int,
+    **options: Any,
+) -> tuple[int, int, int | None]:
+    """The expert's call-site checks, plus an amateur of the same vocabulary and batch."""
+    B, vocab_size, source_len = check_decoder_call(
+        expert_step_fn, expert_cache, batch_size=batch_size, max_len=max_len, **options
     )
+    _, amateur_vocab, _ = check_decoder_call(
+        amateur_step_fn, amateur_cache, batch_size=B, max_len=max_len, token_ids={}
+    )
+    if amateur_vocab != vocab_size:
+        raise ValueError(
+            f"amateur_step_fn must share the expert's vocabulary ({vocab_size}), got {amateur_vocab}"
+        )
+    return B, vocab_size, source_len
