@@ -569,7 +569,7 @@ class Loop:
         self.log(f"step {self.step}: {_format(self.last_valid)}")
         self.save(self.last_valid)
 
-    def in_budget(self, budget_s: float, stop_requested: bool) -> bool:
+    def in_budget(self, budget_s: float, stop_requested: bool = False) -> bool:
         """Whether to go on: process 0's clock is within the budget and no Ctrl-C is pending
         (every process must run the same steps). With several processes, asking is a blocking
         broadcast, so it is asked only every ``log_every`` steps (the run may overshoot by
@@ -649,9 +649,15 @@ def train(
         raise checkpoint.CheckpointError(f"--out {run} is a file; give a directory")
     if not sharding.is_primary():
         return _train(model_cfg, cfg, run, log=lambda msg: None, decode_cfg=decode_cfg)
+    created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
-    with run_dir.RunLock(run, warn=log):
-        return _train(model_cfg, cfg, run, log=log, decode_cfg=decode_cfg)
+    try:
+        with run_dir.RunLock(run, warn=log):
+            return _train(model_cfg, cfg, run, log=log, decode_cfg=decode_cfg)
+    except BaseException:
+        if created and not any(run.iterdir()):
+            run.rmdir()  # refused before writing anything: leave no empty run directory behind
+        raise
 
 
 def _train(
