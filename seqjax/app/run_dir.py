@@ -42,6 +42,7 @@ from seqjax.config import (
 )
 from seqjax.data import DataError, ParallelText, Tokenizer, load_bundled, read_parallel
 from seqjax.data import load_tokenizers as _load_tokenizers
+from seqjax.data.prepare import pid_alive
 from seqjax.data.shards import read_text
 from seqjax.data.tokenizer import JOINT_FILE, SRC_FILE, TGT_FILE
 from seqjax.models import build_model
@@ -115,16 +116,6 @@ def holds_run_files(run_dir: str | Path) -> list[str]:
 # -- the lock held by a training run ---------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, another user's
-    return True
-
-
 class RunLock:
     """``RUN/train.lock``, held by one training run at a time (a context manager).
 
@@ -159,7 +150,7 @@ class RunLock:
                 if holder is None:
                     continue  # released meanwhile: try again
                 pid, host = holder.get("pid"), holder.get("host")
-                if host == me["host"] and isinstance(pid, int) and not _pid_alive(pid):
+                if host == me["host"] and isinstance(pid, int) and not pid_alive(pid):
                     self.warn(
                         f"warning: taking over the stale lock {self.path} of process {pid} "
                         f"(started {holder.get('started', '?')}), which is no longer running"

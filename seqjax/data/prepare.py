@@ -327,13 +327,14 @@ def _write_text(src: Path, tgt: Path, split_dir: Path) -> None:
 # ---------------------------------------------------------------- the whole prepare
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (another user's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        return True  # alive, another user's
     return True
 
 
@@ -341,7 +342,7 @@ def _remove_stale_temps(out: Path) -> None:
     """Delete temp dirs of prepares of ``out`` whose process is gone (killed mid-way)."""
     for tmp in out.parent.glob(f".{out.name}.tmp-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
