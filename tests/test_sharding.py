@@ -235,18 +235,16 @@ def _records(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.slow
-def test_two_processes_train_like_one(toy_corpus, tmp_path):
-    """2 processes x 2 devices (jax.distributed over localhost) = 1 process x 4 devices."""
+def _two_processes(cmd: list[str]) -> list[subprocess.Popen]:
+    """``cmd`` as processes 0 and 1 of one ``jax.distributed`` job on localhost, 2 devices each."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    two = tmp_path / "two"
-    procs = [
+    return [
         subprocess.Popen(
-            _train_cmd(two, toy_corpus),
+            cmd,
             env=_env(
                 XLA_FLAGS="--xla_force_host_platform_device_count=2",
                 JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
@@ -259,6 +257,32 @@ def test_two_processes_train_like_one(toy_corpus, tmp_path):
         )  # fmt: skip
         for i in range(2)
     ]
+
+
+def test_two_processes_all_stop_when_the_run_is_locked(toy_corpus, tmp_path):
+    """Process 0 is refused the lock: every process ends at once with a one-line error,
+    none waits at the start barrier for a process 0 that has gone."""
+    run = tmp_path / "locked"
+    run.mkdir()
+    import socket
+
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}
+    (run / "train.lock").write_text(json.dumps(holder) + "\n")
+    procs = _two_processes(_train_cmd(run, toy_corpus))
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], outs
+    errs = [err.strip().splitlines() for _, err in outs]
+    assert len(errs[0]) == 1 and "in use by another training run" in errs[0][0], errs[0]
+    assert f"pid {os.getpid()}" in errs[0][0]
+    assert len(errs[1]) == 1 and "process 0 could not start the run" in errs[1][0], errs[1]
+    assert sorted(p.name for p in run.iterdir()) == ["train.lock"]  # nothing written
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(toy_corpus, tmp_path):
+    """2 processes x 2 devices (jax.distributed over localhost) = 1 process x 4 devices."""
+    two = tmp_path / "two"
+    procs = _two_processes(_train_cmd(two, toy_corpus))
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
     assert "over 2 process(es)" in outs[0][1] and outs[1][1].strip() == ""  # process 1 is quiet

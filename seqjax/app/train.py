@@ -648,14 +648,29 @@ def train(
     if run.exists() and not run.is_dir():
         raise checkpoint.CheckpointError(f"--out {run} is a file; give a directory")
     if not sharding.is_primary():
+        # Process 0's lock outcome, before any barrier: a refused start ends every process
+        # at once instead of leaving the others waiting at the first barrier until it times out.
+        if not sharding.agree(False):
+            raise checkpoint.CheckpointError(
+                f"{run}: process 0 could not start the run (its message says why); stopping"
+            )
         return _train(model_cfg, cfg, run, log=lambda msg: None, decode_cfg=decode_cfg)
     created = not run.exists()
-    run.mkdir(parents=True, exist_ok=True)
+    lock = run_dir.RunLock(run, warn=log)
     try:
-        with run_dir.RunLock(run, warn=log):
+        try:
+            run.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except BaseException:
+            sharding.agree(False)
+            raise
+        sharding.agree(True)
+        try:
             return _train(model_cfg, cfg, run, log=log, decode_cfg=decode_cfg)
+        finally:
+            lock.release()
     except BaseException:
-        if created and not any(run.iterdir()):
+        if created and run.is_dir() and not any(run.iterdir()):
             run.rmdir()  # refused before writing anything: leave no empty run directory behind
         raise
 
