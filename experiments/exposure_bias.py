@@ -39,6 +39,7 @@ The base run directory is only read.
     python experiments/exposure_bias.py                           # + trains the base (~45 min)
     python experiments/exposure_bias.py --quick                   # smoke test, <= 10 min
     python experiments/exposure_bias.py --full                    # one GPU
+    python experiments/exposure_bias.py --full --preset small --work runs/eb_full_small  # Transformer
     python experiments/exposure_bias.py --mrt-sweep --base runs/eb_rnn_base   # MRT on valid
 """
 
@@ -561,6 +562,8 @@ def run_table(args: argparse.Namespace, plan: Plan, mode: str, base: str, work: 
     if args.only:
         todo = {k: v for k, v in todo.items() if k in args.only.split(",")}
     stem = {"standard": "exposure_bias"}.get(mode, f"exposure_bias_{mode}")
+    if model_cfg.family != "rnn":
+        stem += f"_{model_cfg.family}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     test = load_bundled("bible_en_fr", "test")
@@ -700,6 +703,7 @@ def main() -> None:
     for field in ("ft_steps", "eval_sentences", "beam", "sweep_steps"):
         p.add_argument("--" + field.replace("_", "-"), type=int, help=f"override {field}")
     p.add_argument("--seeds", help="comma-separated seeds (override the plan's)")
+    p.add_argument("--preset", help="the base's preset when trained here (e.g. small: Transformer)")
     p.add_argument(
         "--mrt-config", help="add sweep configuration(s) chosen on validation, e.g. mrt-lr1e-3"
     )
@@ -708,6 +712,8 @@ def main() -> None:
     plan = {"quick": QUICK, "full": FULL, "standard": STANDARD}[mode]
     over = {f: getattr(args, f) for f in ("ft_steps", "eval_sentences", "beam", "sweep_steps")}
     plan = dataclasses.replace(plan, **{k: v for k, v in over.items() if v is not None})
+    if args.preset:
+        plan = dataclasses.replace(plan, preset=args.preset)
     if args.seeds:
         plan = dataclasses.replace(plan, seeds=tuple(int(s) for s in args.seeds.split(",")))
     work = Path(args.work or ("runs/exposure_bias" + ("" if mode == "standard" else f"_{mode}")))
