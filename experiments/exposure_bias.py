@@ -363,11 +363,15 @@ def read_hyps(where: Path, kind: str, split: str) -> list[str]:
 
 
 def train_base(work: Path, plan: Plan) -> str:
-    """``seqjax train --steps BASE_STEPS --out WORK/base`` (every other option its default)."""
+    """``seqjax train --steps BASE_STEPS --out WORK/base`` (every other option its default).
+
+    ``--no-test`` skips only the final test decoding (this script evaluates the base itself);
+    the model is the same.
+    """
     run = work / "base"
     ckpts = run / "checkpoints"
     if not (ckpts / str(plan.base_steps)).exists():
-        cmd = ["seqjax", "train", "--steps", str(plan.base_steps), "--out", str(run)]
+        cmd = ["seqjax", "train", "--steps", str(plan.base_steps), "--out", str(run), "--no-test"]
         if plan.preset != "rnn_small":
             cmd += ["--preset", plan.preset]
         print(f"[base] {' '.join(cmd)}", flush=True)
