@@ -80,7 +80,7 @@ from seqjax.training import objectives  # noqa: E402
 
 # Reference-length buckets in words: (label, lowest, highest).
 BUCKETS = (("1-15", 1, 15), ("16-30", 16, 30), ("31-45", 31, 45), ("46+", 46, 10**9))
-REMEDIES = ("ss", "ss-par", "mrt", "distill")
+SKIP = ("sentences", "which", "beam", "base", "steps")  # columns the "every run" table leaves out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -555,19 +555,43 @@ def plots(out: Path, stem: str, rows, comps, curve, kinds) -> None:
     fig.tight_layout()
     fig.savefig(out / f"{stem}_accuracy.png", dpi=80)
     plt.close(fig)
-    # 4. the base's validation curve
-    if curve:
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        ax.plot([r["step"] for r in curve], [r["valid_bleu"] for r in curve], "o-", label="BLEU")
-        ax.set_xlabel("update")
-        ax.set_ylabel("validation BLEU (200 sentences)")
-        ax2 = ax.twinx()
-        ax2.plot([r["step"] for r in curve], [r["valid_nll"] for r in curve], "s--", color="C1")
-        ax2.set_ylabel("validation NLL (dashed)")
-        ax.set_title("Base (teacher forcing): validation curve")
-        fig.tight_layout()
-        fig.savefig(out / f"{stem}_base_curve.png", dpi=80)
-        plt.close(fig)
+    plot_curve(out / f"{stem}_base_curve.png", curve)
+
+
+def plot_curve(path: Path, curve: list[dict[str, Any]]) -> None:
+    """The base's validation BLEU (and NLL) by update."""
+    if not curve:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot([r["step"] for r in curve], [r["valid_bleu"] for r in curve], "o-", label="BLEU")
+    ax.set_xlabel("update")
+    ax.set_ylabel("validation BLEU (greedy, 200 sentences)")
+    ax2 = ax.twinx()
+    ax2.plot([r["step"] for r in curve], [r["valid_nll"] for r in curve], "s--", color="C1")
+    ax2.set_ylabel("validation NLL (dashed)")
+    ax.set_title("Base (teacher forcing): validation curve")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def write_curve(base: str, out: Path) -> None:
+    """``exposure_bias_base_curve.{md,png}``: the base's validation curve and the plateau rule."""
+    curve = base_curve(base)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in curve]
+    cmd = " ".join(["python", "experiments/exposure_bias.py", *sys.argv[1:]])
+    (out / "exposure_bias_base_curve.md").write_text(
+        f"# Base validation curve: `{base}`\n\nCommand: `{cmd}`\n\n"
+        f"{base_facts(base, curve)}.\n\n{plateau_judgment(curve)}.\n\n"
+        + md_table(rows, ["step", "valid_bleu", "valid_chrf", "valid_nll", "valid_acc"])
+    )
+    plot_curve(out / "exposure_bias_base_curve.png", curve)
 
 
 # -- the two modes ---------------------------------------------------------------------------
@@ -642,7 +666,7 @@ def write_all(args, plan, mode, stem, out, base, rows, runs, ref, t_start) -> No
         "## Mean ± std over seeds\n",
         md_table(summary, list(summary[0])),
         "## Every run\n",
-        md_table(rows, [c for c in rows[0] if c not in ("sentences", "which")]),
+        md_table(rows, [c for c in dict.fromkeys(k for r in rows for k in r) if c not in SKIP]),
         "\nColumns: `tf_acc` teacher-forced token accuracy; `fr_acc` free-running (greedy) "
         "token accuracy at the same reference positions; `fr_lcs` share of reference tokens "
         "in the LCS with the greedy output; `*_bleu_a-b` corpus BLEU of the sentences whose "
@@ -714,6 +738,9 @@ def main() -> None:
     g.add_argument("--quick", action="store_true", help="smoke test: <= 10 min on 2 CPU cores")
     g.add_argument("--full", action="store_true", help="the GPU plan (more updates and seeds)")
     p.add_argument("--mrt-sweep", action="store_true", help="MRT knobs on validation instead")
+    p.add_argument(
+        "--base-curve", action="store_true", help="only the --base run's validation curve"
+    )
     p.add_argument("--base", help="teacher-forced run directory to start from (default: train)")
     p.add_argument("--work", help="run directories (default runs/exposure_bias[_MODE])")
     p.add_argument("--out", default="experiments/results", help="where tables and plots go")
@@ -735,6 +762,11 @@ def main() -> None:
         plan = dataclasses.replace(plan, preset=args.preset)
     if args.seeds:
         plan = dataclasses.replace(plan, seeds=tuple(int(s) for s in args.seeds.split(",")))
+    if args.base_curve:
+        if not args.base:
+            sys.exit("--base-curve needs --base RUN_DIR")
+        write_curve(args.base, Path(args.out))
+        return
     work = Path(args.work or ("runs/exposure_bias" + ("" if mode == "standard" else f"_{mode}")))
     work.mkdir(parents=True, exist_ok=True)
     base = args.base or train_base(work, plan)
