@@ -31,6 +31,13 @@ is compared with the control by sacrebleu's paired bootstrap (1,000 resamples; K
 per seed (remedy seed s vs control seed s: same batches) and pooled over seeds (the seeds'
 outputs concatenated, each remedy output paired with the control output of its seed).
 
+Budget of the standard mode on a quiet 2-core CPU (base given): teacher forcing takes about
+0.44 s per update (the main job: 1,500 updates in 11 min) and, per update, sequential SS
+costs 1.24x, self-distillation 2.6x and MRT (S=8) 11.5x that (CPU seconds,
+experiments/bench_objectives.py), so the 12 fine-tunes of 150 updates take about 58 min
+(MRT 38 of them) and the 13 greedy test evaluations about 15 min: about 75 minutes. The
+base (6,000 updates) takes about 45 more minutes when trained here.
+
 Writes ``exposure_bias{,_quick,_full}.{md,csv,png}`` (+ ``_buckets.png``, ``_accuracy.png``,
 ``_base_curve.png``, ``_runs.csv``) to ``--out``. Runs live in ``--work``: a finished
 fine-tune or evaluation is never redone, so an interrupted run resumes with the same command.
