@@ -422,10 +422,17 @@ def plateau_judgment(curve: list[dict[str, Any]], window: int = 4, tol: float = 
     steps = curve[-window]["step"], curve[-1]["step"]
     gain = last - before
     verdict = "plateaued" if gain < tol else "NOT plateaued"
+    nll = [r.get("valid_nll") for r in curve]
+    nll_note = (
+        f"; validation NLL (whole set) {nll[-window - 1]:.3f} -> {nll[-1]:.3f} over the window"
+        if None not in (nll[-window - 1], nll[-1])
+        else ""
+    )
     return (
         f"{verdict}: the best validation BLEU of steps {steps[0]}-{steps[1]} ({last:.2f}) is "
         f"{gain:+.2f} over the best before ({before:.2f}); rule: < {tol} BLEU over the last "
         f"{window} validations (BLEU on {curve[-1].get('valid_sentences', 200)} sentences)"
+        + nll_note
     )
 
 
