@@ -1,0 +1,53 @@
+"""Pure helpers of experiments/exposure_bias.py: the SS schedule constant, loops, plateau rule."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+import exposure_bias as eb  # noqa: E402
+
+from seqjax.training.schedules import make_teacher_forcing_schedule  # noqa: E402
+
+
+@pytest.mark.parametrize(("steps", "eps_end"), [(150, 0.5), (2000, 0.5), (60, 0.8)])
+def test_inverse_sigmoid_k_reaches_eps_end_under_the_library_schedule(steps, eps_end):
+    k = eb.inverse_sigmoid_k(steps, eps_end)
+    sched = make_teacher_forcing_schedule("inverse_sigmoid", k=k, warmup=0)
+    assert float(sched(steps)) == pytest.approx(eps_end, abs=1e-4)
+    assert float(sched(0)) > 0.9  # starts (almost) at pure teacher forcing
+
+
+def test_repeats_ngram_flags_loops_only():
+    assert eb.repeats_ngram("a b c a b c a b c")
+    assert not eb.repeats_ngram("a b c a b c")  # twice is not a loop
+    assert not eb.repeats_ngram("")
+    assert eb.repeats_ngram("x y x y x y", n=2, times=3)
+
+
+def _curve(bleus):
+    return [{"step": 500 * (i + 1), "valid_bleu": b} for i, b in enumerate(bleus)]
+
+
+def test_plateau_rule():
+    assert eb.plateau_judgment(_curve([10, 20, 25, 26, 26.2, 26.1, 26.3, 26.0])).startswith(
+        "plateaued"
+    )
+    assert eb.plateau_judgment(_curve([10, 20, 25, 26, 26.2, 27.0, 26.3, 26.0])).startswith(
+        "NOT plateaued"
+    )
+    assert eb.plateau_judgment(_curve([10, 20])).startswith("not judged")
+
+
+def test_every_variant_and_sweep_config_is_a_valid_train_config():
+    from seqjax.config import TrainConfig
+
+    for family in ("rnn", "transformer"):
+        for name, over in eb.variants(eb.STANDARD, "runs/base", family, 0.5).items():
+            TrainConfig(**over)  # raises on a bad field or value
+            assert (name == "ss-par") <= (family == "transformer")
+    for over in eb.mrt_sweep_configs(eb.STANDARD).values():
+        TrainConfig(**over)
