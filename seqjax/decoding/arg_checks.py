@@ -45,6 +45,7 @@ def check_decoder_call(
     batch_size: int | None,
     max_len: int,
     token_ids: dict[str, Any],
+    token_lists: dict[str, Any] | None = None,
     prefix: jax.Array | None = None,
     src_mask: jax.Array | None = None,
     **options: Any,
@@ -52,14 +53,22 @@ def check_decoder_call(
     """Validate a decoder call; returns ``(B, vocab_size, source_len or None)``.
 
     ``step_fn`` is the 3-argument form (after ``bind_params``); ``options`` are the
-    numeric options by name (``RULES``), ``coverage`` included.
+    numeric options by name (``RULES``), ``coverage`` included; ``token_lists`` the
+    static token tuples (``bad_words``, ``suppress_tokens``, ...).
     """
     if not isinstance(max_len, int | np.integer):
         raise ValueError(f"max_len must be a Python int (static), got {type(max_len).__name__}")
     check_options(max_len=max_len, **options)
     B = infer_batch_size(cache, batch_size)
+    check_row_shapes(B, **options)
     vocab_size, source_len = step_output_shapes(step_fn, B, cache)
     check_token_ids(vocab_size, **token_ids)
+    check_token_lists(**(token_lists or {}))
+    flat = {
+        k: [t for w in v for t in w] if k == "bad_words" else v
+        for k, v in (token_lists or {}).items()
+    }
+    check_token_ids(vocab_size, **{k: np.asarray(v, np.int64) for k, v in flat.items()})
     capacity = cache_capacity(step_fn, cache)
     if capacity is not None and max_len > capacity:
         raise ValueError(
@@ -79,6 +88,54 @@ def check_decoder_call(
             "coverage penalty (coverage != 0) needs a step_fn returning cross-attention"
         )
     return B, vocab_size, source_len
+
+
+# options that may be given per source row ([B]); the others must be scalars
+PER_ROW = ("temperature", "top_k", "top_p", "min_len", "min_new_tokens")
+
+
+def check_row_shapes(B: int, **options: Any) -> None:
+    """Per-row options (``PER_ROW``) are scalars or ``[B]``; the others are scalars.
+
+    >>> check_row_shapes(2, temperature=[0.5, 1.0], alpha=0.6)
+    >>> check_row_shapes(2, min_len=[1, 2, 3])
+    Traceback (most recent call last):
+    ...
+    ValueError: min_len must be a scalar or one value per source row (shape [2]), got shape (3,)
+    """
+    for name, value in options.items():
+        shape = np.shape(value)
+        if value is None or shape == ():
+            continue
+        if name not in PER_ROW:
+            raise ValueError(f"{name} must be a scalar, got shape {shape}")
+        if shape != (B,):
+            raise ValueError(
+                f"{name} must be a scalar or one value per source row (shape [{B}]), "
+                f"got shape {shape}"
+            )
+
+
+def check_token_lists(**lists: Any) -> None:
+    """Static token lists (``bad_words``, ``suppress_tokens``, ...) of Python ints.
+
+    >>> check_token_lists(bad_words=((5, 6), ()))
+    Traceback (most recent call last):
+    ...
+    ValueError: bad_words must be a tuple of non-empty token-id tuples, got ()
+    """
+    for name, value in lists.items():
+        items = value if name == "bad_words" else (value,)
+        for item in items:
+            ok = isinstance(item, tuple | list) and all(
+                isinstance(t, int | np.integer) for t in item
+            )
+            if name == "bad_words" and not (ok and len(item) > 0):
+                raise ValueError(
+                    f"bad_words must be a tuple of non-empty token-id tuples, got {item!r}"
+                )
+            if not ok:
+                raise ValueError(f"{name} must be a tuple of token ids, got {item!r}")
 
 
 def _check_prefix(prefix: jax.Array, B: int, max_len: int, vocab_size: int) -> None:

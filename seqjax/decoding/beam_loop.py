@@ -49,6 +49,7 @@ from jax import lax
 from seqjax.decoding.batch_tree import gather_rows, repeat_rows
 from seqjax.decoding.logit_processors import forced_tokens, prefix_lengths, selection_scores
 from seqjax.decoding.penalties import LENGTH_PENALTIES, coverage_penalty, length_penalty
+from seqjax.decoding.processors import id_tuple, is_any
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step_scores import ScoreFn, StepScores
 
@@ -174,9 +175,16 @@ def _rank_live(
     live_scores, live_flat = lax.top_k(live, K)
     # The K best of all candidates lie among the K best live ones and the K EOS
     # extensions, so the K-th best total needs a top-k over 2K values, not K * V.
-    eos_BxK = jnp.take(totals_BxKxV, jnp.asarray(q.eos_id, jnp.int32), axis=2)
+    # with several EOS ids, E extensions per beam: eos_BxK is [B, K * E], beam-major
+    eos_BxK = _eos_totals(q, totals_BxKxV)
     kth_B = lax.top_k(jnp.concatenate([live_scores, eos_BxK], axis=1), K)[0][:, K - 1]
     return live_scores, live_flat, eos_BxK, kth_B
+
+
+def _eos_totals(q: _Search, totals_BxKxV: jax.Array) -> jax.Array:
+    """``[B, K * E]`` totals of the EOS extensions (E = number of EOS ids), beam-major."""
+    eos_E = jnp.stack([jnp.asarray(e, jnp.int32) for e in id_tuple(q.eos_id)])
+    return jnp.take(totals_BxKxV, eos_E, axis=2).reshape(q.B, -1)
 
 
 def _rank_finishing(
@@ -199,11 +207,14 @@ def _rank_finishing(
         scores, flat = lax.top_k(new_fin.reshape(B, K * V), M)
         return scores, flat
 
-    def finish_eos() -> tuple[jax.Array, jax.Array]:  # otherwise only EOS: K values
-        new_fin = q.penalised(eos_BxK[..., None], t + 1, attention_BxKxS)[..., 0]
+    def finish_eos() -> tuple[jax.Array, jax.Array]:  # otherwise only EOS: K * E values
+        eos_E = jnp.stack([jnp.asarray(e, jnp.int32) for e in id_tuple(q.eos_id)])
+        E = eos_E.shape[0]
+        eos_BxKxE = eos_BxK.reshape(B, K, E)
+        new_fin = q.penalised(eos_BxKxE, t + 1, attention_BxKxS).reshape(B, K * E)
         new_fin = jnp.where(eos_BxK >= kth_B[:, None], new_fin, -jnp.inf)
-        scores, beam = lax.top_k(new_fin, M)
-        return scores, beam * V + jnp.asarray(q.eos_id, jnp.int32)
+        scores, flat = lax.top_k(new_fin, M)
+        return scores, (flat // E) * V + eos_E[flat % E]
 
     return lax.cond(t == L - 1, finish_any, finish_eos)
 
@@ -253,7 +264,9 @@ def _advance(q: _Search, s: _State, step: StepScores, step_BxKxV: jax.Array) -> 
     if S:
         attention = attention + step.attention.astype(jnp.float32).reshape(B, K, S)
     model_lp_BxKxV = step.model_log_probs.reshape(B, K, V)
-    finishing_V = (jnp.arange(V) == q.eos_id) | (t == L - 1)  # the last position finishes all
+    finishing_V = is_any(jnp.arange(V), id_tuple(q.eos_id)) | (
+        t == L - 1
+    )  # the last position finishes all
 
     live_scores, live_flat, eos_BxK, kth_B = _rank_live(q, totals_BxKxV, finishing_V)
     fin_scores, fin_flat = _rank_finishing(

@@ -40,6 +40,10 @@ def beam_search(
     params: Any = None,
     convention: str = "seqjax",
     forced_eos: bool = False,
+    processors: tuple = (),
+    bad_words: tuple = (),
+    suppress_tokens: tuple = (),
+    begin_suppress_tokens: tuple = (),
 ) -> DecodeResult:
     """Beam search; returns the ``n_best`` finished hypotheses per source, best first.
 
@@ -70,6 +74,13 @@ def beam_search(
     penalty and the n-gram ban; beam search penalises log-probs). ``forced_eos``
     (static): EOS is forced at the last position, as HF's ``forced_eos_token_id``.
 
+    ``processors`` (static): the user's logits processors
+    (``seqjax.decoding.processors``), run after the built-in bans. ``bad_words``
+    (static tuple of token-id tuples): sequences never generated (HF
+    ``bad_words_ids``); ``suppress_tokens`` / ``begin_suppress_tokens`` (static id
+    tuples): never emitted / not emitted first (HF's). ``eos_id`` may be several ids
+    (``eos_id=(1, 3)``): a row ends at any of them (its last token says which).
+
     Example (a 1-token vocabulary model plus EOS)::
 
         >>> import jax, jax.numpy as jnp
@@ -84,14 +95,18 @@ def beam_search(
     step_fn = bind_params(step_fn, params)
     B, vocab_size, source_len = check_decoder_call(
         step_fn, cache, batch_size=batch_size, max_len=max_len, prefix=prefix,
-        src_mask=src_mask, token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id), min_len=min_len,
+        src_mask=src_mask, token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id),
+        token_lists=dict(bad_words=bad_words, suppress_tokens=suppress_tokens,
+                         begin_suppress_tokens=begin_suppress_tokens), min_len=min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
         alpha=alpha, coverage=coverage,
     )  # fmt: skip
     controls = make_controls(
         eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-        convention=convention, forced_eos=forced_eos, beam=True,
+        convention=convention, forced_eos=forced_eos, beam=True, rows_per_source=beam_size,
+        bad_words=bad_words, suppress_tokens=suppress_tokens,
+        begin_suppress_tokens=begin_suppress_tokens, processors=processors,
     )  # fmt: skip
     return run_beam_loop(
         log_prob_scores(step_fn, controls),

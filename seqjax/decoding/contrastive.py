@@ -42,6 +42,10 @@ def contrastive(
     params: Any = None,
     convention: str = "seqjax",
     forced_eos: bool = False,
+    processors: tuple = (),
+    bad_words: tuple = (),
+    suppress_tokens: tuple = (),
+    begin_suppress_tokens: tuple = (),
     amateur_params: Any = None,
 ) -> DecodeResult:
     """Maximise ``log p_expert - contrastive_lambda * log p_amateur`` over plausible tokens.
@@ -70,6 +74,13 @@ def contrastive(
     penalty and the n-gram ban; beam search penalises log-probs). ``forced_eos``
     (static): EOS is forced at the last position, as HF's ``forced_eos_token_id``.
 
+    ``processors`` (static): the user's logits processors
+    (``seqjax.decoding.processors``), run after the built-in bans. ``bad_words``
+    (static tuple of token-id tuples): sequences never generated (HF
+    ``bad_words_ids``); ``suppress_tokens`` / ``begin_suppress_tokens`` (static id
+    tuples): never emitted / not emitted first (HF's). ``eos_id`` may be several ids
+    (``eos_id=(1, 3)``): a row ends at any of them (its last token says which).
+
     Example (the amateur over-rates token 2, so the expert's runner-up 3 wins)::
 
         >>> import jax, jax.numpy as jnp
@@ -86,7 +97,9 @@ def contrastive(
     B, vocab_size, source_len = _check_call(
         expert_step_fn, expert_cache, amateur_step_fn, amateur_cache, batch_size=batch_size,
         max_len=max_len, prefix=prefix, src_mask=src_mask,
-        token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id), min_len=min_len,
+        token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id),
+        token_lists=dict(bad_words=bad_words, suppress_tokens=suppress_tokens,
+                         begin_suppress_tokens=begin_suppress_tokens), min_len=min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
         alpha=alpha, coverage=coverage, amateur_temperature=amateur_temperature,
         contrastive_alpha=contrastive_alpha,
@@ -95,6 +108,8 @@ def contrastive(
         eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
         convention=convention, forced_eos=forced_eos, beam=beam_size > 1,
+        rows_per_source=beam_size, bad_words=bad_words, suppress_tokens=suppress_tokens,
+        begin_suppress_tokens=begin_suppress_tokens, processors=processors,
     )  # fmt: skip
     score_fn = contrastive_scores(
         expert_step_fn,

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqjax.decoding.logit_processors import forced_tokens, prefix_lengths, selection_scores
+from seqjax.decoding.processors import id_tuple, is_any
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step_scores import ScoreFn
 
@@ -96,6 +97,7 @@ def run_token_loop(
     with log-prob 0. The PRNG key for position ``t`` is ``fold_in(key, t)``.
     """
     forced_len_N = None if prefix_NxP is None else prefix_lengths(prefix_NxP, pad_id)
+    eos_ids = id_tuple(eos_id)  # several EOS ids: any ends a row
 
     def cond(s: _State) -> jax.Array:
         return (s.position < max_len) & ~jnp.all(s.done)
@@ -111,7 +113,7 @@ def run_token_loop(
         # A dead end (no pickable token has a finite score, e.g. a model that masks its
         # vocabulary while min_len bans EOS) ends the row rather than emitting PAD.
         dead_N = ~jnp.any(scores > -jnp.inf, axis=-1)
-        token = jnp.where(dead_N, eos_id, token).astype(jnp.int32)
+        token = jnp.where(dead_N, eos_ids[0], token).astype(jnp.int32)
         if forced is not None:  # exact even if the scores underflowed to -inf
             token = jnp.where(forced[0], forced[1], token)
         token = jnp.where(s.done, pad_id, token).astype(jnp.int32)
@@ -122,7 +124,7 @@ def run_token_loop(
             tokens=lax.dynamic_update_index_in_dim(s.tokens, token, t, axis=1),
             log_probs=lax.dynamic_update_index_in_dim(s.log_probs, lp, t, axis=1),
             lengths=s.lengths + (~s.done).astype(jnp.int32),
-            done=s.done | (token == eos_id),
+            done=s.done | is_any(token, eos_ids),
             cache=step.cache,
         )
 
