@@ -27,7 +27,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from seqjax.decode_checks import RULES, check_options, check_token_ids, concrete
+from seqjax.decode_checks import (
+    RULES,
+    check_options,
+    check_token_ids,
+    check_token_lists,
+    concrete,
+)
 from seqjax.decoding.batch_tree import infer_batch_size
 from seqjax.decoding.step import StepFn, bind_params, step_output_shapes
 
@@ -76,7 +82,7 @@ def check_decoder_call(
             f"(init_cache(max_len=...)), got {max_len}"
         )
     if prefix is not None:
-        _check_prefix(prefix, B, max_len, vocab_size)
+        _check_prefix(prefix, B, max_len, vocab_size, token_ids.get("eos_id"))
     if src_mask is not None:
         want = f"[{B}, {source_len if source_len is not None else 'S'}]"
         shape = np.shape(src_mask)
@@ -116,29 +122,7 @@ def check_row_shapes(B: int, **options: Any) -> None:
             )
 
 
-def check_token_lists(**lists: Any) -> None:
-    """Static token lists (``bad_words``, ``suppress_tokens``, ...) of Python ints.
-
-    >>> check_token_lists(bad_words=((5, 6), ()))
-    Traceback (most recent call last):
-    ...
-    ValueError: bad_words must be a tuple of non-empty token-id tuples, got ()
-    """
-    for name, value in lists.items():
-        items = value if name == "bad_words" else (value,)
-        for item in items:
-            ok = isinstance(item, tuple | list) and all(
-                isinstance(t, int | np.integer) for t in item
-            )
-            if name == "bad_words" and not (ok and len(item) > 0):
-                raise ValueError(
-                    f"bad_words must be a tuple of non-empty token-id tuples, got {item!r}"
-                )
-            if not ok:
-                raise ValueError(f"{name} must be a tuple of token ids, got {item!r}")
-
-
-def _check_prefix(prefix: jax.Array, B: int, max_len: int, vocab_size: int) -> None:
+def _check_prefix(prefix: jax.Array, B: int, max_len: int, vocab_size: int, eos_id: Any) -> None:
     shape = np.shape(prefix)
     if len(shape) != 2 or shape[0] != B:
         raise ValueError(
@@ -147,6 +131,13 @@ def _check_prefix(prefix: jax.Array, B: int, max_len: int, vocab_size: int) -> N
     if shape[1] > max_len:
         raise ValueError(f"prefix length must be <= max_len ({max_len}), got {shape[1]}")
     check_token_ids(vocab_size, prefix=prefix)
+    p, eos = concrete(prefix), concrete(eos_id)
+    if p is not None and eos is not None and np.isin(p, eos).any():
+        row = int(np.argwhere(np.isin(p, eos))[0, 0])
+        raise ValueError(
+            f"prefix must not contain eos_id {eos.tolist()} (a prompt ends no row), "
+            f"found in row {row}"
+        )
 
 
 def check_score_call(

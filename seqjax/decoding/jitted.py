@@ -33,6 +33,8 @@ _COMMON_STATIC = (
     "bad_words",
     "suppress_tokens",
     "begin_suppress_tokens",
+    "max_new_tokens",
+    "score_prompt",
 )
 
 STATIC_ARGNAMES: dict[Callable, tuple[str, ...]] = {

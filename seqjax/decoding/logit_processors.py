@@ -37,8 +37,8 @@ class Controls(NamedTuple):
     ``repetition_penalty``: CTRL-style penalty on already generated tokens (1 = off).
     ``start_id``: a token counted as generated before position 0 by the repetition
     penalty and the n-gram ban (HF counts its decoder start token); None = none.
-    ``forced_eos_at``: position (static) where EOS is forced with processed log-prob
-    0, as HF's ``forced_eos_token_id`` does at the last position; None = never.
+    ``forced_eos_at``: position (static, or per row ``[N, 1]``) where EOS is forced
+    with processed log-prob 0, as HF's ``forced_eos_token_id`` does at the last position; None = never.
     ``penalty_on_log_probs``: apply the repetition penalty to the log-probs, without
     renormalising (HF's beam search), instead of to the logits.
     ``eos_id`` may be several ids (a tuple): any of them ends a row.
@@ -101,6 +101,7 @@ def make_controls(
     begin_suppress_tokens: tuple = (),
     processors: tuple = (),
     prompt_len: int | jax.Array = 0,
+    last: jax.Array | None = None,
 ) -> Controls:
     """The ``Controls`` of a decoder call under ``convention`` (``seqjax`` or ``hf``).
 
@@ -108,7 +109,8 @@ def make_controls(
     as history for the repetition penalty and the n-gram ban, and beam search applies
     the repetition penalty to log-probs. ``forced_eos`` forces EOS at the last
     position (HF's ``forced_eos_token_id``), under either convention. Per-source
-    ``min_len [B]`` is expanded to the ``rows_per_source`` rows of each source.
+    ``min_len [B]`` is expanded to the ``rows_per_source`` rows of each source, as are
+    ``prompt_len [B]`` and ``last [B]`` (each row's last position: forced EOS goes there).
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
@@ -120,13 +122,15 @@ def make_controls(
         repetition_penalty,
         no_repeat_ngram_size,
         start_id=bos_id if hf else None,
-        forced_eos_at=max_len - 1 if forced_eos else None,
+        forced_eos_at=(max_len - 1 if last is None else per_row(last, rows_per_source))
+        if forced_eos
+        else None,
         penalty_on_log_probs=hf and beam,
         bad_words=tuple(tuple(int(t) for t in w) for w in bad_words),
         suppress_tokens=tuple(int(t) for t in suppress_tokens),
         begin_suppress_tokens=tuple(int(t) for t in begin_suppress_tokens),
         processors=tuple(processors),
-        prompt_len=prompt_len,
+        prompt_len=per_row(prompt_len, rows_per_source),
         rows_per_source=rows_per_source,
     )
 

@@ -89,12 +89,16 @@ def run_token_loop(
     pad_id: int | jax.Array,
     prefix_NxP: jax.Array | None = None,
     key: jax.Array | None = None,
+    score_prompt: bool = True,
+    last_N: jax.Array | None = None,
 ) -> TokenLoopOutput:
     """Generate one sequence per row of ``cache`` (``num_rows`` rows, static ``max_len``).
 
     Position ``t`` consumes the token emitted at ``t - 1`` (BOS at ``t = 0``) and emits
     token ``t``. Finished rows keep stepping (a batch moves in lockstep) but emit PAD
     with log-prob 0. The PRNG key for position ``t`` is ``fold_in(key, t)``.
+    ``score_prompt=False`` (static) reports forced prefix tokens with log-prob 0;
+    ``last_N`` (``int32[N]``) ends each row after that position (``max_new_tokens``).
     """
     forced_len_N = None if prefix_NxP is None else prefix_lengths(prefix_NxP, pad_id)
     eos_ids = id_tuple(eos_id)  # several EOS ids: any ends a row
@@ -119,12 +123,17 @@ def run_token_loop(
         token = jnp.where(s.done, pad_id, token).astype(jnp.int32)
         lp = jnp.take_along_axis(step.model_log_probs, token[:, None], axis=-1)[:, 0]
         lp = jnp.where(s.done, 0.0, lp)
+        done = s.done | is_any(token, eos_ids)
+        if forced is not None and not score_prompt:
+            lp = jnp.where(forced[0], 0.0, lp)
+        if last_N is not None:
+            done = done | (t >= last_N)
         return _State(
             position=t + 1,
             tokens=lax.dynamic_update_index_in_dim(s.tokens, token, t, axis=1),
             log_probs=lax.dynamic_update_index_in_dim(s.log_probs, lp, t, axis=1),
             lengths=s.lengths + (~s.done).astype(jnp.int32),
-            done=s.done | is_any(token, eos_ids),
+            done=done,
             cache=step.cache,
         )
 
@@ -161,6 +170,8 @@ def argmax_loop(
     eos_id: int | jax.Array,
     pad_id: int | jax.Array,
     prefix: jax.Array | None,
+    score_prompt: bool = True,
+    last_N: jax.Array | None = None,
 ) -> DecodeResult:
     """Pick the best-scoring token at every step (greedy, and greedy contrastive)."""
     out = run_token_loop(
@@ -173,5 +184,7 @@ def argmax_loop(
         eos_id=eos_id,
         pad_id=pad_id,
         prefix_NxP=prefix,
+        score_prompt=score_prompt,
+        last_N=last_N,
     )
     return loop_result(out, batch_size, 1)
