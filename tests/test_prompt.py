@@ -8,6 +8,9 @@ the continuations with the length penalty on generated tokens only; output lengt
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -167,3 +170,74 @@ def test_prompt_refusals(kw, message):
     kw = {**dict(max_len=6, **IDS), **kw}
     with pytest.raises(ValueError, match=message):
         greedy(rnn_step, cache, **kw)
+
+
+# -- prefill: the prompt in one forward pass ------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class NoPrefill:
+    """``model.step`` without its ``prefill``: the prompt goes token by token."""
+
+    step: Any
+
+    def prepare(self, params):
+        return self.step.prepare(params)
+
+    def capacity(self, cache):
+        return self.step.capacity(cache)
+
+    def __call__(self, weights, tokens, position, cache):
+        return self.step(weights, tokens, position, cache)
+
+
+@pytest.fixture(scope="module", params=["transformer_bart", "rnn_luong"])
+def model_problem(request):
+    from conftest import JIT, model_and_params, model_inputs
+
+    model, params = model_and_params(request.param)
+    src, mask, _ = model_inputs(model.config.vocab_size, pad_rows=True)
+    memory = JIT["encode"](model, params, src, mask)
+    cache = JIT["init_cache"](model, params, memory, mask, 12)
+    c = model.config
+    prefix = jnp.array([[7, 9, 11, 5], [8, 0, 0, 0], [6, 6, 0, 0]], jnp.int32)
+    return model, params, cache, prefix, dict(bos_id=c.bos_id, eos_id=c.eos_id, pad_id=c.pad_id)
+
+
+def test_transformer_prefill_equals_steps():
+    from conftest import JIT, model_and_params, model_inputs
+
+    from seqjax.models import transformer_step
+
+    model, params = model_and_params("transformer_marian")
+    src, mask, tgt = model_inputs(model.config.vocab_size, pad_rows=True)
+    cache = JIT["init_cache"](model, params, JIT["encode"](model, params, src, mask), mask, 9)
+    weights = model.step.prepare(params)
+    logits, filled = jax.jit(lambda w, c, t: transformer_step.prefill(model.config, w, c, t))(
+        weights, cache, tgt
+    )
+    stepped = cache
+    for t in range(tgt.shape[1]):
+        one, stepped, _ = model.step(weights, tgt[:, t], jnp.int32(t), stepped)
+        np.testing.assert_allclose(logits[:, t], one, atol=2e-4, rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(filled), jax.tree.leaves(stepped), strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+@pytest.mark.parametrize("method", ["greedy", "sample", "beam"])
+def test_prefilled_prompt_equals_token_by_token(model_problem, method):
+    model, params, cache, prefix, ids = model_problem
+    kw = dict(prefix=prefix, max_new_tokens=5, params=params, **ids)
+    if method == "greedy":
+        run = lambda step, **o: jitted(greedy)(step, cache, **kw, **o)  # noqa: E731
+    elif method == "sample":
+        run = lambda step, **o: jitted(sample)(step, cache, key=jax.random.key(2), num_samples=2,  # noqa: E731
+                                               **kw, **o)  # fmt: skip
+    else:
+        run = lambda step, **o: jitted(beam_search)(step, cache, beam_size=3, n_best=2, **kw, **o)  # noqa: E731, E501
+    for extra in ({}, {"score_prompt": True}):
+        fast, slow = run(model.step, **extra), run(NoPrefill(model.step), **extra)
+        np.testing.assert_array_equal(fast.tokens, slow.tokens)
+        np.testing.assert_array_equal(fast.lengths, slow.lengths)
+        np.testing.assert_allclose(fast.log_probs, slow.log_probs, atol=2e-4)
+        np.testing.assert_allclose(fast.scores, slow.scores, atol=5e-4)

@@ -346,6 +346,7 @@ def run_beam_loop(
     prefix_BxP: jax.Array | None,
     score_prompt: bool = True,
     last_B: jax.Array | None = None,
+    start: Any = None,
 ) -> DecodeResult:
     """The compiled beam loop over a score function (``cache`` has ``B`` rows).
 
@@ -355,7 +356,8 @@ def run_beam_loop(
     penalty reads. ``score_prompt=False`` (static) gives forced prefix tokens score
     and log-prob 0 and leaves them out of the length penalty; ``last_B`` (``int32[B]``)
     is each source's last position (``max_new_tokens`` with prompts of different
-    lengths).
+    lengths). ``start`` (a ``seqjax.decoding.prompt.PromptStart`` of ``B`` rows, prompt
+    unscored): begin after a prefilled prompt instead of at position 0.
     """
     B, K, L = batch_size, beam_size, max_len
     S = source_len or 0
@@ -399,7 +401,15 @@ def run_beam_loop(
         step_BxKxV = selection_scores((step.scores, step.allowed), forced).reshape(B, K, q.V)
         return _advance(q, s, step, step_BxKxV)
 
-    s = lax.while_loop(cond, body, _initial_state(q, repeat_rows(cache, K), pad_id))
+    init = _initial_state(q, repeat_rows(cache, K), pad_id)
+    if start is not None:  # every beam holds the prompt; only beam 0 is alive
+        init = init._replace(
+            position=start.position,
+            live_tokens=jnp.repeat(start.tokens[:, None], K, axis=1),
+            live_log_probs=jnp.repeat(start.log_probs[:, None], K, axis=1),
+            cache=repeat_rows(start.cache, K),
+        )
+    s = lax.while_loop(cond, body, init)
     return DecodeResult(
         tokens=s.finished_tokens,
         lengths=s.finished_lengths,

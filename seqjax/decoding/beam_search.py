@@ -13,7 +13,7 @@ import jax
 from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.beam_loop import check_beam_args, coverage_source_len, run_beam_loop
 from seqjax.decoding.logit_processors import make_controls
-from seqjax.decoding.prompt import plan_prompt, total_len
+from seqjax.decoding.prompt import plan_prompt, prefill_prompt, total_len
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import log_prob_scores
@@ -127,6 +127,10 @@ def beam_search(
         begin_suppress_tokens=begin_suppress_tokens, processors=processors,
         prompt_len=plan.prompt_len, last=plan.last,
     )  # fmt: skip
+    start = None  # a scored prompt adds processed step scores: forced token by token
+    if not score_prompt:
+        start = prefill_prompt(step_fn, cache, prefix, bos_id=bos_id, pad_id=pad_id,
+                               max_len=max_len, score_prompt=False)  # fmt: skip
     return run_beam_loop(
         log_prob_scores(step_fn, controls),
         cache,
@@ -147,4 +151,5 @@ def beam_search(
         prefix_BxP=prefix,
         score_prompt=score_prompt,
         last_B=plan.last,
+        start=start,
     )

@@ -8,7 +8,7 @@ import jax
 
 from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.logit_processors import make_controls
-from seqjax.decoding.prompt import plan_prompt, total_len
+from seqjax.decoding.prompt import plan_prompt, prefill_prompt, total_len
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import log_prob_scores
@@ -102,7 +102,9 @@ def greedy(
         begin_suppress_tokens=begin_suppress_tokens, processors=processors,
         prompt_len=plan.prompt_len, last=plan.last,
     )  # fmt: skip
+    start = prefill_prompt(step_fn, cache, prefix, bos_id=bos_id, pad_id=pad_id,
+                           max_len=max_len, score_prompt=score_prompt)  # fmt: skip
     return argmax_loop(
         log_prob_scores(step_fn, controls), cache, B, max_len, bos_id, eos_id, pad_id, prefix,
-        score_prompt, plan.last,
+        score_prompt, plan.last, start,
     )  # fmt: skip

@@ -80,3 +80,56 @@ def plan_prompt(
 def rows(x_B: jax.Array | None, rows_per_source: int) -> jax.Array | None:
     """``[B] -> [B * K]``: each source's value for its ``K`` beams or samples."""
     return None if x_B is None else jnp.repeat(x_B, rows_per_source)
+
+
+class PromptStart(NamedTuple):
+    """Where a loop starts after a prefilled prompt (``N`` rows).
+
+    ``position``: ``int32[]`` the first position the loop decodes (the shortest prompt);
+    ``tokens`` ``int32[N, L]`` / ``log_probs`` ``float32[N, L]``: the prompt's columns
+    before it (log-probs 0 unless scored); ``cache``: after the prompt's positions.
+    """
+
+    position: jax.Array
+    tokens: jax.Array
+    log_probs: jax.Array
+    cache: Any
+
+
+def prefill_prompt(
+    step_fn: Any,
+    cache: Any,
+    prefix: jax.Array | None,
+    *,
+    bos_id: int | jax.Array,
+    pad_id: int | jax.Array,
+    max_len: int,
+    score_prompt: bool,
+) -> PromptStart | None:
+    """Run a prompt through ``step_fn.prefill`` in one pass; None when there is no prompt
+    or the step offers no ``prefill`` (the loop then forces the prompt token by token).
+
+    Positions ``0 .. P-1`` are prefilled for every row; rows with shorter prompts
+    decode from the shortest prompt on and overwrite their later cache positions (a
+    step attends only to positions up to the current one).
+    """
+    prefill = getattr(step_fn, "prefill", None)
+    if prefill is None or prefix is None:
+        return None
+    prefix = jnp.asarray(prefix, jnp.int32)
+    B, P = prefix.shape
+    inputs = jnp.concatenate([jnp.full((B, 1), bos_id, jnp.int32), prefix[:, :-1]], axis=1)
+    logits_BxPxV, cache = prefill(inputs, cache)
+    start = jnp.min(prefix_lengths(prefix, pad_id))
+    before_P = jnp.arange(P) < start
+    lp_BxPxV = jax.nn.log_softmax(logits_BxPxV.astype(jnp.float32), axis=-1)
+    lp = jnp.take_along_axis(lp_BxPxV, prefix[..., None], axis=-1)[..., 0]
+    lp = jnp.where(before_P & score_prompt, lp, 0.0)
+    tokens = jnp.where(before_P, prefix, pad_id)
+    pad = ((0, 0), (0, max_len - P))
+    return PromptStart(
+        start.astype(jnp.int32),
+        jnp.pad(tokens, pad, constant_values=pad_id),
+        jnp.pad(lp, pad),
+        cache,
+    )

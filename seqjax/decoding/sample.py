@@ -9,7 +9,7 @@ import jax
 from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.batch_tree import repeat_rows
 from seqjax.decoding.logit_processors import make_controls
-from seqjax.decoding.prompt import plan_prompt, rows, total_len
+from seqjax.decoding.prompt import plan_prompt, prefill_prompt, rows, total_len
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import sampling_scores
@@ -115,6 +115,8 @@ def sample(
         prompt_len=plan.prompt_len, last=plan.last,
     )  # fmt: skip
     score_fn = sampling_scores(step_fn, controls, temperature=temperature, top_k=top_k, top_p=top_p)
+    start = prefill_prompt(step_fn, cache, prefix, bos_id=bos_id, pad_id=pad_id,
+                           max_len=max_len, score_prompt=score_prompt)  # fmt: skip
     out = run_token_loop(
         score_fn,
         choose_categorical,
@@ -127,6 +129,7 @@ def sample(
         prefix_NxP=None if prefix is None else repeat_rows(prefix, num_samples),
         score_prompt=score_prompt,
         last_N=rows(plan.last, num_samples),
+        start=None if start is None else repeat_rows(start, num_samples),
         key=key,
     )
     return loop_result(out, B, num_samples)

@@ -91,6 +91,7 @@ def run_token_loop(
     key: jax.Array | None = None,
     score_prompt: bool = True,
     last_N: jax.Array | None = None,
+    start: Any = None,
 ) -> TokenLoopOutput:
     """Generate one sequence per row of ``cache`` (``num_rows`` rows, static ``max_len``).
 
@@ -99,6 +100,8 @@ def run_token_loop(
     with log-prob 0. The PRNG key for position ``t`` is ``fold_in(key, t)``.
     ``score_prompt=False`` (static) reports forced prefix tokens with log-prob 0;
     ``last_N`` (``int32[N]``) ends each row after that position (``max_new_tokens``).
+    ``start`` (a ``seqjax.decoding.prompt.PromptStart`` of ``N`` rows): begin after a
+    prefilled prompt instead of at position 0.
     """
     forced_len_N = None if prefix_NxP is None else prefix_lengths(prefix_NxP, pad_id)
     eos_ids = id_tuple(eos_id)  # several EOS ids: any ends a row
@@ -145,6 +148,14 @@ def run_token_loop(
         done=jnp.zeros((num_rows,), bool),
         cache=cache,
     )
+    if start is not None:
+        init = init._replace(
+            position=start.position,
+            tokens=start.tokens,
+            log_probs=start.log_probs,
+            lengths=jnp.full((num_rows,), start.position, jnp.int32),
+            cache=start.cache,
+        )
     final = lax.while_loop(cond, body, init)
     return TokenLoopOutput(final.tokens, final.lengths, final.log_probs)
 
@@ -172,6 +183,7 @@ def argmax_loop(
     prefix: jax.Array | None,
     score_prompt: bool = True,
     last_N: jax.Array | None = None,
+    start: Any = None,
 ) -> DecodeResult:
     """Pick the best-scoring token at every step (greedy, and greedy contrastive)."""
     out = run_token_loop(
@@ -186,5 +198,6 @@ def argmax_loop(
         prefix_NxP=prefix,
         score_prompt=score_prompt,
         last_N=last_N,
+        start=start,
     )
     return loop_result(out, batch_size, 1)
