@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
-from seqjax.decode_checks import RULES, check_options
+from seqjax.decode_checks import RULES, check_options, check_token_lists
 
 T = TypeVar("T")
 
@@ -39,7 +39,14 @@ def _coerce(field: str, value: Any, type_str: str, prefix: str) -> Any:
     if value is None and type_str.endswith(" | None"):
         return None
     base = type_str.removesuffix(" | None")
-    if base.startswith("tuple["):
+    if base == "tuple[tuple[int, ...], ...]":  # e.g. bad_words: lists of token ids
+        expected = "a list of lists of integers"
+        if isinstance(value, (list, tuple)):
+            try:
+                return tuple(_coerce(field, v, "tuple[int, ...]", prefix) for v in value)
+            except ConfigError:
+                pass
+    elif base.startswith("tuple["):
         item = base[len("tuple[") :].split(",")[0].strip()
         expected = f"a list of {_EXPECTED[item].removeprefix('an ').removeprefix('a ')}s"
         if isinstance(value, (list, tuple)):
@@ -439,7 +446,12 @@ class DecodeConfig:
     """Decoder choice and options (CLI: ``seqjax translate --beam 4 --alpha 0.6 ...``).
 
     ``method``: ``beam`` (default), ``greedy``, ``sample`` or ``contrastive``.
-    ``max_len`` is ``max_len_a * source_length + max_len_b`` capped at ``max_len``.
+    ``max_len`` is ``max_len_a * source_length + max_len_b`` capped at ``max_len``;
+    ``max_new_tokens`` (when set) replaces it and, like ``min_new_tokens``, counts
+    generated tokens only (a prompt is not counted, nor scored unless ``score_prompt``).
+    ``bad_words`` (token-id sequences), ``suppress_tokens`` and ``begin_suppress_tokens``
+    are HF ``generate()``'s ``bad_words_ids``, ``suppress_tokens`` and
+    ``begin_suppress_tokens`` (``seqjax.decoding.processors``).
     ``length_penalty``: ``gnmt`` uses ((5+len)/6)**alpha; ``hf`` uses len**alpha (the
     HuggingFace convention; with alpha 1 the score is the mean token log-prob).
     """
@@ -458,6 +470,9 @@ class DecodeConfig:
     max_len_a: float = 1.5
     max_len_b: int = 10
     min_len: int = 0
+    max_new_tokens: int | None = None  # generated tokens only (the prompt not counted)
+    min_new_tokens: int = 0
+    score_prompt: bool = False  # score the prompt (prefix) tokens and count them
     no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
     contrastive_lambda: float = 0.5
@@ -465,6 +480,9 @@ class DecodeConfig:
     amateur_temperature: float = 1.0
     convention: str = "seqjax"  # or "hf": HF generate()'s (see seqjax.decoding.greedy)
     forced_eos: bool = False  # force EOS at the last position (HF forced_eos_token_id)
+    bad_words: tuple[tuple[int, ...], ...] = ()  # token-id sequences never generated
+    suppress_tokens: tuple[int, ...] = ()  # never generated (HF suppress_tokens)
+    begin_suppress_tokens: tuple[int, ...] = ()  # not generated first
     seed: int = 0
     batch_size: int = 64
 
@@ -476,6 +494,8 @@ class DecodeConfig:
         # the ranges are the decoders' own (seqjax.decode_checks), written once
         try:
             check_options(**{f: getattr(self, f) for f in RULES})
+            check_token_lists(bad_words=self.bad_words, suppress_tokens=self.suppress_tokens,
+                              begin_suppress_tokens=self.begin_suppress_tokens)  # fmt: skip
         except ValueError as e:
             raise ConfigError(str(e)) from None
         _check(

@@ -31,6 +31,8 @@ RULES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
     "coverage": (lambda v: v >= 0, ">= 0"),
     "alpha": (lambda v: np.isfinite(v), "finite"),
     "min_len": (lambda v: v >= 0, ">= 0"),
+    "min_new_tokens": (lambda v: v >= 0, ">= 0"),
+    "max_new_tokens": (lambda v: v >= 1, ">= 1"),
     "max_len": (lambda v: v >= 1, ">= 1"),
     "no_repeat_ngram_size": (lambda v: v >= 0, ">= 0 (0 = off)"),
     "num_samples": (lambda v: v >= 1, ">= 1"),
@@ -50,7 +52,8 @@ def concrete(value: Any) -> np.ndarray | None:
 def check_options(**options: Any) -> None:
     """Raise ``ValueError`` for the first option outside its range (``RULES``).
 
-    ``min_len`` is also checked against ``max_len`` when both are given.
+    ``min_len`` is also checked against ``max_len`` when both are given, and
+    ``min_new_tokens`` against ``max_new_tokens``.
     """
     for name, value in options.items():
         v = concrete(value)
@@ -61,11 +64,10 @@ def check_options(**options: Any) -> None:
             bad = ~np.asarray(allowed(v.astype(np.float64)), bool)
         if np.any(bad):
             raise ValueError(f"{name} must be {text}, got {_first(v, bad)}")
-    min_len, max_len = concrete(options.get("min_len")), concrete(options.get("max_len"))
-    if min_len is not None and max_len is not None and np.any(min_len > max_len):
-        raise ValueError(
-            f"min_len must be in [0, max_len={int(max_len)}], got {int(np.max(min_len))}"
-        )
+    for low, high in (("min_len", "max_len"), ("min_new_tokens", "max_new_tokens")):
+        lo, hi = concrete(options.get(low)), concrete(options.get(high))
+        if lo is not None and hi is not None and np.any(lo > hi):
+            raise ValueError(f"{low} must be in [0, {high}={int(hi)}], got {int(np.max(lo))}")
 
 
 def check_token_ids(vocab_size: int, **ids: Any) -> None:
@@ -77,6 +79,28 @@ def check_token_ids(vocab_size: int, **ids: Any) -> None:
             raise ValueError(
                 f"{name} must be in [0, {vocab_size}) (the step's vocabulary), got {bad.flat[0]}"
             )
+
+
+def check_token_lists(**lists: Any) -> None:
+    """Static token lists (``bad_words``, ``suppress_tokens``, ...) of Python ints.
+
+    >>> check_token_lists(bad_words=((5, 6), ()))
+    Traceback (most recent call last):
+    ...
+    ValueError: bad_words must be a tuple of non-empty token-id tuples, got ()
+    """
+    for name, value in lists.items():
+        items = value if name == "bad_words" else (value,)
+        for item in items:
+            ok = isinstance(item, tuple | list) and all(
+                isinstance(t, int | np.integer) for t in item
+            )
+            if name == "bad_words" and not (ok and len(item) > 0):
+                raise ValueError(
+                    f"bad_words must be a tuple of non-empty token-id tuples, got {item!r}"
+                )
+            if not ok:
+                raise ValueError(f"{name} must be a tuple of token ids, got {item!r}")
 
 
 def _first(v: np.ndarray, bad: np.ndarray) -> Any:

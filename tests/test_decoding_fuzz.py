@@ -121,9 +121,10 @@ def check_well_formed(res, cache, prefix, plen, opts, *, ngram=0, ranked=False):
             assert np.all(row[:n] >= 0) and np.all(row[:n] < V), where
             assert np.all(log_probs[b, k, n:] == 0.0), where
             assert np.all(np.isfinite(log_probs[b, k, :n])), where
+            expected = np.array(replay(cache, b, row[:n]))
+            expected[: plen[b]] = 0.0  # the prompt is not scored (score_prompt=False)
             np.testing.assert_allclose(
-                log_probs[b, k, :n], replay(cache, b, row[:n]), rtol=1e-4, atol=1e-4,
-                err_msg=where,
+                log_probs[b, k, :n], expected, rtol=1e-4, atol=1e-4, err_msg=where,
             )  # fmt: skip
             assert np.array_equal(row[: plen[b]], np.asarray(prefix)[b, : plen[b]]), where
             if not ngram:  # with n-gram bans a stuck row may end early (documented)
@@ -194,9 +195,10 @@ def test_beam_fuzz(problem, data, ngram, beam):
         res, cache, prefix, plen, opts, ngram=ngram, ranked=True
     )
     if float(opts["coverage"]) == 0.0 and float(opts["repetition_penalty"]) == 1.0:
-        # score = summed log-prob / GNMT length penalty
+        # score = summed log-prob / GNMT length penalty of the generated tokens
         ok = np.isfinite(scores)
-        expect = log_probs.sum(-1) / gnmt_lp(lengths, float(opts["alpha"]))
+        generated = np.maximum(lengths - np.asarray(plen)[:, None], 1)  # the prompt left out
+        expect = log_probs.sum(-1) / gnmt_lp(generated, float(opts["alpha"]))
         np.testing.assert_allclose(scores[ok], expect[ok], rtol=1e-4, atol=1e-4)
     for b in range(B):  # n-best hypotheses are distinct
         rows = [tuple(tokens[b, k]) for k in range(n_best) if np.isfinite(scores[b, k])]

@@ -25,6 +25,7 @@ from seqjax.config import (
     from_dict,
     model_preset,
     read_toml,
+    to_dict,
 )
 
 DEFAULT_RUN = "runs/default"
@@ -94,6 +95,7 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
         "--no-repeat-ngram", type=int, metavar="N", help="never repeat an n-gram of this size"
     )
     g.add_argument("--repetition-penalty", type=float, help="CTRL repetition penalty (1.0 = off)")
+    _add_generation_args(g)
     g.add_argument("--batch-size", type=int, help="sentences per decoding batch (default 64)")
     g.add_argument("--seed", type=int, help="PRNG seed for sampling (default 0)")
     g.add_argument(
@@ -103,6 +105,55 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
         "--amateur",
         metavar="DIR",
         help="contrastive: run directory of the small amateur model (same target tokenizer)",
+    )
+
+
+def _token_ids(text: str) -> tuple[int, ...]:
+    """``"5,17"`` -> ``(5, 17)`` (argparse ``type``)."""
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated token ids, e.g. 5,17; got {text!r}"
+        ) from None
+
+
+def _add_generation_args(g: Any) -> None:
+    """HF-style generation options: new-token counts, token bans, conventions."""
+    g.add_argument(
+        "--max-new-tokens",
+        type=int,
+        metavar="N",
+        help="at most N generated tokens per line, EOS included (replaces --max-len and "
+        "the source-length rule)",
+    )
+    g.add_argument(
+        "--min-new-tokens", type=int, metavar="N", help="no EOS before N generated tokens"
+    )
+    g.add_argument(
+        "--suppress-tokens",
+        type=_token_ids,
+        metavar="IDS",
+        help="comma-separated target token ids never generated (HF suppress_tokens)",
+    )
+    g.add_argument(
+        "--begin-suppress-tokens",
+        type=_token_ids,
+        metavar="IDS",
+        help="comma-separated target token ids not generated first (HF begin_suppress_tokens)",
+    )
+    g.add_argument(
+        "--convention",
+        choices=["seqjax", "hf"],
+        help="hf: HuggingFace generate()'s conventions (decoder start token counted by "
+        "--repetition-penalty and --no-repeat-ngram; beam search penalises log-probs); "
+        "default seqjax, or hf with --hf",
+    )
+    g.add_argument(
+        "--forced-eos",
+        action="store_true",
+        default=None,
+        help="force EOS at the last position (HF forced_eos_token_id)",
     )
 
 
@@ -133,6 +184,12 @@ def decode_config_from_args(
         ("min_len", "min_len"),
         ("no_repeat_ngram", "no_repeat_ngram_size"),
         ("repetition_penalty", "repetition_penalty"),
+        ("max_new_tokens", "max_new_tokens"),
+        ("min_new_tokens", "min_new_tokens"),
+        ("suppress_tokens", "suppress_tokens"),
+        ("begin_suppress_tokens", "begin_suppress_tokens"),
+        ("convention", "convention"),
+        ("forced_eos", "forced_eos"),
         ("batch_size", "batch_size"),
         ("seed", "seed"),
     ]:
@@ -346,6 +403,21 @@ def _check_output(path: str | None) -> None:
         raise UsageError(f"--output {path}: permission denied")
 
 
+def _translate_extras(args: argparse.Namespace, cfg: DecodeConfig, translator: Any) -> DecodeConfig:
+    """What needs the loaded model: ``--bad-words`` (its tokenizer), ``--max-new-tokens``."""
+    from seqjax.app.translate import read_bad_words
+
+    limit = translator.config.max_len
+    if cfg.max_new_tokens is not None and cfg.max_new_tokens > limit:
+        raise UsageError(
+            f"--max-new-tokens must be <= {limit} (the model's max_len), got {cfg.max_new_tokens}"
+        )
+    if not args.bad_words:
+        return cfg
+    words = read_bad_words(args.bad_words, translator.tgt_tokenizer, translator.config.eos_id)
+    return from_dict(DecodeConfig, {**to_dict(cfg), "bad_words": words}, where="--bad-words")
+
+
 @_one_line_warnings
 def cmd_translate(args: argparse.Namespace) -> int:
     from seqjax.app.translate import load, read_input
@@ -375,6 +447,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
         )
     elif args.amateur:
         translator.amateur = load(args.amateur, mesh=_mesh(args), dtype=args.dtype)
+    cfg = _translate_extras(args, cfg, translator)
     nbest = translator.translate_nbest(lines, cfg, progress=args.input is not None)
     if not is_primary():
         return 0  # every process decodes its rows; process 0 writes the whole output
@@ -614,6 +687,12 @@ def _add_translate_parser(sub: Any) -> None:
     tr.add_argument("--input", metavar="FILE", help="input file (default: stdin)")
     tr.add_argument("--output", metavar="FILE", help="output file (default: stdout)")
     add_decode_args(tr)
+    tr.add_argument(
+        "--bad-words",
+        metavar="FILE",
+        help="phrases never generated, one per line (UTF-8), tokenised with the target "
+        "tokenizer as at the start of a sentence (HF bad_words_ids)",
+    )
     add_runtime_args(tr)
     tr.set_defaults(func=cmd_translate)
 

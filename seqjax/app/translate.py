@@ -80,6 +80,15 @@ def read_input(path: str | Path | None) -> list[str]:
     return input_lines(_read_bytes(Path(path)), str(path))
 
 
+def read_bad_words(path: str | Path, tokenizer: Any, eos_id: int) -> tuple[tuple[int, ...], ...]:
+    """Token-id sequences of the phrases in ``path`` (one per line, blank lines skipped),
+    tokenised with ``tokenizer`` (the target side's) as whole sentences, EOS dropped."""
+    phrases = [line.strip() for line in read_input(path) if line.strip()]
+    rows = tokenizer.encode(phrases) if phrases else []
+    words = (tuple(int(t) for t in row if int(t) != eos_id) for row in rows)
+    return tuple(w for w in words if w)
+
+
 def _row_bucket(n: int, cap: int) -> int:
     """Smallest power of two >= n, at most ``cap`` (bounds the set of compiled shapes)."""
     rows = 1
@@ -89,7 +98,10 @@ def _row_bucket(n: int, cap: int) -> int:
 
 
 def output_max_len(cfg: DecodeConfig, src_len: int, model_max_len: int) -> int:
-    """Longest output for a source bucket: ``a * src_len + b`` capped by the config and model."""
+    """Longest output for a source bucket: ``a * src_len + b`` capped by the config and model;
+    ``max_new_tokens`` (capped by the model) when the config sets it."""
+    if cfg.max_new_tokens is not None:
+        return min(cfg.max_new_tokens, model_max_len)
     return max(1, min(cfg.max_len, int(cfg.max_len_a * src_len + cfg.max_len_b), model_max_len))
 
 

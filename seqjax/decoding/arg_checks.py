@@ -27,7 +27,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from seqjax.decode_checks import RULES, check_options, check_token_ids, concrete
+from seqjax.decode_checks import (
+    RULES,
+    check_options,
+    check_token_ids,
+    check_token_lists,
+    concrete,
+)
 from seqjax.decoding.batch_tree import infer_batch_size
 from seqjax.decoding.step import StepFn, bind_params, step_output_shapes
 
@@ -45,6 +51,7 @@ def check_decoder_call(
     batch_size: int | None,
     max_len: int,
     token_ids: dict[str, Any],
+    token_lists: dict[str, Any] | None = None,
     prefix: jax.Array | None = None,
     src_mask: jax.Array | None = None,
     **options: Any,
@@ -52,14 +59,22 @@ def check_decoder_call(
     """Validate a decoder call; returns ``(B, vocab_size, source_len or None)``.
 
     ``step_fn`` is the 3-argument form (after ``bind_params``); ``options`` are the
-    numeric options by name (``RULES``), ``coverage`` included.
+    numeric options by name (``RULES``), ``coverage`` included; ``token_lists`` the
+    static token tuples (``bad_words``, ``suppress_tokens``, ...).
     """
     if not isinstance(max_len, int | np.integer):
         raise ValueError(f"max_len must be a Python int (static), got {type(max_len).__name__}")
     check_options(max_len=max_len, **options)
     B = infer_batch_size(cache, batch_size)
+    check_row_shapes(B, **options)
     vocab_size, source_len = step_output_shapes(step_fn, B, cache)
     check_token_ids(vocab_size, **token_ids)
+    check_token_lists(**(token_lists or {}))
+    flat = {
+        k: [t for w in v for t in w] if k == "bad_words" else v
+        for k, v in (token_lists or {}).items()
+    }
+    check_token_ids(vocab_size, **{k: np.asarray(v, np.int64) for k, v in flat.items()})
     capacity = cache_capacity(step_fn, cache)
     if capacity is not None and max_len > capacity:
         raise ValueError(
@@ -67,7 +82,7 @@ def check_decoder_call(
             f"(init_cache(max_len=...)), got {max_len}"
         )
     if prefix is not None:
-        _check_prefix(prefix, B, max_len, vocab_size)
+        _check_prefix(prefix, B, max_len, vocab_size, token_ids.get("eos_id"))
     if src_mask is not None:
         want = f"[{B}, {source_len if source_len is not None else 'S'}]"
         shape = np.shape(src_mask)
@@ -81,7 +96,33 @@ def check_decoder_call(
     return B, vocab_size, source_len
 
 
-def _check_prefix(prefix: jax.Array, B: int, max_len: int, vocab_size: int) -> None:
+# options that may be given per source row ([B]); the others must be scalars
+PER_ROW = ("temperature", "top_k", "top_p", "min_len", "min_new_tokens")
+
+
+def check_row_shapes(B: int, **options: Any) -> None:
+    """Per-row options (``PER_ROW``) are scalars or ``[B]``; the others are scalars.
+
+    >>> check_row_shapes(2, temperature=[0.5, 1.0], alpha=0.6)
+    >>> check_row_shapes(2, min_len=[1, 2, 3])
+    Traceback (most recent call last):
+    ...
+    ValueError: min_len must be a scalar or one value per source row (shape [2]), got shape (3,)
+    """
+    for name, value in options.items():
+        shape = np.shape(value)
+        if value is None or shape == ():
+            continue
+        if name not in PER_ROW:
+            raise ValueError(f"{name} must be a scalar, got shape {shape}")
+        if shape != (B,):
+            raise ValueError(
+                f"{name} must be a scalar or one value per source row (shape [{B}]), "
+                f"got shape {shape}"
+            )
+
+
+def _check_prefix(prefix: jax.Array, B: int, max_len: int, vocab_size: int, eos_id: Any) -> None:
     shape = np.shape(prefix)
     if len(shape) != 2 or shape[0] != B:
         raise ValueError(
@@ -90,6 +131,13 @@ def _check_prefix(prefix: jax.Array, B: int, max_len: int, vocab_size: int) -> N
     if shape[1] > max_len:
         raise ValueError(f"prefix length must be <= max_len ({max_len}), got {shape[1]}")
     check_token_ids(vocab_size, prefix=prefix)
+    p, eos = concrete(prefix), concrete(eos_id)
+    if p is not None and eos is not None and np.isin(p, eos).any():
+        row = int(np.argwhere(np.isin(p, eos))[0, 0])
+        raise ValueError(
+            f"prefix must not contain eos_id {eos.tolist()} (a prompt ends no row), "
+            f"found in row {row}"
+        )
 
 
 def check_score_call(

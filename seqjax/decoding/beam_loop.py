@@ -49,6 +49,7 @@ from jax import lax
 from seqjax.decoding.batch_tree import gather_rows, repeat_rows
 from seqjax.decoding.logit_processors import forced_tokens, prefix_lengths, selection_scores
 from seqjax.decoding.penalties import LENGTH_PENALTIES, coverage_penalty, length_penalty
+from seqjax.decoding.processors import id_tuple, is_any
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step_scores import ScoreFn, StepScores
 
@@ -103,17 +104,32 @@ class _Search:
     coverage: float | jax.Array
     valid_BxKxS: jax.Array | None
     monotone: bool
-    eos_id: int | jax.Array
+    eos_id: int | jax.Array | tuple
+    prompt_len: jax.Array | None = None  # [B, 1, 1]: not counted by the length penalty
+    last: jax.Array | None = None  # [B, 1, 1]: each source's last position (else L - 1)
+
+    def generated(self, length: jax.Array) -> jax.Array:
+        """Hypothesis lengths as the length penalty counts them (the prompt left out)."""
+        return length if self.prompt_len is None else jnp.maximum(length - self.prompt_len, 1)
+
+    def at_last(self, t: jax.Array) -> jax.Array:
+        """Whether ``t`` is the last position (scalar, or ``[B, 1, 1]`` per source)."""
+        return t == self.L - 1 if self.last is None else t >= self.last
 
     def penalised(
         self, total: jax.Array, length: jax.Array, attention_BxKxS: jax.Array
     ) -> jax.Array:
         """Ranking score of finished hypotheses: length-normalised sum plus coverage."""
+        length = self.generated(length)
         score = total / length_penalty(length, self.alpha, self.length_penalty_kind)
         if self.S:
             penalty = coverage_penalty(attention_BxKxS, self.coverage, self.valid_BxKxS)
             score = score + penalty[..., None]
         return score
+
+
+def _per_source(x_B: jax.Array) -> jax.Array:
+    return jnp.asarray(x_B, jnp.int32).reshape(-1, 1, 1)
 
 
 def _take_beams(x_BxKx: jax.Array, beam_BxJ: jax.Array) -> jax.Array:
@@ -174,9 +190,16 @@ def _rank_live(
     live_scores, live_flat = lax.top_k(live, K)
     # The K best of all candidates lie among the K best live ones and the K EOS
     # extensions, so the K-th best total needs a top-k over 2K values, not K * V.
-    eos_BxK = jnp.take(totals_BxKxV, jnp.asarray(q.eos_id, jnp.int32), axis=2)
+    # with several EOS ids, E extensions per beam: eos_BxK is [B, K * E], beam-major
+    eos_BxK = _eos_totals(q, totals_BxKxV)
     kth_B = lax.top_k(jnp.concatenate([live_scores, eos_BxK], axis=1), K)[0][:, K - 1]
     return live_scores, live_flat, eos_BxK, kth_B
+
+
+def _eos_totals(q: _Search, totals_BxKxV: jax.Array) -> jax.Array:
+    """``[B, K * E]`` totals of the EOS extensions (E = number of EOS ids), beam-major."""
+    eos_E = jnp.stack([jnp.asarray(e, jnp.int32) for e in id_tuple(q.eos_id)])
+    return jnp.take(totals_BxKxV, eos_E, axis=2).reshape(q.B, -1)
 
 
 def _rank_finishing(
@@ -189,9 +212,9 @@ def _rank_finishing(
     attention_BxKxS: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
     """``(scores_BxM, flat_BxM)``: the M best candidates finishing now, penalised."""
-    B, K, M, L, V = q.B, q.K, q.M, q.L, q.V
+    B, K, M, V = q.B, q.K, q.M, q.V
     # At the last position every candidate finishes; the n-best merge ranks them.
-    ranked_BxKxV = (totals_BxKxV >= kth_B[:, None, None]) | (t == L - 1)
+    ranked_BxKxV = (totals_BxKxV >= kth_B[:, None, None]) | q.at_last(t)
 
     def finish_any() -> tuple[jax.Array, jax.Array]:  # last position: any token ends
         new_fin = q.penalised(totals_BxKxV, t + 1, attention_BxKxS)
@@ -199,13 +222,16 @@ def _rank_finishing(
         scores, flat = lax.top_k(new_fin.reshape(B, K * V), M)
         return scores, flat
 
-    def finish_eos() -> tuple[jax.Array, jax.Array]:  # otherwise only EOS: K values
-        new_fin = q.penalised(eos_BxK[..., None], t + 1, attention_BxKxS)[..., 0]
+    def finish_eos() -> tuple[jax.Array, jax.Array]:  # otherwise only EOS: K * E values
+        eos_E = jnp.stack([jnp.asarray(e, jnp.int32) for e in id_tuple(q.eos_id)])
+        E = eos_E.shape[0]
+        eos_BxKxE = eos_BxK.reshape(B, K, E)
+        new_fin = q.penalised(eos_BxKxE, t + 1, attention_BxKxS).reshape(B, K * E)
         new_fin = jnp.where(eos_BxK >= kth_B[:, None], new_fin, -jnp.inf)
-        scores, beam = lax.top_k(new_fin, M)
-        return scores, beam * V + jnp.asarray(q.eos_id, jnp.int32)
+        scores, flat = lax.top_k(new_fin, M)
+        return scores, (flat // E) * V + eos_E[flat % E]
 
-    return lax.cond(t == L - 1, finish_any, finish_eos)
+    return lax.cond(jnp.any(q.at_last(t)), finish_any, finish_eos)
 
 
 def _merge_finished(
@@ -236,24 +262,26 @@ def _live_bound(q: _Search, t: jax.Array, live_scores_BxK: jax.Array) -> jax.Arr
     """``float[B]``: the best final score any live beam of a source can still reach."""
     if q.monotone:
         # sums are <= 0 and lp is monotone in length: the larger end divisor is best
+        shortest, longest = (q.generated(n) for n in (t + 2, q.L))
         best_lp = jnp.maximum(
-            length_penalty(t + 2, q.alpha, q.length_penalty_kind),
-            length_penalty(q.L, q.alpha, q.length_penalty_kind),
+            length_penalty(shortest, q.alpha, q.length_penalty_kind),
+            length_penalty(longest, q.alpha, q.length_penalty_kind),
         )
-        return jnp.max(live_scores_BxK / best_lp, axis=1)
+        return jnp.max(live_scores_BxK / jnp.reshape(best_lp, (-1, 1)), axis=1)
     return jnp.where(jnp.any(live_scores_BxK > -jnp.inf, axis=1), jnp.inf, -jnp.inf)
 
 
 def _advance(q: _Search, s: _State, step: StepScores, step_BxKxV: jax.Array) -> _State:
     """One beam step given the step's selection scores (``-inf`` = not pickable)."""
-    B, K, L, V, S = q.B, q.K, q.L, q.V, q.S
+    B, K, V, S = q.B, q.K, q.V, q.S
     t = s.position
     totals_BxKxV = s.live_scores[..., None] + step_BxKxV
     attention = s.live_attention
     if S:
         attention = attention + step.attention.astype(jnp.float32).reshape(B, K, S)
     model_lp_BxKxV = step.model_log_probs.reshape(B, K, V)
-    finishing_V = (jnp.arange(V) == q.eos_id) | (t == L - 1)  # the last position finishes all
+    # the last position finishes all
+    finishing_V = is_any(jnp.arange(V), id_tuple(q.eos_id)) | q.at_last(t)
 
     live_scores, live_flat, eos_BxK, kth_B = _rank_live(q, totals_BxKxV, finishing_V)
     fin_scores, fin_flat = _rank_finishing(
@@ -316,13 +344,20 @@ def run_beam_loop(
     eos_id: int | jax.Array,
     pad_id: int | jax.Array,
     prefix_BxP: jax.Array | None,
+    score_prompt: bool = True,
+    last_B: jax.Array | None = None,
+    start: Any = None,
 ) -> DecodeResult:
     """The compiled beam loop over a score function (``cache`` has ``B`` rows).
 
     ``monotone`` (static) says step scores are ``<= 0``, which makes the early-exit
     bound valid; otherwise the loop only stops when every beam is dead. ``source_len``
     (static; ``None`` = no attention) sizes the summed attention the ``coverage``
-    penalty reads.
+    penalty reads. ``score_prompt=False`` (static) gives forced prefix tokens score
+    and log-prob 0 and leaves them out of the length penalty; ``last_B`` (``int32[B]``)
+    is each source's last position (``max_new_tokens`` with prompts of different
+    lengths). ``start`` (a ``seqjax.decoding.prompt.PromptStart`` of ``B`` rows, prompt
+    unscored): begin after a prefilled prompt instead of at position 0.
     """
     B, K, L = batch_size, beam_size, max_len
     S = source_len or 0
@@ -342,7 +377,10 @@ def run_beam_loop(
         valid_BxKxS=valid_BxKxS,
         monotone=monotone,
         eos_id=eos_id,
-    )
+        prompt_len=None if score_prompt or prefix_BxP is None else _per_source(
+            prefix_lengths(prefix_BxP, pad_id)),
+        last=None if last_B is None else _per_source(last_B),
+    )  # fmt: skip
     prefix_NxP = None if prefix_BxP is None else repeat_rows(prefix_BxP, K)
     forced_len_N = None if prefix_NxP is None else prefix_lengths(prefix_NxP, pad_id)
 
@@ -356,10 +394,22 @@ def run_beam_loop(
         inputs = jnp.where(t == 0, bos_id, previous).astype(jnp.int32)
         step = score_fn(inputs, t, s.cache, history_NxL)
         forced = None if prefix_NxP is None else forced_tokens(prefix_NxP, forced_len_N, t)
+        if forced is not None and not score_prompt:  # the prompt is not scored
+            unscored = lambda x: jnp.where(forced[0][:, None], 0.0, x)  # noqa: E731
+            step = step._replace(scores=unscored(step.scores),
+                                 model_log_probs=unscored(step.model_log_probs))  # fmt: skip
         step_BxKxV = selection_scores((step.scores, step.allowed), forced).reshape(B, K, q.V)
         return _advance(q, s, step, step_BxKxV)
 
-    s = lax.while_loop(cond, body, _initial_state(q, repeat_rows(cache, K), pad_id))
+    init = _initial_state(q, repeat_rows(cache, K), pad_id)
+    if start is not None:  # every beam holds the prompt; only beam 0 is alive
+        init = init._replace(
+            position=start.position,
+            live_tokens=jnp.repeat(start.tokens[:, None], K, axis=1),
+            live_log_probs=jnp.repeat(start.log_probs[:, None], K, axis=1),
+            cache=repeat_rows(start.cache, K),
+        )
+    s = lax.while_loop(cond, body, init)
     return DecodeResult(
         tokens=s.finished_tokens,
         lengths=s.finished_lengths,

@@ -13,6 +13,7 @@ import jax
 from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.beam_loop import check_beam_args, coverage_source_len, run_beam_loop
 from seqjax.decoding.logit_processors import make_controls
+from seqjax.decoding.prompt import plan_prompt, prefill_prompt, total_len
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import log_prob_scores
@@ -22,7 +23,7 @@ def beam_search(
     step_fn: StepFn,
     cache: Any,
     *,
-    max_len: int,
+    max_len: int | None = None,
     bos_id: int,
     eos_id: int,
     pad_id: int,
@@ -40,6 +41,13 @@ def beam_search(
     params: Any = None,
     convention: str = "seqjax",
     forced_eos: bool = False,
+    max_new_tokens: int | None = None,
+    min_new_tokens: int | jax.Array = 0,
+    score_prompt: bool = False,
+    processors: tuple = (),
+    bad_words: tuple = (),
+    suppress_tokens: tuple = (),
+    begin_suppress_tokens: tuple = (),
 ) -> DecodeResult:
     """Beam search; returns the ``n_best`` finished hypotheses per source, best first.
 
@@ -70,6 +78,18 @@ def beam_search(
     penalty and the n-gram ban; beam search penalises log-probs). ``forced_eos``
     (static): EOS is forced at the last position, as HF's ``forced_eos_token_id``.
 
+    ``prefix [B, P]`` is a prompt (``seqjax.decoding.prompt``): row ``b`` forces its
+    non-PAD tokens first (prompts may differ in length), and is not scored unless
+    ``score_prompt=True`` (static). ``max_new_tokens`` (static; instead of ``max_len``)
+    and ``min_new_tokens`` (traced, scalar or ``[B]``) count generated tokens only.
+
+    ``processors`` (static): the user's logits processors
+    (``seqjax.decoding.processors``), run after the built-in bans. ``bad_words``
+    (static tuple of token-id tuples): sequences never generated (HF
+    ``bad_words_ids``); ``suppress_tokens`` / ``begin_suppress_tokens`` (static id
+    tuples): never emitted / not emitted first (HF's). ``eos_id`` may be several ids
+    (``eos_id=(1, 3)``): a row ends at any of them (its last token says which).
+
     Example (a 1-token vocabulary model plus EOS)::
 
         >>> import jax, jax.numpy as jnp
@@ -81,18 +101,36 @@ def beam_search(
         ([[1, 0, 0], [2, 1, 0]], [1, 2])
     """
     check_beam_args(beam_size, n_best, length_penalty)
+    max_len = total_len(max_len, max_new_tokens, prefix)
     step_fn = bind_params(step_fn, params)
     B, vocab_size, source_len = check_decoder_call(
         step_fn, cache, batch_size=batch_size, max_len=max_len, prefix=prefix,
-        src_mask=src_mask, token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id), min_len=min_len,
+        src_mask=src_mask, token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id),
+        token_lists=dict(bad_words=bad_words, suppress_tokens=suppress_tokens,
+                         begin_suppress_tokens=begin_suppress_tokens), min_len=min_len,
+        min_new_tokens=min_new_tokens, max_new_tokens=max_new_tokens,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
         alpha=alpha, coverage=coverage,
     )  # fmt: skip
+    plan = plan_prompt(
+        prefix,
+        pad_id=pad_id,
+        max_new_tokens=max_new_tokens,
+        min_len=min_len,
+        min_new_tokens=min_new_tokens,
+    )
     controls = make_controls(
-        eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
+        eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=plan.min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-        convention=convention, forced_eos=forced_eos, beam=True,
+        convention=convention, forced_eos=forced_eos, beam=True, rows_per_source=beam_size,
+        bad_words=bad_words, suppress_tokens=suppress_tokens,
+        begin_suppress_tokens=begin_suppress_tokens, processors=processors,
+        prompt_len=plan.prompt_len, last=plan.last,
     )  # fmt: skip
+    start = None  # a scored prompt adds processed step scores: forced token by token
+    if not score_prompt:
+        start = prefill_prompt(step_fn, cache, prefix, bos_id=bos_id, pad_id=pad_id,
+                               max_len=max_len, score_prompt=False)  # fmt: skip
     return run_beam_loop(
         log_prob_scores(step_fn, controls),
         cache,
@@ -111,4 +149,7 @@ def beam_search(
         eos_id=eos_id,
         pad_id=pad_id,
         prefix_BxP=prefix,
+        score_prompt=score_prompt,
+        last_B=plan.last,
+        start=start,
     )

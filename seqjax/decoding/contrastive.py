@@ -9,6 +9,7 @@ import jax
 from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.beam_loop import check_beam_args, coverage_source_len, run_beam_loop
 from seqjax.decoding.logit_processors import make_controls
+from seqjax.decoding.prompt import plan_prompt, total_len
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import contrastive_scores
@@ -21,7 +22,7 @@ def contrastive(
     amateur_step_fn: StepFn,
     amateur_cache: Any,
     *,
-    max_len: int,
+    max_len: int | None = None,
     bos_id: int,
     eos_id: int,
     pad_id: int,
@@ -42,6 +43,13 @@ def contrastive(
     params: Any = None,
     convention: str = "seqjax",
     forced_eos: bool = False,
+    max_new_tokens: int | None = None,
+    min_new_tokens: int | jax.Array = 0,
+    score_prompt: bool = False,
+    processors: tuple = (),
+    bad_words: tuple = (),
+    suppress_tokens: tuple = (),
+    begin_suppress_tokens: tuple = (),
     amateur_params: Any = None,
 ) -> DecodeResult:
     """Maximise ``log p_expert - contrastive_lambda * log p_amateur`` over plausible tokens.
@@ -70,6 +78,18 @@ def contrastive(
     penalty and the n-gram ban; beam search penalises log-probs). ``forced_eos``
     (static): EOS is forced at the last position, as HF's ``forced_eos_token_id``.
 
+    ``prefix [B, P]`` is a prompt (``seqjax.decoding.prompt``): row ``b`` forces its
+    non-PAD tokens first (prompts may differ in length), and is not scored unless
+    ``score_prompt=True`` (static). ``max_new_tokens`` (static; instead of ``max_len``)
+    and ``min_new_tokens`` (traced, scalar or ``[B]``) count generated tokens only.
+
+    ``processors`` (static): the user's logits processors
+    (``seqjax.decoding.processors``), run after the built-in bans. ``bad_words``
+    (static tuple of token-id tuples): sequences never generated (HF
+    ``bad_words_ids``); ``suppress_tokens`` / ``begin_suppress_tokens`` (static id
+    tuples): never emitted / not emitted first (HF's). ``eos_id`` may be several ids
+    (``eos_id=(1, 3)``): a row ends at any of them (its last token says which).
+
     Example (the amateur over-rates token 2, so the expert's runner-up 3 wins)::
 
         >>> import jax, jax.numpy as jnp
@@ -81,20 +101,34 @@ def contrastive(
         [[[3]]]
     """
     check_beam_args(beam_size, n_best, length_penalty)
+    max_len = total_len(max_len, max_new_tokens, prefix)
     expert_step_fn = bind_params(expert_step_fn, params)
     amateur_step_fn = bind_params(amateur_step_fn, amateur_params)
     B, vocab_size, source_len = _check_call(
         expert_step_fn, expert_cache, amateur_step_fn, amateur_cache, batch_size=batch_size,
         max_len=max_len, prefix=prefix, src_mask=src_mask,
-        token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id), min_len=min_len,
+        token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id),
+        token_lists=dict(bad_words=bad_words, suppress_tokens=suppress_tokens,
+                         begin_suppress_tokens=begin_suppress_tokens), min_len=min_len,
+        min_new_tokens=min_new_tokens, max_new_tokens=max_new_tokens,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
         alpha=alpha, coverage=coverage, amateur_temperature=amateur_temperature,
         contrastive_alpha=contrastive_alpha,
     )  # fmt: skip
+    plan = plan_prompt(
+        prefix,
+        pad_id=pad_id,
+        max_new_tokens=max_new_tokens,
+        min_len=min_len,
+        min_new_tokens=min_new_tokens,
+    )
     controls = make_controls(
-        eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
+        eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=plan.min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
         convention=convention, forced_eos=forced_eos, beam=beam_size > 1,
+        rows_per_source=beam_size, bad_words=bad_words, suppress_tokens=suppress_tokens,
+        begin_suppress_tokens=begin_suppress_tokens, processors=processors,
+        prompt_len=plan.prompt_len, last=plan.last,
     )  # fmt: skip
     score_fn = contrastive_scores(
         expert_step_fn,
@@ -106,12 +140,15 @@ def contrastive(
     )
     cache = (expert_cache, amateur_cache)
     if beam_size == 1:
-        return argmax_loop(score_fn, cache, B, max_len, bos_id, eos_id, pad_id, prefix)
+        return argmax_loop(
+            score_fn, cache, B, max_len, bos_id, eos_id, pad_id, prefix, score_prompt, plan.last
+        )
     return run_beam_loop(
         score_fn, cache, batch_size=B, beam_size=beam_size, n_best=n_best, max_len=max_len,
         vocab_size=vocab_size, source_len=coverage_source_len(source_len, coverage),
         alpha=alpha, length_penalty_kind=length_penalty, coverage=coverage, src_mask_BxS=src_mask,
         monotone=False, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, prefix_BxP=prefix,
+        score_prompt=score_prompt, last_B=plan.last,
     )  # fmt: skip
 
 

@@ -30,6 +30,7 @@ NUMERIC_FIELDS: dict[str, type] = {
     "top_k": int,
     "top_p": float,
     "min_len": int,
+    "min_new_tokens": int,
     "repetition_penalty": float,
     "contrastive_lambda": float,
     "contrastive_alpha": float,
@@ -100,6 +101,7 @@ def decode(
     numerics: dict[str, Any] | None = None,
     params: Any = None,
     amateur_params: Any = None,
+    processors: tuple = (),
 ) -> DecodeResult:
     """Decode with the method and options of ``config``, through ``jitted`` decoders.
 
@@ -118,6 +120,9 @@ def decode(
     the token ids, ``max_len``, ``batch_size``; traced: the rest. With ``params``
     (and ``amateur_params``) the step functions take the params form
     ``step(params, tokens, position, cache)`` and the weights are traced too.
+    ``processors`` (static) are the user's logits processors
+    (``seqjax.decoding.processors``). With ``config.max_new_tokens`` set, the length is
+    the prompt width plus it, and ``max_len`` / ``config.max_len`` are not used.
 
     Example (a bigram table that prefers ``previous + 1``; EOS = 3)::
 
@@ -135,7 +140,13 @@ def decode(
     c = config
     n = resolve_numerics(c, numerics)
     common = dict(
-        max_len=c.max_len if max_len is None else int(max_len),
+        **_lengths(c, max_len),
+        min_new_tokens=n["min_new_tokens"],
+        score_prompt=c.score_prompt,
+        bad_words=c.bad_words,
+        suppress_tokens=c.suppress_tokens,
+        begin_suppress_tokens=c.begin_suppress_tokens,
+        processors=tuple(processors),
         bos_id=bos_id,
         eos_id=eos_id,
         pad_id=pad_id,
@@ -166,6 +177,13 @@ def decode(
             raise ValueError("method 'contrastive' needs amateur=(step_fn, cache)")
         return _decode_contrastive(step_fn, cache, amateur, c, n, ranked, common, amateur_params)
     raise ValueError(f"unknown decode method {c.method!r}")
+
+
+def _lengths(c: DecodeConfig, max_len: int | None) -> dict[str, Any]:
+    """``max_len`` (explicit, else the config's) or the config's ``max_new_tokens``."""
+    if c.max_new_tokens is not None:
+        return dict(max_len=None, max_new_tokens=c.max_new_tokens)
+    return dict(max_len=c.max_len if max_len is None else int(max_len))
 
 
 def _decode_sample(

@@ -8,6 +8,7 @@ import jax
 
 from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.logit_processors import make_controls
+from seqjax.decoding.prompt import plan_prompt, prefill_prompt, total_len
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import log_prob_scores
@@ -18,7 +19,7 @@ def greedy(
     step_fn: StepFn,
     cache: Any,
     *,
-    max_len: int,
+    max_len: int | None = None,
     bos_id: int,
     eos_id: int,
     pad_id: int,
@@ -30,6 +31,13 @@ def greedy(
     params: Any = None,
     convention: str = "seqjax",
     forced_eos: bool = False,
+    max_new_tokens: int | None = None,
+    min_new_tokens: int | jax.Array = 0,
+    score_prompt: bool = False,
+    processors: tuple = (),
+    bad_words: tuple = (),
+    suppress_tokens: tuple = (),
+    begin_suppress_tokens: tuple = (),
 ) -> DecodeResult:
     """Argmax decoding until EOS or ``max_len``; ``K = 1``, score = summed log-prob.
 
@@ -47,6 +55,18 @@ def greedy(
     penalty and the n-gram ban; beam search penalises log-probs). ``forced_eos``
     (static): EOS is forced at the last position, as HF's ``forced_eos_token_id``.
 
+    ``prefix [B, P]`` is a prompt (``seqjax.decoding.prompt``): row ``b`` forces its
+    non-PAD tokens first (prompts may differ in length), and is not scored unless
+    ``score_prompt=True`` (static). ``max_new_tokens`` (static; instead of ``max_len``)
+    and ``min_new_tokens`` (traced, scalar or ``[B]``) count generated tokens only.
+
+    ``processors`` (static): the user's logits processors
+    (``seqjax.decoding.processors``), run after the built-in bans. ``bad_words``
+    (static tuple of token-id tuples): sequences never generated (HF
+    ``bad_words_ids``); ``suppress_tokens`` / ``begin_suppress_tokens`` (static id
+    tuples): never emitted / not emitted first (HF's). ``eos_id`` may be several ids
+    (``eos_id=(1, 3)``): a row ends at any of them (its last token says which).
+
     Example (a bigram table: always prefer token ``prev + 1``, EOS = 3)::
 
         >>> import jax, jax.numpy as jnp
@@ -57,17 +77,34 @@ def greedy(
         >>> r.tokens.tolist(), r.lengths.tolist()
         ([[[1, 2, 3, 0, 0]]], [[3]])
     """
+    max_len = total_len(max_len, max_new_tokens, prefix)
     step_fn = bind_params(step_fn, params)
     B, _, _ = check_decoder_call(
         step_fn, cache, batch_size=batch_size, max_len=max_len, prefix=prefix,
-        token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id), min_len=min_len,
+        token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id),
+        token_lists=dict(bad_words=bad_words, suppress_tokens=suppress_tokens,
+                         begin_suppress_tokens=begin_suppress_tokens), min_len=min_len,
+        min_new_tokens=min_new_tokens, max_new_tokens=max_new_tokens,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
     )  # fmt: skip
-    controls = make_controls(
-        eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
-        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-        convention=convention, forced_eos=forced_eos, beam=False,
-    )  # fmt: skip
-    return argmax_loop(
-        log_prob_scores(step_fn, controls), cache, B, max_len, bos_id, eos_id, pad_id, prefix
+    plan = plan_prompt(
+        prefix,
+        pad_id=pad_id,
+        max_new_tokens=max_new_tokens,
+        min_len=min_len,
+        min_new_tokens=min_new_tokens,
     )
+    controls = make_controls(
+        eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=plan.min_len,
+        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        convention=convention, forced_eos=forced_eos, beam=False, rows_per_source=1,
+        bad_words=bad_words, suppress_tokens=suppress_tokens,
+        begin_suppress_tokens=begin_suppress_tokens, processors=processors,
+        prompt_len=plan.prompt_len, last=plan.last,
+    )  # fmt: skip
+    start = prefill_prompt(step_fn, cache, prefix, bos_id=bos_id, pad_id=pad_id,
+                           max_len=max_len, score_prompt=score_prompt)  # fmt: skip
+    return argmax_loop(
+        log_prob_scores(step_fn, controls), cache, B, max_len, bos_id, eos_id, pad_id, prefix,
+        score_prompt, plan.last, start,
+    )  # fmt: skip

@@ -29,6 +29,12 @@ _COMMON_STATIC = (
     "batch_size",
     "convention",
     "forced_eos",
+    "processors",
+    "bad_words",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "max_new_tokens",
+    "score_prompt",
 )
 
 STATIC_ARGNAMES: dict[Callable, tuple[str, ...]] = {
@@ -71,6 +77,22 @@ def jitted(decoder: Callable) -> Callable:
     return _Checked(decoder, jax.jit(decoder, static_argnames=STATIC_ARGNAMES[decoder]))
 
 
+_TUPLES = ("eos_id", "suppress_tokens", "begin_suppress_tokens", "processors")
+
+
+def as_static(name: str, value):
+    """Lists given for static token-id arguments as (hashable) tuples.
+
+    >>> as_static("bad_words", [[5, 6], [7]]), as_static("eos_id", [1, 3])
+    (((5, 6), (7,)), (1, 3))
+    """
+    if name == "bad_words" and isinstance(value, list | tuple):
+        return tuple(tuple(int(t) for t in w) for w in value)
+    if name in _TUPLES and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
 class _Checked:
     """A jitted decoder that checks the concrete option values before ``jit`` traces them.
 
@@ -83,6 +105,7 @@ class _Checked:
         functools.update_wrapper(self, decoder)
 
     def __call__(self, *args, **kwargs):
+        kwargs = {k: as_static(k, v) for k, v in kwargs.items()}
         check_concrete_call(self._decoder, args, kwargs)
         return self._jit(*args, **kwargs)
 

@@ -5,15 +5,29 @@ All functions are pure and work on ``N`` rows at once (``N`` = batch x beams/sam
 (``length`` a traced scalar); later columns hold padding and are ignored. Numeric
 options (``penalty``, ``min_len``, ``top_k``, ``top_p``) may be traced values, so
 changing them never recompiles; ``no_repeat_ngram_size`` is static (it sets shapes).
+``min_len``, ``top_k`` and ``top_p`` may also be per row (``[N, 1]`` columns, see
+``per_row``). The public logits-processor hook and the built-in processors are in
+``seqjax.decoding.processors``; ``process_logits`` runs them.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from seqjax.decoding.processors import (
+    BeginSuppressTokens,
+    MinLength,
+    ProcessorState,
+    SuppressTokens,
+    apply_processors,
+    bad_words_banned,
+    id_tuple,
+    is_any,
+)
 
 
 class Controls(NamedTuple):
@@ -23,13 +37,19 @@ class Controls(NamedTuple):
     ``repetition_penalty``: CTRL-style penalty on already generated tokens (1 = off).
     ``start_id``: a token counted as generated before position 0 by the repetition
     penalty and the n-gram ban (HF counts its decoder start token); None = none.
-    ``forced_eos_at``: position (static) where EOS is forced with processed log-prob
-    0, as HF's ``forced_eos_token_id`` does at the last position; None = never.
+    ``forced_eos_at``: position (static, or per row ``[N, 1]``) where EOS is forced
+    with processed log-prob 0, as HF's ``forced_eos_token_id`` does at the last position; None = never.
     ``penalty_on_log_probs``: apply the repetition penalty to the log-probs, without
     renormalising (HF's beam search), instead of to the logits.
+    ``eos_id`` may be several ids (a tuple): any of them ends a row.
+    ``bad_words``, ``suppress_tokens``, ``begin_suppress_tokens``: static token
+    tuples (``seqjax.decoding.processors``). ``processors``: the user's static
+    processors, run after the built-in bans. ``prompt_len``: forced prompt tokens per
+    row (scalar or ``[N, 1]``); ``rows_per_source``: beams or samples per source.
+    ``min_len`` may be a scalar or a per-row ``[N, 1]`` column.
     """
 
-    eos_id: int | jax.Array
+    eos_id: int | jax.Array | tuple
     pad_id: int | jax.Array
     min_len: int | jax.Array = 0
     repetition_penalty: float | jax.Array = 1.0
@@ -37,6 +57,27 @@ class Controls(NamedTuple):
     start_id: int | jax.Array | None = None
     forced_eos_at: int | None = None
     penalty_on_log_probs: bool = False
+    bad_words: tuple = ()
+    suppress_tokens: tuple = ()
+    begin_suppress_tokens: tuple = ()
+    processors: tuple = ()
+    prompt_len: int | jax.Array = 0
+    rows_per_source: int = 1
+
+    @property
+    def eos_ids(self) -> tuple:
+        return id_tuple(self.eos_id)
+
+
+def per_row(value: Any, rows_per_source: int) -> Any:
+    """A per-source option ``[B]`` as a per-row column ``[B * K, 1]``; scalars unchanged.
+
+    >>> per_row(jnp.array([1, 5]), 2).tolist(), per_row(0.5, 2)
+    ([[1], [1], [5], [5]], 0.5)
+    """
+    if value is None or jnp.ndim(value) == 0:
+        return value
+    return jnp.repeat(jnp.asarray(value), rows_per_source)[:, None]
 
 
 CONVENTIONS = ("seqjax", "hf")
@@ -54,26 +95,43 @@ def make_controls(
     convention: str = "seqjax",
     forced_eos: bool = False,
     beam: bool = False,
+    rows_per_source: int = 1,
+    bad_words: tuple = (),
+    suppress_tokens: tuple = (),
+    begin_suppress_tokens: tuple = (),
+    processors: tuple = (),
+    prompt_len: int | jax.Array = 0,
+    last: jax.Array | None = None,
 ) -> Controls:
     """The ``Controls`` of a decoder call under ``convention`` (``seqjax`` or ``hf``).
 
     ``hf`` reproduces HuggingFace ``generate()``: the decoder start token (BOS) counts
     as history for the repetition penalty and the n-gram ban, and beam search applies
     the repetition penalty to log-probs. ``forced_eos`` forces EOS at the last
-    position (HF's ``forced_eos_token_id``), under either convention.
+    position (HF's ``forced_eos_token_id``), under either convention. Per-source
+    ``min_len [B]`` is expanded to the ``rows_per_source`` rows of each source, as are
+    ``prompt_len [B]`` and ``last [B]`` (each row's last position: forced EOS goes there).
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     hf = convention == "hf"
     return Controls(
-        eos_id,
+        id_tuple(eos_id),
         pad_id,
-        min_len,
+        per_row(min_len, rows_per_source),
         repetition_penalty,
         no_repeat_ngram_size,
         start_id=bos_id if hf else None,
-        forced_eos_at=max_len - 1 if forced_eos else None,
+        forced_eos_at=(max_len - 1 if last is None else per_row(last, rows_per_source))
+        if forced_eos
+        else None,
         penalty_on_log_probs=hf and beam,
+        bad_words=tuple(tuple(int(t) for t in w) for w in bad_words),
+        suppress_tokens=tuple(int(t) for t in suppress_tokens),
+        begin_suppress_tokens=tuple(int(t) for t in begin_suppress_tokens),
+        processors=tuple(processors),
+        prompt_len=per_row(prompt_len, rows_per_source),
+        rows_per_source=rows_per_source,
     )
 
 
@@ -150,19 +208,41 @@ def banned_tokens(
     """``bool[N, V]`` tokens no search may pick at this step.
 
     PAD is never generated (unless it doubles as EOS); EOS is banned before
-    ``min_len``; ``no_repeat_ngram_size`` bans n-gram repeats. A row with every token
-    banned gets EOS back, so it ends instead of emitting garbage.
+    ``min_len``; ``no_repeat_ngram_size`` bans n-gram repeats; then bad words and
+    suppressed tokens (the processors of ``seqjax.decoding.processors``, as masks).
+    A row with every token banned gets EOS back, so it ends instead of emitting garbage.
     """
+    c = controls
     v = jnp.arange(vocab_size)
-    is_eos = v == controls.eos_id
-    ban = (v == controls.pad_id) & (controls.pad_id != controls.eos_id)
-    ban = ban | (is_eos & (length < controls.min_len))
+    is_eos = is_any(v, c.eos_ids)
+    ban = (v == c.pad_id) & ~is_any(jnp.asarray(c.pad_id), c.eos_ids)
+    ban = ban | MinLength(c.eos_ids, c.min_len).mask(length, vocab_size)
+    if c.suppress_tokens:
+        ban = ban | SuppressTokens(c.suppress_tokens).mask(vocab_size)
     ban = jnp.broadcast_to(ban, (history_NxL.shape[0], vocab_size))
-    if controls.no_repeat_ngram_size:
-        history, hist_len = with_start_token(history_NxL, length, controls)
-        ban = ban | ngram_banned(history, hist_len, controls.no_repeat_ngram_size, vocab_size)
-    stuck_N1 = jnp.all(ban, axis=-1, keepdims=True)
-    return ban & ~(stuck_N1 & is_eos)
+    if c.begin_suppress_tokens:
+        state = processor_state(history_NxL.shape[0], c)
+        ban = ban | BeginSuppressTokens(c.begin_suppress_tokens).mask(length, state, vocab_size)
+    if c.no_repeat_ngram_size or c.bad_words:
+        history, hist_len = with_start_token(history_NxL, length, c)
+    if c.no_repeat_ngram_size:
+        ban = ban | ngram_banned(history, hist_len, c.no_repeat_ngram_size, vocab_size)
+    if c.bad_words:
+        ban = ban | bad_words_banned(history, hist_len, c.bad_words, vocab_size)
+    return unstick(ban, is_eos)
+
+
+def unstick(ban_NxV: jax.Array, is_eos_V: jax.Array) -> jax.Array:
+    """``ban_NxV`` with EOS allowed again in rows where every token is banned."""
+    stuck_N1 = jnp.all(ban_NxV, axis=-1, keepdims=True)
+    return ban_NxV & ~(stuck_N1 & is_eos_V)
+
+
+def processor_state(num_rows: int, controls: Controls) -> ProcessorState:
+    """The ``ProcessorState`` of ``num_rows`` rows under ``controls``."""
+    prompt_len = jnp.broadcast_to(jnp.reshape(controls.prompt_len, (-1,)), (num_rows,))
+    source = jnp.arange(num_rows, dtype=jnp.int32) // controls.rows_per_source
+    return ProcessorState(source=source, prompt_len=prompt_len.astype(jnp.int32))
 
 
 def process_logits(
@@ -187,9 +267,16 @@ def process_logits(
     # a runtime branch: the [N, V] scatter is skipped when the (traced) penalty is off
     processed_lp = lax.cond(jnp.asarray(penalty) == 1.0, lambda: model_lp, penalised)
     banned = banned_tokens(history_NxL, length, logits.shape[-1], controls)
+    is_eos = is_any(jnp.arange(logits.shape[-1]), controls.eos_ids)
+    if controls.processors:  # static: no user processors, no cost
+        state = processor_state(history_NxL.shape[0], controls)
+        out = jnp.where(banned, -jnp.inf, processed_lp)
+        out = apply_processors(controls.processors, out, history_NxL, length, state)
+        banned = unstick(~(out > -jnp.inf), is_eos)
+        # a banned token keeps its processed value: a forced prompt token may need it
+        processed_lp = jnp.where(out > -jnp.inf, out, processed_lp)
     if controls.forced_eos_at is not None:
         at = length == controls.forced_eos_at
-        is_eos = jnp.arange(logits.shape[-1]) == controls.eos_id
         processed_lp = jnp.where(at, jnp.where(is_eos, 0.0, -jnp.inf), processed_lp)
         banned = jnp.where(at, ~is_eos, banned)
     return model_lp, processed_lp, banned
@@ -207,7 +294,8 @@ def truncation_allowed(
     keeps all. Tests pin this against separate top-k and top-p references. The row is
     sorted once, and not at all when both are off: a full-vocabulary sort costs more
     than the rest of a small model's sampling step. The options may be traced; the
-    skip is a ``lax.cond`` on them.
+    skip is a ``lax.cond`` on them. Per-row ``top_k`` / ``top_p`` are ``[N, 1]``
+    columns (``per_row``).
 
     >>> truncation_allowed(jnp.array([[0.1, 3.0, 2.0, -1.0]]), 2, 1.0).tolist()
     [[False, True, True, False]]
@@ -220,7 +308,11 @@ def truncation_allowed(
 
     def truncate(x_NxV: jax.Array) -> jax.Array:
         sorted_desc = -jnp.sort(-x_NxV, axis=-1)
-        k_threshold_N1 = lax.dynamic_slice_in_dim(sorted_desc, k - 1, 1, axis=-1)
+        if jnp.ndim(k) == 0:
+            k_threshold_N1 = lax.dynamic_slice_in_dim(sorted_desc, k - 1, 1, axis=-1)
+        else:  # one k per row
+            k_N1 = jnp.broadcast_to(k, (x_NxV.shape[0], 1)).astype(jnp.int32)
+            k_threshold_N1 = jnp.take_along_axis(sorted_desc, k_N1 - 1, axis=-1)
         kept_sorted = jnp.where(sorted_desc >= k_threshold_N1, sorted_desc, -jnp.inf)
         probs = jax.nn.softmax(kept_sorted, axis=-1)
         mass_above = jnp.cumsum(probs, axis=-1) - probs
@@ -229,7 +321,7 @@ def truncation_allowed(
         p_threshold_N1 = jnp.take_along_axis(kept_sorted, num_kept - 1, axis=-1)
         return x_NxV >= jnp.maximum(k_threshold_N1, p_threshold_N1)
 
-    active = (k < vocab_size) | (top_p < 1.0)
+    active = jnp.any((k < vocab_size) | (top_p < 1.0))
     return lax.cond(active, truncate, lambda x: jnp.ones(x.shape, bool), logits_NxV)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 
 class DecodeResult(NamedTuple):
@@ -32,3 +33,11 @@ class DecodeResult(NamedTuple):
     lengths: jax.Array
     scores: jax.Array
     log_probs: jax.Array
+
+    def last_tokens(self) -> jax.Array:
+        """``int32[B, K]``: each hypothesis's last token: the EOS id that ended it (with
+        several ``eos_id``s, which one), another token when cut at the length limit,
+        PAD for an empty slot."""
+        index = jnp.maximum(self.lengths - 1, 0)[..., None]
+        last = jnp.take_along_axis(self.tokens, index, axis=-1)[..., 0]
+        return jnp.where(self.lengths > 0, last, self.tokens[..., 0])

@@ -9,6 +9,7 @@ import jax
 from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.batch_tree import repeat_rows
 from seqjax.decoding.logit_processors import make_controls
+from seqjax.decoding.prompt import plan_prompt, prefill_prompt, rows, total_len
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import sampling_scores
@@ -20,7 +21,7 @@ def sample(
     cache: Any,
     *,
     key: jax.Array,
-    max_len: int,
+    max_len: int | None = None,
     bos_id: int,
     eos_id: int,
     pad_id: int,
@@ -36,6 +37,13 @@ def sample(
     params: Any = None,
     convention: str = "seqjax",
     forced_eos: bool = False,
+    max_new_tokens: int | None = None,
+    min_new_tokens: int | jax.Array = 0,
+    score_prompt: bool = False,
+    processors: tuple = (),
+    bad_words: tuple = (),
+    suppress_tokens: tuple = (),
+    begin_suppress_tokens: tuple = (),
 ) -> DecodeResult:
     """Draw ``num_samples`` sequences per source (``K = num_samples``), in draw order.
 
@@ -58,6 +66,18 @@ def sample(
     penalty and the n-gram ban; beam search penalises log-probs). ``forced_eos``
     (static): EOS is forced at the last position, as HF's ``forced_eos_token_id``.
 
+    ``prefix [B, P]`` is a prompt (``seqjax.decoding.prompt``): row ``b`` forces its
+    non-PAD tokens first (prompts may differ in length), and is not scored unless
+    ``score_prompt=True`` (static). ``max_new_tokens`` (static; instead of ``max_len``)
+    and ``min_new_tokens`` (traced, scalar or ``[B]``) count generated tokens only.
+
+    ``processors`` (static): the user's logits processors
+    (``seqjax.decoding.processors``), run after the built-in bans. ``bad_words``
+    (static tuple of token-id tuples): sequences never generated (HF
+    ``bad_words_ids``); ``suppress_tokens`` / ``begin_suppress_tokens`` (static id
+    tuples): never emitted / not emitted first (HF's). ``eos_id`` may be several ids
+    (``eos_id=(1, 3)``): a row ends at any of them (its last token says which).
+
     Example::
 
         >>> import jax, jax.numpy as jnp
@@ -68,19 +88,35 @@ def sample(
         >>> r.tokens.shape, r.tokens[0, 0].tolist()  # top_k=1: argmax, token 1 = EOS
         ((2, 3, 4), [1, 0, 0, 0])
     """
+    max_len = total_len(max_len, max_new_tokens, prefix)
     step_fn = bind_params(step_fn, params)
     B, _, _ = check_decoder_call(
         step_fn, cache, batch_size=batch_size, max_len=max_len, prefix=prefix,
-        token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id), min_len=min_len,
+        token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id),
+        token_lists=dict(bad_words=bad_words, suppress_tokens=suppress_tokens,
+                         begin_suppress_tokens=begin_suppress_tokens), min_len=min_len,
+        min_new_tokens=min_new_tokens, max_new_tokens=max_new_tokens,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
         num_samples=num_samples, temperature=temperature, top_k=top_k, top_p=top_p,
     )  # fmt: skip
+    plan = plan_prompt(
+        prefix,
+        pad_id=pad_id,
+        max_new_tokens=max_new_tokens,
+        min_len=min_len,
+        min_new_tokens=min_new_tokens,
+    )
     controls = make_controls(
-        eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
+        eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=plan.min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-        convention=convention, forced_eos=forced_eos, beam=False,
+        convention=convention, forced_eos=forced_eos, beam=False, rows_per_source=num_samples,
+        bad_words=bad_words, suppress_tokens=suppress_tokens,
+        begin_suppress_tokens=begin_suppress_tokens, processors=processors,
+        prompt_len=plan.prompt_len, last=plan.last,
     )  # fmt: skip
     score_fn = sampling_scores(step_fn, controls, temperature=temperature, top_k=top_k, top_p=top_p)
+    start = prefill_prompt(step_fn, cache, prefix, bos_id=bos_id, pad_id=pad_id,
+                           max_len=max_len, score_prompt=score_prompt)  # fmt: skip
     out = run_token_loop(
         score_fn,
         choose_categorical,
@@ -91,6 +127,9 @@ def sample(
         eos_id=eos_id,
         pad_id=pad_id,
         prefix_NxP=None if prefix is None else repeat_rows(prefix, num_samples),
+        score_prompt=score_prompt,
+        last_N=rows(plan.last, num_samples),
+        start=None if start is None else repeat_rows(start, num_samples),
         key=key,
     )
     return loop_result(out, B, num_samples)

@@ -16,6 +16,11 @@ the *params form* ``step_fn(params, tokens_B, position, cache)`` (e.g. the model
 every set of weights of that architecture. Without ``params`` the step has the
 3-argument form above and whatever it closes over is a constant of the compiled
 program (``model.step_fn(params)``: a recompile per set of weights).
+
+Optional: a step may offer ``prefill(tokens_BxP, cache) -> (logits_BxPxV, cache)``
+(params form: ``prefill(params, tokens_BxP, cache)``), positions ``0 .. P-1`` in one
+pass; decoders then feed a prompt through it instead of one position per step.
+``model.step`` offers it (the Transformer in one forward pass).
 """
 
 from __future__ import annotations
@@ -73,6 +78,10 @@ def bind_params(step_fn: Any, params: Any) -> StepFn:
 
     if hasattr(step_fn, "capacity"):  # the cache-capacity check reads it
         step.capacity = step_fn.capacity
+    if (
+        getattr(step_fn, "prefill", None) is not None
+    ):  # prompts in one pass (seqjax.decoding.prompt)
+        step.prefill = lambda tokens_BxP, cache: step_fn.prefill(weights, tokens_BxP, cache)
     return step
 
 

@@ -27,9 +27,11 @@ import jax.numpy as jnp
 
 from seqjax.decoding.logit_processors import (
     Controls,
+    per_row,
     process_logits,
     truncation_allowed,
 )
+from seqjax.decoding.processors import Plausibility
 from seqjax.decoding.step import StepFn, call_step
 
 
@@ -90,8 +92,11 @@ def sampling_scores(
     """Scores are processed log-probs / ``temperature``; bans, then top-k, then top-p.
 
     Truncation runs on the temperature-scaled distribution with banned tokens
-    removed (HuggingFace order: temperature, top-k, top-p).
+    removed (HuggingFace order: processors, temperature, top-k, top-p). Each option
+    is a scalar or one value per source (``[B]``, shared by that source's samples).
     """
+    K = controls.rows_per_source
+    temperature, top_k, top_p = (per_row(x, K) for x in (temperature, top_k, top_p))
 
     def score_fn(inputs_N, position, cache, history_NxL) -> StepScores:
         logits, new_cache, attention = call_step(step_fn, inputs_N, position, cache)
@@ -134,8 +139,7 @@ def contrastive_scores(
         amateur_lp = jax.nn.log_softmax(
             amateur_logits.astype(jnp.float32) / amateur_temperature, axis=-1
         )
-        best_N1 = jnp.max(jnp.where(banned, -jnp.inf, expert_lp), axis=-1, keepdims=True)
-        plausible = expert_lp >= jnp.log(contrastive_alpha) + best_N1  # log 0 = -inf: all
+        plausible = ~Plausibility(contrastive_alpha).mask(jnp.where(banned, -jnp.inf, expert_lp))
         scores = expert_lp - contrastive_lambda * amateur_lp
         return StepScores(
             model_lp, scores, plausible & ~banned, (expert_cache, amateur_cache), attention

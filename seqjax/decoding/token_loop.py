@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqjax.decoding.logit_processors import forced_tokens, prefix_lengths, selection_scores
+from seqjax.decoding.processors import id_tuple, is_any
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step_scores import ScoreFn
 
@@ -88,14 +89,22 @@ def run_token_loop(
     pad_id: int | jax.Array,
     prefix_NxP: jax.Array | None = None,
     key: jax.Array | None = None,
+    score_prompt: bool = True,
+    last_N: jax.Array | None = None,
+    start: Any = None,
 ) -> TokenLoopOutput:
     """Generate one sequence per row of ``cache`` (``num_rows`` rows, static ``max_len``).
 
     Position ``t`` consumes the token emitted at ``t - 1`` (BOS at ``t = 0``) and emits
     token ``t``. Finished rows keep stepping (a batch moves in lockstep) but emit PAD
     with log-prob 0. The PRNG key for position ``t`` is ``fold_in(key, t)``.
+    ``score_prompt=False`` (static) reports forced prefix tokens with log-prob 0;
+    ``last_N`` (``int32[N]``) ends each row after that position (``max_new_tokens``).
+    ``start`` (a ``seqjax.decoding.prompt.PromptStart`` of ``N`` rows): begin after a
+    prefilled prompt instead of at position 0.
     """
     forced_len_N = None if prefix_NxP is None else prefix_lengths(prefix_NxP, pad_id)
+    eos_ids = id_tuple(eos_id)  # several EOS ids: any ends a row
 
     def cond(s: _State) -> jax.Array:
         return (s.position < max_len) & ~jnp.all(s.done)
@@ -111,18 +120,23 @@ def run_token_loop(
         # A dead end (no pickable token has a finite score, e.g. a model that masks its
         # vocabulary while min_len bans EOS) ends the row rather than emitting PAD.
         dead_N = ~jnp.any(scores > -jnp.inf, axis=-1)
-        token = jnp.where(dead_N, eos_id, token).astype(jnp.int32)
+        token = jnp.where(dead_N, eos_ids[0], token).astype(jnp.int32)
         if forced is not None:  # exact even if the scores underflowed to -inf
             token = jnp.where(forced[0], forced[1], token)
         token = jnp.where(s.done, pad_id, token).astype(jnp.int32)
         lp = jnp.take_along_axis(step.model_log_probs, token[:, None], axis=-1)[:, 0]
         lp = jnp.where(s.done, 0.0, lp)
+        done = s.done | is_any(token, eos_ids)
+        if forced is not None and not score_prompt:
+            lp = jnp.where(forced[0], 0.0, lp)
+        if last_N is not None:
+            done = done | (t >= last_N)
         return _State(
             position=t + 1,
             tokens=lax.dynamic_update_index_in_dim(s.tokens, token, t, axis=1),
             log_probs=lax.dynamic_update_index_in_dim(s.log_probs, lp, t, axis=1),
             lengths=s.lengths + (~s.done).astype(jnp.int32),
-            done=s.done | (token == eos_id),
+            done=done,
             cache=step.cache,
         )
 
@@ -134,6 +148,14 @@ def run_token_loop(
         done=jnp.zeros((num_rows,), bool),
         cache=cache,
     )
+    if start is not None:
+        init = init._replace(
+            position=start.position,
+            tokens=start.tokens,
+            log_probs=start.log_probs,
+            lengths=jnp.full((num_rows,), start.position, jnp.int32),
+            cache=start.cache,
+        )
     final = lax.while_loop(cond, body, init)
     return TokenLoopOutput(final.tokens, final.lengths, final.log_probs)
 
@@ -159,6 +181,9 @@ def argmax_loop(
     eos_id: int | jax.Array,
     pad_id: int | jax.Array,
     prefix: jax.Array | None,
+    score_prompt: bool = True,
+    last_N: jax.Array | None = None,
+    start: Any = None,
 ) -> DecodeResult:
     """Pick the best-scoring token at every step (greedy, and greedy contrastive)."""
     out = run_token_loop(
@@ -171,5 +196,8 @@ def argmax_loop(
         eos_id=eos_id,
         pad_id=pad_id,
         prefix_NxP=prefix,
+        score_prompt=score_prompt,
+        last_N=last_N,
+        start=start,
     )
     return loop_result(out, batch_size, 1)

@@ -104,6 +104,12 @@ class EncoderDecoder:
         """``decode_step`` on weights already passed through ``step_params``."""
         return self.decode_step(weights, cache, token_B, position)
 
+    # Positions 0 .. P-1 of a prompt in one pass, ``prepared_prefill(weights, cache,
+    # tokens_BxP) -> (logits [B, P, V], cache)``, for a family whose cache is positional
+    # (a row's positions beyond its own prompt are rewritten as decoding reaches them).
+    # None: the decoders feed a prompt token by token (the RNN: its state is not).
+    prepared_prefill: ClassVar[Callable | None] = None
+
     @property
     def step(self) -> ModelStep:
         """The params-form step ``step(params, tokens [B], position [], cache)``.
@@ -125,6 +131,8 @@ class EncoderDecoder:
             return self.prepared_step(weights, cache, token_B, position)
 
         step.capacity = self.cache_capacity  # decoders check max_len against it
+        if self.prepared_prefill is not None:
+            step.prefill = lambda tokens, cache: self.prepared_prefill(weights, cache, tokens)
         return step
 
     def cache_capacity(self, cache: Cache) -> int | None:
@@ -173,6 +181,16 @@ class ModelStep:
 
     def capacity(self, cache: Cache) -> int | None:
         return self.model.cache_capacity(cache)
+
+    @property
+    def prefill(self) -> Callable | None:
+        """``prefill(weights, tokens_BxP, cache)``: a prompt in one pass, where the model
+        offers it (``prepared_prefill``); None otherwise."""
+        if self.model.prepared_prefill is None:
+            return None
+        return lambda weights, tokens_BxP, cache: self.model.prepared_prefill(
+            weights, cache, tokens_BxP
+        )
 
     def __call__(self, weights: Params, token_B: jax.Array, position: jax.Array, cache: Cache):
         return self.model.prepared_step(weights, cache, token_B, position)

@@ -377,6 +377,12 @@ class Transformer(EncoderDecoder):
     ) -> tuple[jax.Array, Cache, jax.Array]:
         return transformer_step.decode_step(self.config, weights, cache, token_B, position)
 
+    def prepared_prefill(
+        self, weights: Params, cache: Cache, tokens_BxP: jax.Array
+    ) -> tuple[jax.Array, Cache]:
+        """A prompt's positions in one forward pass (``transformer_step.prefill``)."""
+        return transformer_step.prefill(self.config, weights, cache, tokens_BxP)
+
 
 def count_params(params: Params) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

@@ -41,6 +41,7 @@ from seqjax.models.transformer_ops import (
     NEG_INF,
     activation_fn,
     apply_layer_norm,
+    attention,
     compute_dtype,
     embed,
     position_rows,
@@ -226,3 +227,73 @@ def decode_step(
     logits = output_logits(cfg, weights, x)
     new_cache = {"layers": new_layers, "src_mask": cache["src_mask"]}
     return logits, new_cache, jnp.mean(cross_w, axis=1)
+
+
+def _prefill_layer(
+    cfg: ModelConfig,
+    w: Weights,
+    lc: Cache,
+    x_BxPxD: jax.Array,
+    causal_BxPxT: jax.Array,
+    src_BxPxS: jax.Array,
+) -> tuple[jax.Array, Cache]:
+    """``decoder_layer`` for positions ``0 .. P-1`` at once; K/V written at ``0 .. P-1``."""
+    dt = compute_dtype(cfg)
+    B, P, _ = x_BxPxD.shape
+    H, Dh = cfg.num_heads, cfg.head_dim
+
+    def heads(y_BxPxHD: jax.Array) -> jax.Array:  # [B, P, H*Dh] -> [B, H, P, Dh]
+        return y_BxPxHD.reshape(B, P, H, Dh).transpose(0, 2, 1, 3)
+
+    def merged(o_BxHxPxDh: jax.Array) -> jax.Array:
+        return o_BxHxPxDh.transpose(0, 2, 1, 3).reshape(B, P, H * Dh)
+
+    def self_attention_all(h: jax.Array) -> tuple[jax.Array, KV]:
+        qkv = _linear(h, w["qkv"], w["qkv_b"]).reshape(B, P, 3, H * Dh)
+        k_cache, v_cache = (
+            lax.dynamic_update_slice(c, heads(qkv[:, :, i]).astype(c.dtype), (0, 0, 0, 0))
+            for i, c in ((1, lc["k"]), (2, lc["v"]))
+        )
+        o, _ = attention(heads(qkv[:, :, 0]), k_cache.astype(dt), v_cache.astype(dt), causal_BxPxT)
+        return merged(o) @ w["self_out"] + w["self_out_b"], (k_cache, v_cache)
+
+    def cross_attention_all(h: jax.Array) -> tuple[jax.Array, None]:
+        q = heads(_linear(h, w["cross_q"], w["cross_q_b"]))
+        o, _ = attention(q, lc["ck"].astype(dt), lc["cv"].astype(dt), src_BxPxS)
+        return merged(o) @ w["cross_out"] + w["cross_out_b"], None
+
+    x, (k, v) = residual(
+        cfg, self_attention_all, lambda h: apply_layer_norm(cfg, w["ln_self"], h), x_BxPxD
+    )
+    x, _ = residual(cfg, cross_attention_all, lambda h: apply_layer_norm(cfg, w["ln_cross"], h), x)
+    x, _ = residual(
+        cfg, lambda h: feed_forward(cfg, w, h), lambda h: apply_layer_norm(cfg, w["ln_ffn"], h), x
+    )
+    return x, {**lc, "k": k, "v": v}
+
+
+def prefill(
+    cfg: ModelConfig, weights: Weights, cache: Cache, tokens_BxP: jax.Array
+) -> tuple[jax.Array, Cache]:
+    """Positions ``0 .. P-1`` in one pass (a prompt): ``(logits [B, P, V], new cache)``.
+
+    ``tokens_BxP[:, t]`` is the token consumed at position ``t`` (BOS first), as
+    ``decode_step`` would get it; the result equals ``P`` calls of ``decode_step``
+    (up to float rounding). Later positions of the cache are untouched.
+    """
+    B, P = tokens_BxP.shape
+    embed_ln = weights["embed_ln"]
+    x = embed(
+        cfg,
+        jnp.take(weights["embed"], tokens_BxP, axis=0),
+        weights["positions"][:P],
+        None if embed_ln is None else (lambda h: apply_layer_norm(cfg, embed_ln, h)),
+    )  # [B, P, D]
+    max_t = cache["layers"][0]["k"].shape[2]
+    causal = jnp.broadcast_to(jnp.arange(max_t)[None, :] <= jnp.arange(P)[:, None], (B, P, max_t))
+    src = jnp.broadcast_to(cache["src_mask"][:, None, :], (B, P, cache["src_mask"].shape[1]))
+    new_layers: tuple[Cache, ...] = ()
+    for w, lc in zip(weights["layers"], cache["layers"], strict=True):
+        x, lc = _prefill_layer(cfg, w, lc, x, causal, src)
+        new_layers += (lc,)
+    return output_logits(cfg, weights, x), {"layers": new_layers, "src_mask": cache["src_mask"]}
