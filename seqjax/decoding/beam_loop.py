@@ -65,6 +65,12 @@ def check_beam_args(beam_size: int, n_best: int, length_penalty_kind: str) -> No
         )
 
 
+def check_early_stopping(early_stopping: bool | str) -> None:
+    """HuggingFace's values only: ``True``, ``False`` or ``"never"``."""
+    if not (early_stopping is True or early_stopping is False or early_stopping == "never"):
+        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+
+
 def coverage_source_len(source_len: int | None, coverage: float | jax.Array) -> int | None:
     """Source length to track attention for; rejects a concrete ``coverage != 0`` without it."""
     if source_len is None and isinstance(coverage, int | float) and coverage != 0:
@@ -104,6 +110,7 @@ class _Search:
     valid_BxKxS: jax.Array | None
     monotone: bool
     eos_id: int | jax.Array
+    early_stopping: bool | str = "never"  # HF's True | False | "never" (see _stops)
 
     def penalised(
         self, total: jax.Array, length: jax.Array, attention_BxKxS: jax.Array
@@ -244,6 +251,25 @@ def _live_bound(q: _Search, t: jax.Array, live_scores_BxK: jax.Array) -> jax.Arr
     return jnp.where(jnp.any(live_scores_BxK > -jnp.inf, axis=1), jnp.inf, -jnp.inf)
 
 
+def _stops(
+    q: _Search, t: jax.Array, live_scores_BxK: jax.Array, finished_scores_BxM: jax.Array
+) -> jax.Array:
+    """``bool[B]``: sources whose search ends after position ``t``.
+
+    ``"never"``: no live beam can still beat the worst kept hypothesis (exact).
+    HuggingFace's ``False`` and ``True`` need all ``M`` slots filled (callers keep
+    ``M = K``); then ``False`` stops once the best live sum divided by the penalty of
+    its *current* length ``t + 1`` is no better than the worst kept score (a
+    heuristic), and ``True`` stops at once.
+    """
+    if q.early_stopping == "never":
+        return finished_scores_BxM[:, q.M - 1] >= _live_bound(q, t, live_scores_BxK)
+    full_B = jnp.all(finished_scores_BxM > -jnp.inf, axis=1)
+    best_B = live_scores_BxK[:, 0] / length_penalty(t + 1, q.alpha, q.length_penalty_kind)
+    stop_B = full_B & (best_B <= finished_scores_BxM[:, q.M - 1])
+    return full_B if q.early_stopping is True else stop_B
+
+
 def _advance(q: _Search, s: _State, step: StepScores, step_BxKxV: jax.Array) -> _State:
     """One beam step given the step's selection scores (``-inf`` = not pickable)."""
     B, K, L, V, S = q.B, q.K, q.L, q.V, q.S
@@ -259,14 +285,14 @@ def _advance(q: _Search, s: _State, step: StepScores, step_BxKxV: jax.Array) -> 
     fin_scores, fin_flat = _rank_finishing(
         q, t, totals_BxKxV, finishing_V, eos_BxK, kth_B, attention
     )
+    if q.early_stopping != "never":  # a stopped source's pool is final (HF freezes it)
+        fin_scores = jnp.where(s.done[:, None], -jnp.inf, fin_scores)
     fin_tokens, fin_lp = _extend(s, model_lp_BxKxV, fin_flat // V, fin_flat % V)
     finished = _merge_finished(q, s, fin_scores, fin_tokens, fin_lp)
 
     beam_BxK = live_flat // V
     live_tokens, live_lp = _extend(s, model_lp_BxKxV, beam_BxK, live_flat % V)
     rows_N = (jnp.arange(B)[:, None] * K + beam_BxK).reshape(B * K)
-    # Early exit: can any live beam still beat the worst kept finished hypothesis?
-    bound_B = _live_bound(q, t, live_scores)
     return _State(
         position=t + 1,
         live_tokens=live_tokens,
@@ -274,7 +300,7 @@ def _advance(q: _Search, s: _State, step: StepScores, step_BxKxV: jax.Array) -> 
         live_scores=live_scores,
         live_attention=_take_beams(attention, beam_BxK),
         cache=reorder_cache(step.cache, s.cache, rows_N),
-        done=s.done | (finished["finished_scores"][:, q.M - 1] >= bound_B),
+        done=s.done | _stops(q, t, live_scores, finished["finished_scores"]),
         **finished,
     )
 
@@ -316,13 +342,14 @@ def run_beam_loop(
     eos_id: int | jax.Array,
     pad_id: int | jax.Array,
     prefix_BxP: jax.Array | None,
+    early_stopping: bool | str = "never",
 ) -> DecodeResult:
     """The compiled beam loop over a score function (``cache`` has ``B`` rows).
 
     ``monotone`` (static) says step scores are ``<= 0``, which makes the early-exit
     bound valid; otherwise the loop only stops when every beam is dead. ``source_len``
     (static; ``None`` = no attention) sizes the summed attention the ``coverage``
-    penalty reads.
+    penalty reads. ``early_stopping`` (static): see ``_stops``.
     """
     B, K, L = batch_size, beam_size, max_len
     S = source_len or 0
@@ -342,6 +369,7 @@ def run_beam_loop(
         valid_BxKxS=valid_BxKxS,
         monotone=monotone,
         eos_id=eos_id,
+        early_stopping=early_stopping,
     )
     prefix_NxP = None if prefix_BxP is None else repeat_rows(prefix_BxP, K)
     forced_len_N = None if prefix_NxP is None else prefix_lengths(prefix_NxP, pad_id)

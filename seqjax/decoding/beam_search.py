@@ -11,7 +11,12 @@ from typing import Any
 import jax
 
 from seqjax.decoding.arg_checks import check_decoder_call
-from seqjax.decoding.beam_loop import check_beam_args, coverage_source_len, run_beam_loop
+from seqjax.decoding.beam_loop import (
+    check_beam_args,
+    check_early_stopping,
+    coverage_source_len,
+    run_beam_loop,
+)
 from seqjax.decoding.logit_processors import make_controls
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
@@ -40,6 +45,7 @@ def beam_search(
     params: Any = None,
     convention: str = "seqjax",
     forced_eos: bool = False,
+    early_stopping: bool | str = "never",
 ) -> DecodeResult:
     """Beam search; returns the ``n_best`` finished hypotheses per source, best first.
 
@@ -70,6 +76,12 @@ def beam_search(
     penalty and the n-gram ban; beam search penalises log-probs). ``forced_eos``
     (static): EOS is forced at the last position, as HF's ``forced_eos_token_id``.
 
+    ``early_stopping`` (static) is HuggingFace's: ``"never"`` (default) stops a source
+    only when no live beam can beat its ``n_best``-th hypothesis, so the result is
+    exact for the beam; ``False`` keeps ``beam_size`` hypotheses and stops when the best
+    live beam, scored at its current length, cannot beat the worst of them (HF's
+    default heuristic); ``True`` stops as soon as ``beam_size`` hypotheses are done.
+
     Example (a 1-token vocabulary model plus EOS)::
 
         >>> import jax, jax.numpy as jnp
@@ -81,6 +93,7 @@ def beam_search(
         ([[1, 0, 0], [2, 1, 0]], [1, 2])
     """
     check_beam_args(beam_size, n_best, length_penalty)
+    check_early_stopping(early_stopping)
     step_fn = bind_params(step_fn, params)
     B, vocab_size, source_len = check_decoder_call(
         step_fn, cache, batch_size=batch_size, max_len=max_len, prefix=prefix,
@@ -93,12 +106,14 @@ def beam_search(
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
         convention=convention, forced_eos=forced_eos, beam=True,
     )  # fmt: skip
-    return run_beam_loop(
+    # HF's True/False decide on a pool of beam_size hypotheses; n_best are returned
+    pool = n_best if early_stopping == "never" else beam_size
+    result = run_beam_loop(
         log_prob_scores(step_fn, controls),
         cache,
         batch_size=B,
         beam_size=beam_size,
-        n_best=n_best,
+        n_best=pool,
         max_len=max_len,
         vocab_size=vocab_size,
         source_len=coverage_source_len(source_len, coverage),
@@ -111,4 +126,6 @@ def beam_search(
         eos_id=eos_id,
         pad_id=pad_id,
         prefix_BxP=prefix,
+        early_stopping=early_stopping,
     )
+    return result if pool == n_best else jax.tree.map(lambda x: x[:, :n_best], result)

@@ -34,7 +34,14 @@ _COMMON_STATIC = (
 STATIC_ARGNAMES: dict[Callable, tuple[str, ...]] = {
     greedy: ("step_fn", *_COMMON_STATIC),
     sample: ("step_fn", "num_samples", *_COMMON_STATIC),
-    beam_search: ("step_fn", "beam_size", "n_best", "length_penalty", *_COMMON_STATIC),
+    beam_search: (
+        "step_fn",
+        "beam_size",
+        "n_best",
+        "length_penalty",
+        *_COMMON_STATIC,
+        "early_stopping",
+    ),
     contrastive: (
         "expert_step_fn",
         "amateur_step_fn",
