@@ -56,6 +56,7 @@ module; reach a module's other names with ``from seqjax.decoding.greedy import .
 from seqjax.decoding.beam_search import beam_search
 from seqjax.decoding.contrastive import contrastive
 from seqjax.decoding.decode import NUMERIC_FIELDS, decode, numeric_options, static_part
+from seqjax.decoding.diverse_beam_search import diverse_beam_search
 from seqjax.decoding.ensemble import ensemble
 from seqjax.decoding.greedy import greedy
 from seqjax.decoding.jitted import STATIC_ARGNAMES, jitted
@@ -70,6 +71,7 @@ __all__ = [
     "beam_search",
     "contrastive",
     "decode",
+    "diverse_beam_search",
     "ensemble",
     "greedy",
     "jitted",

@@ -16,6 +16,7 @@ import jax
 from seqjax.decoding.arg_checks import check_concrete_call
 from seqjax.decoding.beam_search import beam_search
 from seqjax.decoding.contrastive import contrastive
+from seqjax.decoding.diverse_beam_search import diverse_beam_search
 from seqjax.decoding.greedy import greedy
 from seqjax.decoding.sample import sample
 from seqjax.decoding.score import score
@@ -51,6 +52,16 @@ STATIC_ARGNAMES: dict[Callable, tuple[str, ...]] = {
         *_COMMON_STATIC,
     ),
     score: ("step_fn", "bos_id", "eos_id", "pad_id"),
+    diverse_beam_search: (
+        "step_fn",
+        "beam_size",
+        "num_groups",
+        "n_best",
+        "length_penalty",
+        *_COMMON_STATIC,
+        "early_stopping",
+        "per_group",
+    ),
 }
 
 
