@@ -40,6 +40,7 @@ Example (a 1-token vocabulary plus EOS: beam 2 keeps "EOS" and "x EOS")::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -51,6 +52,10 @@ from seqjax.decoding.logit_processors import forced_tokens, prefix_lengths, sele
 from seqjax.decoding.penalties import LENGTH_PENALTIES, coverage_penalty, length_penalty
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step_scores import ScoreFn, StepScores
+
+# select_fn(position, live_scores_BxK, step_BxKxV) -> step_BxKxV with -inf at candidates
+# the step may not consider (beam sampling keeps the ones it draws).
+SelectFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def check_beam_args(beam_size: int, n_best: int, length_penalty_kind: str) -> None:
@@ -343,13 +348,15 @@ def run_beam_loop(
     pad_id: int | jax.Array,
     prefix_BxP: jax.Array | None,
     early_stopping: bool | str = "never",
+    select_fn: SelectFn | None = None,
 ) -> DecodeResult:
     """The compiled beam loop over a score function (``cache`` has ``B`` rows).
 
     ``monotone`` (static) says step scores are ``<= 0``, which makes the early-exit
     bound valid; otherwise the loop only stops when every beam is dead. ``source_len``
     (static; ``None`` = no attention) sizes the summed attention the ``coverage``
-    penalty reads. ``early_stopping`` (static): see ``_stops``.
+    penalty reads. ``early_stopping`` (static): see ``_stops``. ``select_fn`` (static,
+    optional) narrows each step's candidates before ranking (beam sampling draws them).
     """
     B, K, L = batch_size, beam_size, max_len
     S = source_len or 0
@@ -385,6 +392,8 @@ def run_beam_loop(
         step = score_fn(inputs, t, s.cache, history_NxL)
         forced = None if prefix_NxP is None else forced_tokens(prefix_NxP, forced_len_N, t)
         step_BxKxV = selection_scores((step.scores, step.allowed), forced).reshape(B, K, q.V)
+        if select_fn is not None:
+            step_BxKxV = select_fn(t, s.live_scores, step_BxKxV)
         return _advance(q, s, step, step_BxKxV)
 
     s = lax.while_loop(cond, body, _initial_state(q, repeat_rows(cache, K), pad_id))

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import jax
 
 from seqjax.decoding.arg_checks import check_concrete_call
+from seqjax.decoding.beam_sample import beam_sample
 from seqjax.decoding.beam_search import beam_search
 from seqjax.decoding.contrastive import contrastive
 from seqjax.decoding.diverse_beam_search import diverse_beam_search
@@ -61,6 +62,14 @@ STATIC_ARGNAMES: dict[Callable, tuple[str, ...]] = {
         *_COMMON_STATIC,
         "early_stopping",
         "per_group",
+    ),
+    beam_sample: (
+        "step_fn",
+        "beam_size",
+        "n_best",
+        "length_penalty",
+        *_COMMON_STATIC,
+        "early_stopping",
     ),
 }
 
