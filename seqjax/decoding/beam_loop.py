@@ -49,6 +49,7 @@ from jax import lax
 
 from seqjax.decoding.batch_tree import gather_rows, repeat_rows
 from seqjax.decoding.logit_processors import forced_tokens, prefix_lengths, selection_scores
+from seqjax.decoding.outputs import step_values
 from seqjax.decoding.penalties import LENGTH_PENALTIES, coverage_penalty, length_penalty
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step_scores import ScoreFn, StepScores
@@ -97,6 +98,9 @@ class _State(NamedTuple):
     finished_log_probs: jax.Array  # float32[B, M, L]
     finished_scores: jax.Array  # float32[B, M] penalised; -inf = empty slot
     finished_lengths: jax.Array  # int32[B, M]
+    # optional outputs (seqjax.decoding.outputs): {name: (live [B, K, L, X], finished
+    # [B, M, L, X])}; None (the default) adds nothing to the loop
+    extras: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,6 +279,33 @@ def _stops(
     return full_B if q.early_stopping is True else stop_B
 
 
+def _advance_extras(
+    q: _Search,
+    s: _State,
+    step: StepScores,
+    fin_flat_BxM: jax.Array,
+    fin_scores_BxM: jax.Array,
+    beam_BxK: jax.Array,
+) -> Any:
+    """The optional outputs of the new live and finished hypotheses (see ``_State``)."""
+    if s.extras is None:
+        return None
+    _, keep = lax.top_k(jnp.concatenate([s.finished_scores, fin_scores_BxM], axis=1), q.M)
+    values = step_values(step, s.extras)
+    out = {}
+    for name, (live, finished) in s.extras.items():
+        now_BxKxX = values[name].reshape(q.B, q.K, -1)
+        fin_beam = fin_flat_BxM // q.V
+        new_fin = _take_beams(live, fin_beam)
+        new_fin = _set_column(new_fin, _take_beams(now_BxKxX, fin_beam), s.position)
+        finished = _take_beams(jnp.concatenate([finished, new_fin], axis=1), keep)
+        new_live = _set_column(
+            _take_beams(live, beam_BxK), _take_beams(now_BxKxX, beam_BxK), s.position
+        )
+        out[name] = (new_live, finished)
+    return out
+
+
 def _advance(q: _Search, s: _State, step: StepScores, step_BxKxV: jax.Array) -> _State:
     """One beam step given the step's selection scores (``-inf`` = not pickable)."""
     B, K, L, V, S = q.B, q.K, q.L, q.V, q.S
@@ -307,6 +338,7 @@ def _advance(q: _Search, s: _State, step: StepScores, step_BxKxV: jax.Array) -> 
         cache=reorder_cache(step.cache, s.cache, rows_N),
         done=s.done | _stops(q, t, live_scores, finished["finished_scores"]),
         **finished,
+        extras=_advance_extras(q, s, step, fin_flat, fin_scores, beam_BxK),
     )
 
 
@@ -349,6 +381,7 @@ def run_beam_loop(
     prefix_BxP: jax.Array | None,
     early_stopping: bool | str = "never",
     select_fn: SelectFn | None = None,
+    output_widths: dict[str, int] | None = None,
 ) -> DecodeResult:
     """The compiled beam loop over a score function (``cache`` has ``B`` rows).
 
@@ -357,6 +390,7 @@ def run_beam_loop(
     (static; ``None`` = no attention) sizes the summed attention the ``coverage``
     penalty reads. ``early_stopping`` (static): see ``_stops``. ``select_fn`` (static,
     optional) narrows each step's candidates before ranking (beam sampling draws them).
+    ``output_widths`` (static, ``seqjax.decoding.outputs``): optional outputs to return.
     """
     B, K, L = batch_size, beam_size, max_len
     S = source_len or 0
@@ -396,10 +430,16 @@ def run_beam_loop(
             step_BxKxV = select_fn(t, s.live_scores, step_BxKxV)
         return _advance(q, s, step, step_BxKxV)
 
-    s = lax.while_loop(cond, body, _initial_state(q, repeat_rows(cache, K), pad_id))
+    init = _initial_state(q, repeat_rows(cache, K), pad_id)
+    if output_widths:
+        zeros = lambda rows, x: jnp.zeros((B, rows, L, x), jnp.float32)  # noqa: E731
+        extras = {n: (zeros(K, x), zeros(n_best, x)) for n, x in output_widths.items()}
+        init = init._replace(extras=extras)
+    s = lax.while_loop(cond, body, init)
     return DecodeResult(
         tokens=s.finished_tokens,
         lengths=s.finished_lengths,
         scores=s.finished_scores,
         log_probs=s.finished_log_probs,
+        **({} if s.extras is None else {n: f for n, (_, f) in s.extras.items()}),
     )

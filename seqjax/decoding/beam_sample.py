@@ -41,6 +41,7 @@ from seqjax.decoding.beam_loop import (
     run_beam_loop,
 )
 from seqjax.decoding.logit_processors import make_controls
+from seqjax.decoding.outputs import check_outputs, output_widths
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import sampling_scores
@@ -93,22 +94,25 @@ def beam_sample(
     convention: str = "seqjax",
     forced_eos: bool = False,
     early_stopping: bool | str = "never",
+    outputs: tuple[str, ...] = (),
 ) -> DecodeResult:
     """Beam search over drawn candidates (see the module docstring), ``n_best`` per source.
 
     ``scores`` are the length-penalised sums of the temperature-scaled step scores (what
     the search ranks, as HuggingFace reports them); ``log_probs`` are the model's.
-    ``params``, ``convention``, ``forced_eos`` and ``early_stopping`` as in ``beam_search``.
+    ``params``, ``convention``, ``forced_eos``, ``early_stopping`` and ``outputs`` as in
+    ``beam_search``.
     """
     check_beam_args(beam_size, n_best, length_penalty)
     check_early_stopping(early_stopping)
     step_fn = bind_params(step_fn, params)
-    B, vocab_size, _ = check_decoder_call(
+    B, vocab_size, source_len = check_decoder_call(
         step_fn, cache, batch_size=batch_size, max_len=max_len, prefix=prefix,
         token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id), min_len=min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
         alpha=alpha, temperature=temperature, top_k=top_k, top_p=top_p,
     )  # fmt: skip
+    check_outputs(outputs, source_len)
     controls = make_controls(
         eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -135,5 +139,6 @@ def beam_sample(
         prefix_BxP=prefix,
         early_stopping=early_stopping,
         select_fn=draw_candidates(key, 2 * beam_size),
+        output_widths=output_widths(outputs, vocab_size, source_len),
     )
     return result if pool == n_best else jax.tree.map(lambda x: x[:, :n_best], result)

@@ -18,6 +18,7 @@ from seqjax.decoding.beam_loop import (
     run_beam_loop,
 )
 from seqjax.decoding.logit_processors import make_controls
+from seqjax.decoding.outputs import check_outputs, output_widths
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import log_prob_scores
@@ -46,6 +47,7 @@ def beam_search(
     convention: str = "seqjax",
     forced_eos: bool = False,
     early_stopping: bool | str = "never",
+    outputs: tuple[str, ...] = (),
 ) -> DecodeResult:
     """Beam search; returns the ``n_best`` finished hypotheses per source, best first.
 
@@ -82,6 +84,9 @@ def beam_search(
     live beam, scored at its current length, cannot beat the worst of them (HF's
     default heuristic); ``True`` stops as soon as ``beam_size`` hypotheses are done.
 
+    ``outputs`` (static): optional extra results, ``("alignments", "step_log_probs")``
+    or a subset (``seqjax.decoding.outputs``); off by default, and then free.
+
     Example (a 1-token vocabulary model plus EOS)::
 
         >>> import jax, jax.numpy as jnp
@@ -101,6 +106,7 @@ def beam_search(
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
         alpha=alpha, coverage=coverage,
     )  # fmt: skip
+    check_outputs(outputs, source_len)
     controls = make_controls(
         eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -127,5 +133,6 @@ def beam_search(
         pad_id=pad_id,
         prefix_BxP=prefix,
         early_stopping=early_stopping,
+        output_widths=output_widths(outputs, vocab_size, source_len),
     )
     return result if pool == n_best else jax.tree.map(lambda x: x[:, :n_best], result)

@@ -58,6 +58,7 @@ from seqjax.decoding.logit_processors import (
     prefix_lengths,
     selection_scores,
 )
+from seqjax.decoding.outputs import check_outputs, output_widths
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import ScoreFn, StepScores, log_prob_scores
@@ -69,7 +70,9 @@ def _group(s: _State, g: int, G: int) -> _State:
     def take(x: jax.Array) -> jax.Array:
         return x.reshape(x.shape[0] // G, G, *x.shape[1:])[:, g]
 
-    fields = {f: take(v) for f, v in s._asdict().items() if f not in ("position", "cache")}
+    fields = {
+        f: jax.tree.map(take, v) for f, v in s._asdict().items() if f not in ("position", "cache")
+    }
     return _State(position=s.position, cache=None, **fields)
 
 
@@ -82,7 +85,7 @@ def _ungroup(groups: list[_State], cache: Any) -> _State:
         return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
     fields = {
-        f: stack(*(getattr(gs, f) for gs in groups))
+        f: jax.tree.map(stack, *(getattr(gs, f) for gs in groups))
         for f in first._fields
         if f not in ("position", "cache")
     }
@@ -136,6 +139,7 @@ def run_diverse_loop(
     bos_id: int | jax.Array,
     pad_id: int | jax.Array,
     prefix_BxP: jax.Array | None,
+    output_widths: dict[str, int] | None = None,
 ) -> DecodeResult:
     """The compiled group loop; returns every group's pool, ``[B, G * G_k, ...]``.
 
@@ -160,7 +164,11 @@ def run_diverse_loop(
         step_NxV = selection_scores((step.scores, step.allowed), forced)
         return _advance_groups(q, s, step, step_NxV, G, diversity_penalty)
 
-    groups = [_initial_state(q, None, pad_id) for _ in range(G)]
+    extras = None
+    if output_widths:  # the optional outputs (seqjax.decoding.outputs), per group
+        zeros = lambda x: jnp.zeros((B, Kg, L, x), jnp.float32)  # noqa: E731
+        extras = {n: (zeros(x), zeros(x)) for n, x in output_widths.items()}
+    groups = [_initial_state(q, None, pad_id)._replace(extras=extras) for _ in range(G)]
     s = lax.while_loop(cond, body, _ungroup(groups, repeat_rows(cache, K)))
 
     def per_source(x: jax.Array) -> jax.Array:  # [B * G, Kg, ...] -> [B, G * Kg, ...]
@@ -171,6 +179,7 @@ def run_diverse_loop(
         lengths=per_source(s.finished_lengths),
         scores=per_source(s.finished_scores),
         log_probs=per_source(s.finished_log_probs),
+        **({} if extras is None else {n: per_source(f) for n, (_, f) in s.extras.items()}),
     )
 
 
@@ -218,6 +227,7 @@ def diverse_beam_search(
     forced_eos: bool = False,
     early_stopping: bool | str = "never",
     per_group: bool = False,
+    outputs: tuple[str, ...] = (),
 ) -> DecodeResult:
     """Group beam search (see the module docstring); the ``n_best`` best of all groups.
 
@@ -228,7 +238,7 @@ def diverse_beam_search(
     groups' penalised scores (diversity penalties included, as HuggingFace reports
     them); ``log_probs`` are the model's. ``diversity_penalty = 0`` runs ``num_groups``
     independent beams of width ``beam_size / num_groups`` that all find the same
-    hypotheses. Other options as in ``beam_search``.
+    hypotheses. Other options (``outputs`` too) as in ``beam_search``.
     """
     check_beam_args(beam_size, n_best, length_penalty)
     check_groups(beam_size, num_groups)
@@ -240,6 +250,7 @@ def diverse_beam_search(
         min_len=min_len, repetition_penalty=repetition_penalty,
         no_repeat_ngram_size=no_repeat_ngram_size, alpha=alpha, coverage=coverage,
     )  # fmt: skip
+    check_outputs(outputs, source_len)
     controls = make_controls(
         eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -264,5 +275,6 @@ def diverse_beam_search(
         bos_id=bos_id,
         pad_id=pad_id,
         prefix_BxP=prefix,
+        output_widths=output_widths(outputs, V, source_len),
     )
     return pools if per_group else best_of_groups(pools, n_best)

@@ -8,6 +8,7 @@ import jax
 
 from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.logit_processors import make_controls
+from seqjax.decoding.outputs import check_outputs, output_widths
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import log_prob_scores
@@ -30,6 +31,7 @@ def greedy(
     params: Any = None,
     convention: str = "seqjax",
     forced_eos: bool = False,
+    outputs: tuple[str, ...] = (),
 ) -> DecodeResult:
     """Argmax decoding until EOS or ``max_len``; ``K = 1``, score = summed log-prob.
 
@@ -47,6 +49,9 @@ def greedy(
     penalty and the n-gram ban; beam search penalises log-probs). ``forced_eos``
     (static): EOS is forced at the last position, as HF's ``forced_eos_token_id``.
 
+    ``outputs`` (static): optional extra results, ``("alignments", "step_log_probs")``
+    or a subset (``seqjax.decoding.outputs``); off by default, and then free.
+
     Example (a bigram table: always prefer token ``prev + 1``, EOS = 3)::
 
         >>> import jax, jax.numpy as jnp
@@ -58,16 +63,18 @@ def greedy(
         ([[[1, 2, 3, 0, 0]]], [[3]])
     """
     step_fn = bind_params(step_fn, params)
-    B, _, _ = check_decoder_call(
+    B, vocab_size, source_len = check_decoder_call(
         step_fn, cache, batch_size=batch_size, max_len=max_len, prefix=prefix,
         token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id), min_len=min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
     )  # fmt: skip
+    check_outputs(outputs, source_len)
     controls = make_controls(
         eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
         convention=convention, forced_eos=forced_eos, beam=False,
     )  # fmt: skip
     return argmax_loop(
-        log_prob_scores(step_fn, controls), cache, B, max_len, bos_id, eos_id, pad_id, prefix
-    )
+        log_prob_scores(step_fn, controls), cache, B, max_len, bos_id, eos_id, pad_id, prefix,
+        output_widths(outputs, vocab_size, source_len),
+    )  # fmt: skip

@@ -34,8 +34,8 @@ _COMMON_STATIC = (
 )
 
 STATIC_ARGNAMES: dict[Callable, tuple[str, ...]] = {
-    greedy: ("step_fn", *_COMMON_STATIC),
-    sample: ("step_fn", "num_samples", *_COMMON_STATIC),
+    greedy: ("step_fn", *_COMMON_STATIC, "outputs"),
+    sample: ("step_fn", "num_samples", *_COMMON_STATIC, "outputs"),
     beam_search: (
         "step_fn",
         "beam_size",
@@ -43,6 +43,7 @@ STATIC_ARGNAMES: dict[Callable, tuple[str, ...]] = {
         "length_penalty",
         *_COMMON_STATIC,
         "early_stopping",
+        "outputs",
     ),
     contrastive: (
         "expert_step_fn",
@@ -62,6 +63,7 @@ STATIC_ARGNAMES: dict[Callable, tuple[str, ...]] = {
         *_COMMON_STATIC,
         "early_stopping",
         "per_group",
+        "outputs",
     ),
     beam_sample: (
         "step_fn",
@@ -70,6 +72,7 @@ STATIC_ARGNAMES: dict[Callable, tuple[str, ...]] = {
         "length_penalty",
         *_COMMON_STATIC,
         "early_stopping",
+        "outputs",
     ),
 }
 

@@ -9,6 +9,7 @@ import jax
 from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.batch_tree import repeat_rows
 from seqjax.decoding.logit_processors import make_controls
+from seqjax.decoding.outputs import check_outputs, output_widths
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import sampling_scores
@@ -36,6 +37,7 @@ def sample(
     params: Any = None,
     convention: str = "seqjax",
     forced_eos: bool = False,
+    outputs: tuple[str, ...] = (),
 ) -> DecodeResult:
     """Draw ``num_samples`` sequences per source (``K = num_samples``), in draw order.
 
@@ -58,6 +60,9 @@ def sample(
     penalty and the n-gram ban; beam search penalises log-probs). ``forced_eos``
     (static): EOS is forced at the last position, as HF's ``forced_eos_token_id``.
 
+    ``outputs`` (static): optional extra results, ``("alignments", "step_log_probs")``
+    or a subset (``seqjax.decoding.outputs``); off by default, and then free.
+
     Example::
 
         >>> import jax, jax.numpy as jnp
@@ -69,12 +74,13 @@ def sample(
         ((2, 3, 4), [1, 0, 0, 0])
     """
     step_fn = bind_params(step_fn, params)
-    B, _, _ = check_decoder_call(
+    B, vocab_size, source_len = check_decoder_call(
         step_fn, cache, batch_size=batch_size, max_len=max_len, prefix=prefix,
         token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id), min_len=min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
         num_samples=num_samples, temperature=temperature, top_k=top_k, top_p=top_p,
     )  # fmt: skip
+    check_outputs(outputs, source_len)
     controls = make_controls(
         eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -92,5 +98,6 @@ def sample(
         pad_id=pad_id,
         prefix_NxP=None if prefix is None else repeat_rows(prefix, num_samples),
         key=key,
+        output_widths=output_widths(outputs, vocab_size, source_len),
     )
     return loop_result(out, B, num_samples)

@@ -34,8 +34,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqjax.decoding.logit_processors import forced_tokens, prefix_lengths, selection_scores
+from seqjax.decoding.outputs import empty_buffers, result_fields, step_values
 from seqjax.decoding.result import DecodeResult
-from seqjax.decoding.step_scores import ScoreFn
+from seqjax.decoding.step_scores import ScoreFn, StepScores
 
 # choose_fn(scores_NxV, key or None) -> tokens int32[N]; banned tokens are -inf in scores.
 ChooseFn = Callable[[jax.Array, jax.Array | None], jax.Array]
@@ -65,6 +66,7 @@ class TokenLoopOutput(NamedTuple):
     tokens: jax.Array
     lengths: jax.Array
     log_probs: jax.Array
+    extras: Any = None  # optional outputs {name: [N, L, X]} (seqjax.decoding.outputs)
 
 
 class _State(NamedTuple):
@@ -74,6 +76,7 @@ class _State(NamedTuple):
     lengths: jax.Array  # int32[N]
     done: jax.Array  # bool[N]
     cache: Any
+    extras: Any = None  # optional outputs {name: float32[N, L, X]}; None = off
 
 
 def run_token_loop(
@@ -88,12 +91,14 @@ def run_token_loop(
     pad_id: int | jax.Array,
     prefix_NxP: jax.Array | None = None,
     key: jax.Array | None = None,
+    output_widths: dict[str, int] | None = None,
 ) -> TokenLoopOutput:
     """Generate one sequence per row of ``cache`` (``num_rows`` rows, static ``max_len``).
 
     Position ``t`` consumes the token emitted at ``t - 1`` (BOS at ``t = 0``) and emits
     token ``t``. Finished rows keep stepping (a batch moves in lockstep) but emit PAD
     with log-prob 0. The PRNG key for position ``t`` is ``fold_in(key, t)``.
+    ``output_widths`` (static): optional outputs (``seqjax.decoding.outputs``).
     """
     forced_len_N = None if prefix_NxP is None else prefix_lengths(prefix_NxP, pad_id)
 
@@ -124,6 +129,7 @@ def run_token_loop(
             lengths=s.lengths + (~s.done).astype(jnp.int32),
             done=s.done | (token == eos_id),
             cache=step.cache,
+            extras=_write_extras(s, step),
         )
 
     init = _State(
@@ -133,9 +139,23 @@ def run_token_loop(
         lengths=jnp.zeros((num_rows,), jnp.int32),
         done=jnp.zeros((num_rows,), bool),
         cache=cache,
+        extras=empty_buffers(output_widths or {}, (num_rows,), max_len),
     )
     final = lax.while_loop(cond, body, init)
-    return TokenLoopOutput(final.tokens, final.lengths, final.log_probs)
+    return TokenLoopOutput(final.tokens, final.lengths, final.log_probs, final.extras)
+
+
+def _write_extras(s: _State, step: StepScores) -> Any:
+    """Column ``position`` of each optional output (0 for rows already done)."""
+    if s.extras is None:
+        return None
+    values = step_values(step, s.extras)
+    return {
+        name: lax.dynamic_update_index_in_dim(
+            buf, jnp.where(s.done[:, None], 0.0, values[name]), s.position, axis=1
+        )
+        for name, buf in s.extras.items()
+    }
 
 
 def loop_result(out: TokenLoopOutput, batch_size: int, k: int) -> DecodeResult:
@@ -147,6 +167,7 @@ def loop_result(out: TokenLoopOutput, batch_size: int, k: int) -> DecodeResult:
         lengths=out.lengths.reshape(batch_size, k),
         scores=jnp.sum(log_probs, axis=-1),
         log_probs=log_probs,
+        **result_fields(out.extras, (batch_size, k)),
     )
 
 
@@ -159,6 +180,7 @@ def argmax_loop(
     eos_id: int | jax.Array,
     pad_id: int | jax.Array,
     prefix: jax.Array | None,
+    output_widths: dict[str, int] | None = None,
 ) -> DecodeResult:
     """Pick the best-scoring token at every step (greedy, and greedy contrastive)."""
     out = run_token_loop(
@@ -171,5 +193,6 @@ def argmax_loop(
         eos_id=eos_id,
         pad_id=pad_id,
         prefix_NxP=prefix,
+        output_widths=output_widths,
     )
     return loop_result(out, batch_size, 1)
