@@ -382,6 +382,7 @@ def run_beam_loop(
     early_stopping: bool | str = "never",
     select_fn: SelectFn | None = None,
     output_widths: dict[str, int] | None = None,
+    emit: Callable[[jax.Array, jax.Array], None] | None = None,
 ) -> DecodeResult:
     """The compiled beam loop over a score function (``cache`` has ``B`` rows).
 
@@ -391,6 +392,9 @@ def run_beam_loop(
     penalty reads. ``early_stopping`` (static): see ``_stops``. ``select_fn`` (static,
     optional) narrows each step's candidates before ranking (beam sampling draws them).
     ``output_widths`` (static, ``seqjax.decoding.outputs``): optional outputs to return.
+    ``emit(t, best_BxL)`` (optional): called in the loop with each source's best live
+    hypothesis after position ``t``, or its best finished one once the source is done
+    or ``t`` is the last position (``seqjax.decoding.streaming``).
     """
     B, K, L = batch_size, beam_size, max_len
     S = source_len or 0
@@ -428,7 +432,11 @@ def run_beam_loop(
         step_BxKxV = selection_scores((step.scores, step.allowed), forced).reshape(B, K, q.V)
         if select_fn is not None:
             step_BxKxV = select_fn(t, s.live_scores, step_BxKxV)
-        return _advance(q, s, step, step_BxKxV)
+        new = _advance(q, s, step, step_BxKxV)
+        if emit is not None:  # sorted: slot 0 is the best live / finished one
+            final_B1 = (new.done | (t == L - 1))[:, None]
+            emit(t, jnp.where(final_B1, new.finished_tokens[:, 0], new.live_tokens[:, 0]))
+        return new
 
     init = _initial_state(q, repeat_rows(cache, K), pad_id)
     if output_widths:

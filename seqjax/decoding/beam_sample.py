@@ -45,6 +45,7 @@ from seqjax.decoding.outputs import check_outputs, output_widths
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import sampling_scores
+from seqjax.decoding.streaming import check_stream, emitter
 
 
 def draw_candidates(key: jax.Array, num_draws: int) -> SelectFn:
@@ -95,13 +96,14 @@ def beam_sample(
     forced_eos: bool = False,
     early_stopping: bool | str = "never",
     outputs: tuple[str, ...] = (),
+    stream: int | jax.Array | None = None,
 ) -> DecodeResult:
     """Beam search over drawn candidates (see the module docstring), ``n_best`` per source.
 
     ``scores`` are the length-penalised sums of the temperature-scaled step scores (what
     the search ranks, as HuggingFace reports them); ``log_probs`` are the model's.
-    ``params``, ``convention``, ``forced_eos``, ``early_stopping`` and ``outputs`` as in
-    ``beam_search``.
+    ``params``, ``convention``, ``forced_eos``, ``early_stopping``, ``outputs`` and
+    ``stream`` as in ``beam_search``.
     """
     check_beam_args(beam_size, n_best, length_penalty)
     check_early_stopping(early_stopping)
@@ -113,6 +115,7 @@ def beam_sample(
         alpha=alpha, temperature=temperature, top_k=top_k, top_p=top_p,
     )  # fmt: skip
     check_outputs(outputs, source_len)
+    check_stream(stream)
     controls = make_controls(
         eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -140,5 +143,6 @@ def beam_sample(
         early_stopping=early_stopping,
         select_fn=draw_candidates(key, 2 * beam_size),
         output_widths=output_widths(outputs, vocab_size, source_len),
+        emit=emitter(stream),
     )
     return result if pool == n_best else jax.tree.map(lambda x: x[:, :n_best], result)

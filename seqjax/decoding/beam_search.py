@@ -22,6 +22,7 @@ from seqjax.decoding.outputs import check_outputs, output_widths
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import log_prob_scores
+from seqjax.decoding.streaming import check_stream, emitter
 
 
 def beam_search(
@@ -48,6 +49,7 @@ def beam_search(
     forced_eos: bool = False,
     early_stopping: bool | str = "never",
     outputs: tuple[str, ...] = (),
+    stream: int | jax.Array | None = None,
 ) -> DecodeResult:
     """Beam search; returns the ``n_best`` finished hypotheses per source, best first.
 
@@ -86,6 +88,8 @@ def beam_search(
 
     ``outputs`` (static): optional extra results, ``("alignments", "step_log_probs")``
     or a subset (``seqjax.decoding.outputs``); off by default, and then free.
+    ``stream`` (traced): a consumer ID from ``seqjax.decoding.streaming`` that receives
+    each source's best live hypothesis at every position from inside the compiled loop; ``None`` (default) = no callback.
 
     Example (a 1-token vocabulary model plus EOS)::
 
@@ -107,6 +111,7 @@ def beam_search(
         alpha=alpha, coverage=coverage,
     )  # fmt: skip
     check_outputs(outputs, source_len)
+    check_stream(stream)
     controls = make_controls(
         eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -134,5 +139,6 @@ def beam_search(
         prefix_BxP=prefix,
         early_stopping=early_stopping,
         output_widths=output_widths(outputs, vocab_size, source_len),
+        emit=emitter(stream),
     )
     return result if pool == n_best else jax.tree.map(lambda x: x[:, :n_best], result)

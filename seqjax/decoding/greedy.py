@@ -12,6 +12,7 @@ from seqjax.decoding.outputs import check_outputs, output_widths
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import log_prob_scores
+from seqjax.decoding.streaming import check_stream, emitter
 from seqjax.decoding.token_loop import argmax_loop
 
 
@@ -32,6 +33,7 @@ def greedy(
     convention: str = "seqjax",
     forced_eos: bool = False,
     outputs: tuple[str, ...] = (),
+    stream: int | jax.Array | None = None,
 ) -> DecodeResult:
     """Argmax decoding until EOS or ``max_len``; ``K = 1``, score = summed log-prob.
 
@@ -51,6 +53,8 @@ def greedy(
 
     ``outputs`` (static): optional extra results, ``("alignments", "step_log_probs")``
     or a subset (``seqjax.decoding.outputs``); off by default, and then free.
+    ``stream`` (traced): a consumer ID from ``seqjax.decoding.streaming`` that receives
+    each row's new token at every position from inside the compiled loop; ``None`` (default) = no callback.
 
     Example (a bigram table: always prefer token ``prev + 1``, EOS = 3)::
 
@@ -69,6 +73,7 @@ def greedy(
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
     )  # fmt: skip
     check_outputs(outputs, source_len)
+    check_stream(stream)
     controls = make_controls(
         eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -76,5 +81,5 @@ def greedy(
     )  # fmt: skip
     return argmax_loop(
         log_prob_scores(step_fn, controls), cache, B, max_len, bos_id, eos_id, pad_id, prefix,
-        output_widths(outputs, vocab_size, source_len),
+        output_widths(outputs, vocab_size, source_len), emitter(stream),
     )  # fmt: skip

@@ -13,6 +13,7 @@ from seqjax.decoding.outputs import check_outputs, output_widths
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import sampling_scores
+from seqjax.decoding.streaming import check_stream, emitter
 from seqjax.decoding.token_loop import choose_categorical, loop_result, run_token_loop
 
 
@@ -38,6 +39,7 @@ def sample(
     convention: str = "seqjax",
     forced_eos: bool = False,
     outputs: tuple[str, ...] = (),
+    stream: int | jax.Array | None = None,
 ) -> DecodeResult:
     """Draw ``num_samples`` sequences per source (``K = num_samples``), in draw order.
 
@@ -62,6 +64,8 @@ def sample(
 
     ``outputs`` (static): optional extra results, ``("alignments", "step_log_probs")``
     or a subset (``seqjax.decoding.outputs``); off by default, and then free.
+    ``stream`` (traced): a consumer ID from ``seqjax.decoding.streaming`` that receives
+    each row's new token at every position from inside the compiled loop; ``None`` (default) = no callback.
 
     Example::
 
@@ -81,6 +85,7 @@ def sample(
         num_samples=num_samples, temperature=temperature, top_k=top_k, top_p=top_p,
     )  # fmt: skip
     check_outputs(outputs, source_len)
+    check_stream(stream)
     controls = make_controls(
         eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -99,5 +104,6 @@ def sample(
         prefix_NxP=None if prefix is None else repeat_rows(prefix, num_samples),
         key=key,
         output_widths=output_widths(outputs, vocab_size, source_len),
+        emit=emitter(stream),
     )
     return loop_result(out, B, num_samples)

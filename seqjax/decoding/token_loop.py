@@ -92,6 +92,7 @@ def run_token_loop(
     prefix_NxP: jax.Array | None = None,
     key: jax.Array | None = None,
     output_widths: dict[str, int] | None = None,
+    emit: Callable[[jax.Array, jax.Array], None] | None = None,
 ) -> TokenLoopOutput:
     """Generate one sequence per row of ``cache`` (``num_rows`` rows, static ``max_len``).
 
@@ -99,6 +100,8 @@ def run_token_loop(
     token ``t``. Finished rows keep stepping (a batch moves in lockstep) but emit PAD
     with log-prob 0. The PRNG key for position ``t`` is ``fold_in(key, t)``.
     ``output_widths`` (static): optional outputs (``seqjax.decoding.outputs``).
+    ``emit(t, tokens_N)`` (optional): called in the loop with each position's tokens
+    (``seqjax.decoding.streaming``).
     """
     forced_len_N = None if prefix_NxP is None else prefix_lengths(prefix_NxP, pad_id)
 
@@ -122,6 +125,8 @@ def run_token_loop(
         token = jnp.where(s.done, pad_id, token).astype(jnp.int32)
         lp = jnp.take_along_axis(step.model_log_probs, token[:, None], axis=-1)[:, 0]
         lp = jnp.where(s.done, 0.0, lp)
+        if emit is not None:
+            emit(t, token)
         return _State(
             position=t + 1,
             tokens=lax.dynamic_update_index_in_dim(s.tokens, token, t, axis=1),
@@ -181,6 +186,7 @@ def argmax_loop(
     pad_id: int | jax.Array,
     prefix: jax.Array | None,
     output_widths: dict[str, int] | None = None,
+    emit: Callable[[jax.Array, jax.Array], None] | None = None,
 ) -> DecodeResult:
     """Pick the best-scoring token at every step (greedy, and greedy contrastive)."""
     out = run_token_loop(
@@ -194,5 +200,6 @@ def argmax_loop(
         pad_id=pad_id,
         prefix_NxP=prefix,
         output_widths=output_widths,
+        emit=emit,
     )
     return loop_result(out, batch_size, 1)
