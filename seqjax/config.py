@@ -485,6 +485,14 @@ class DecodeConfig:
     begin_suppress_tokens: tuple[int, ...] = ()  # not generated first
     seed: int = 0
     batch_size: int = 64
+    # Issue 15: beam-search variants (method "beam" only). early_stopping: HF's rule,
+    # "never" (exact, the default) | "true" | "false"; diverse_groups > 1: diverse (group)
+    # beam search with the Hamming diversity_penalty; beam_sample: draw beam candidates
+    # (temperature, top_k, top_p apply).
+    early_stopping: str = "never"
+    diverse_groups: int = 1
+    diversity_penalty: float = 0.0
+    beam_sample: bool = False
 
     def __post_init__(self) -> None:
         _check(
@@ -505,3 +513,25 @@ class DecodeConfig:
         _check(self.length_penalty in ("gnmt", "hf"), "length_penalty: use gnmt or hf")
         _check(self.convention in ("seqjax", "hf"), "convention: use seqjax or hf")
         _check(self.batch_size >= 1, "batch_size must be >= 1")
+        self._check_search_variants()
+
+    def _check_search_variants(self) -> None:
+        _check(
+            self.early_stopping in ("never", "true", "false"),
+            f"early_stopping: unknown {self.early_stopping!r}; use never, true or false",
+        )
+        _check(self.diverse_groups >= 1, "diverse_groups must be >= 1")
+        _check(self.diversity_penalty >= 0, "diversity_penalty must be >= 0")
+        variant = self.diverse_groups > 1 or self.beam_sample or self.early_stopping != "never"
+        _check(
+            not variant or self.method == "beam",
+            "early_stopping, diverse_groups and beam_sample need method beam",
+        )
+        _check(
+            self.beam_size % self.diverse_groups == 0,
+            f"diverse_groups ({self.diverse_groups}) must divide beam_size ({self.beam_size})",
+        )
+        _check(
+            not (self.beam_sample and self.diverse_groups > 1),
+            "beam_sample and diverse_groups > 1 cannot be combined",
+        )

@@ -106,6 +106,35 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="contrastive: run directory of the small amateur model (same target tokenizer)",
     )
+    _add_search_variant_args(p)
+
+
+def _add_search_variant_args(p: argparse.ArgumentParser) -> None:
+    """Issue 15: beam-search variants (DecodeConfig early_stopping, diverse_groups, ...)."""
+    g = p.add_argument_group("beam-search variants (with beam search, the default method)")
+    g.add_argument(
+        "--early-stopping",
+        choices=["never", "true", "false"],
+        help="HF's stop rule: never = exact (default); true = once beam-size hypotheses are "
+        "done; false = HF's heuristic",
+    )
+    g.add_argument(
+        "--diverse-groups",
+        type=int,
+        metavar="G",
+        help="diverse beam search: split the beam into G groups (G must divide --beam)",
+    )
+    g.add_argument(
+        "--diversity-penalty",
+        type=float,
+        metavar="W",
+        help="diverse beam search: Hamming penalty per earlier group's choice (default 0)",
+    )
+    g.add_argument(
+        "--beam-sample",
+        action="store_true",
+        help="beam sampling: draw beam candidates (with --temperature, --top-k, --top-p)",
+    )
 
 
 def _token_ids(text: str) -> tuple[int, ...]:
@@ -196,9 +225,24 @@ def decode_config_from_args(
         v = getattr(args, flag)
         if v is not None:
             values[field] = v
+    _search_variant_values(args, values)
     if values.get("method", "beam") != "sample" and values.get("temperature") == 0:
         del values["temperature"]  # only sampling divides by it: 0 is harmless elsewhere
     return from_dict(DecodeConfig, values, where="decoding options")
+
+
+def _search_variant_values(args: argparse.Namespace, values: dict[str, Any]) -> None:
+    for flag, field in [
+        ("early_stopping", "early_stopping"),
+        ("diverse_groups", "diverse_groups"),
+        ("diversity_penalty", "diversity_penalty"),
+    ]:
+        if getattr(args, flag) is not None:
+            values[field] = getattr(args, flag)
+    if args.beam_sample:
+        values["beam_sample"] = True
+    if values.get("diversity_penalty") and values.get("diverse_groups", 1) == 1:
+        raise UsageError("--diversity-penalty needs --diverse-groups G with G >= 2")
 
 
 # -- devices, precision and the compile cache (shared by every command) -------------------
@@ -437,6 +481,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     from seqjax.sharding import is_primary
 
     _check_amateur(args, cfg)
+    _check_stream(args, cfg)
     if not args.hf:
         translator = load(
             args.checkpoint,
@@ -448,6 +493,10 @@ def cmd_translate(args: argparse.Namespace) -> int:
     elif args.amateur:
         translator.amateur = load(args.amateur, mesh=_mesh(args), dtype=args.dtype)
     cfg = _translate_extras(args, cfg, translator)
+    if args.ensemble:
+        translator = _with_ensemble(args, translator)
+    if args.stream:
+        return _stream_translate(args, translator, lines, cfg)
     nbest = translator.translate_nbest(lines, cfg, progress=args.input is not None)
     if not is_primary():
         return 0  # every process decodes its rows; process 0 writes the whole output
@@ -459,6 +508,46 @@ def cmd_translate(args: argparse.Namespace) -> int:
                 out.write("\t".join(f"{t}\t{s:.4f}" for t, s in hyps) + "\n")
             else:
                 out.write(hyps[0][0] + "\n")
+    finally:
+        if args.output:
+            out.close()
+    return 0
+
+
+def _with_ensemble(args: argparse.Namespace, translator: Any) -> Any:
+    """Issue 15: --ensemble DIR1,DIR2 decodes with those runs' models too (averaged)."""
+    from seqjax.app.translate import ensemble_translator, load
+
+    dirs = [d for d in args.ensemble.split(",") if d]
+    if not dirs or args.hf or args.amateur:
+        raise UsageError("--ensemble DIR1,DIR2 needs run directories, with --checkpoint only")
+    others = [load(d, mesh=_mesh(args), dtype=args.dtype) for d in dirs]
+    return ensemble_translator(translator, others)
+
+
+def _check_stream(args: argparse.Namespace, cfg: DecodeConfig) -> None:
+    """Issue 15: --stream prints one hypothesis as it grows: greedy or one sample."""
+    if not args.stream:
+        return
+    one = cfg.method == "greedy" or (cfg.method == "sample" and cfg.num_samples == 1)
+    if not one:
+        raise UsageError(
+            "--stream needs --greedy or --sample (one sample): beam hypotheses change "
+            "until the search ends"
+        )
+
+
+def _stream_translate(args: argparse.Namespace, translator: Any, lines: list, cfg: Any) -> int:
+    from seqjax.app.translate import translate_streaming
+
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    try:
+
+        def write(text: str) -> None:
+            out.write(text)
+            out.flush()
+
+        translate_streaming(translator, lines, cfg, write)
     finally:
         if args.output:
             out.close()
@@ -692,6 +781,18 @@ def _add_translate_parser(sub: Any) -> None:
         metavar="FILE",
         help="phrases never generated, one per line (UTF-8), tokenised with the target "
         "tokenizer as at the start of a sentence (HF bad_words_ids)",
+    )
+    tr.add_argument(
+        "--stream",
+        action="store_true",
+        help="print each line's tokens as the compiled loop produces them (with --greedy "
+        "or --sample; one sentence at a time)",
+    )
+    tr.add_argument(
+        "--ensemble",
+        metavar="DIR1,DIR2",
+        help="decode with these run directories' models as well, averaging the models' "
+        "probabilities (fairseq); same tokenizers as --checkpoint",
     )
     add_runtime_args(tr)
     tr.set_defaults(func=cmd_translate)

@@ -39,7 +39,7 @@ from seqjax.app.progress import Progress
 from seqjax.config import ConfigError, DecodeConfig, ModelConfig
 from seqjax.data import Tokenizer, decode_lines, pad_batch
 from seqjax.data.reader import _read_bytes
-from seqjax.decoding import DecodeResult, decode, numeric_options, static_part
+from seqjax.decoding import DecodeResult, decode, ensemble, numeric_options, static_part
 from seqjax.models import build_model
 
 DECODE_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256)
@@ -116,12 +116,19 @@ def _decode_batch(
     max_len: int,
     amateur_model: Any = None,
     amateur_params: Any = None,
+    stream: Any = None,
 ) -> DecodeResult:
-    """Encode and decode one padded batch; compiled once per (shape, static options)."""
-    mc: ModelConfig = model.config
+    """Encode and decode one padded batch; compiled once per (shape, static options).
+
+    A tuple of models (with a tuple of params) decodes as their ensemble (issue 15).
+    """
+    mc: ModelConfig = (model[0] if isinstance(model, tuple) else model).config
     mask = src_BxS != mc.pad_id
 
     def prepare(m: Any, p: Any) -> tuple[Any, Any]:
+        if isinstance(m, tuple):  # an ensemble: one step, the tuple of the caches
+            members = [prepare(mi, pi) for mi, pi in zip(m, p, strict=True)]
+            return ensemble(*(s for s, _ in members)), tuple(c for _, c in members)
         return m.step, m.init_cache(p, m.encode(p, src_BxS, mask), mask, max_len)
 
     step_fn, cache = prepare(model, params)
@@ -140,6 +147,7 @@ def _decode_batch(
         amateur=amateur,
         params=params,  # weights are traced: model.step is the params form
         amateur_params=amateur_params,
+        stream=stream,
     )
 
 
@@ -252,6 +260,66 @@ class Translator:
         if bar:
             bar.close()
         return out
+
+
+class _LineStream:
+    """Writes the text each new token adds to one streamed output line."""
+
+    def __init__(self, tokenizer: Tokenizer, write: Any) -> None:
+        self.tokenizer, self.write, self.ids, self.text = tokenizer, write, [], ""
+
+    def emit(self, text: str) -> None:
+        # a detokeniser may rewrite earlier text; only extensions can be printed
+        if text.startswith(self.text) and len(text) > len(self.text):
+            self.write(text[len(self.text) :])
+            self.text = text
+
+    def on_token(self, position: int, tokens: Any) -> None:
+        self.ids.append(int(tokens[0]))
+        self.emit(single_line(self.tokenizer.decode([self.ids])[0]))
+
+
+def translate_streaming(
+    translator: Translator, sentences: Sequence[str], cfg: DecodeConfig, write: Any
+) -> None:
+    """Issue 15: ``write`` each sentence's text as its tokens leave the compiled loop.
+
+    One sentence at a time (batch 1), greedy or one sample; ``write(piece)`` receives the
+    text added by each new token, then a newline after each sentence (line-aligned, as
+    ``Translator.translate``). All sentences share one compiled program per bucket.
+    """
+    from seqjax.decoding.streaming import consumer
+
+    tok, key = translator.tgt_tokenizer, jax.random.key(cfg.seed)
+    for i, sentence in enumerate(sentences):
+        ids = translator.src_tokenizer.encode([sentence])[0][: translator.max_source_tokens]
+        if not sentence.strip() or not ids:
+            write("\n")
+            continue
+        src, _ = pad_batch([ids], translator.buckets, translator.config.pad_id, 1)
+        max_len = output_max_len(cfg, src.shape[1], translator.config.max_len)
+        line = _LineStream(tok, write)
+        with consumer(line.on_token) as sid:
+            res = _decode_batch(
+                translator.model, translator.params, jnp.asarray(src), jax.random.fold_in(key, i),
+                numeric_options(cfg), static_part(cfg), max_len, stream=sid,
+            )  # fmt: skip
+            line.emit(single_line(tok.decode(sharding.to_host(res.tokens)[0, :1])[0]))
+        write("\n")
+
+
+def ensemble_translator(first: Translator, others: Sequence[Translator]) -> Translator:
+    """Issue 15: one ``Translator`` decoding ``first`` and ``others`` as an ensemble
+    (fairseq's mean of the probabilities). All must share both tokenizers."""
+    for other in others:
+        if (other.src_tokenizer, other.tgt_tokenizer) != (first.src_tokenizer, first.tgt_tokenizer):
+            raise ConfigError("--ensemble: every model must use the same tokenizers")
+    members = [first, *others]
+    return dataclasses.replace(
+        first,
+        model=tuple(t.model for t in members),
+        params=tuple(t.params for t in members),
+    )
 
 
 def with_dtype(model: Any, dtype: str | None) -> Any:

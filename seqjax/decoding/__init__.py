@@ -53,9 +53,12 @@ module; reach a module's other names with ``from seqjax.decoding.greedy import .
 # Each function below shadows the module of the same name as a package attribute, on
 # purpose: `seqjax.decoding.greedy` is the decoder. Importing every such module here,
 # before anything else can, keeps that binding stable.
+from seqjax.decoding.beam_sample import beam_sample
 from seqjax.decoding.beam_search import beam_search
 from seqjax.decoding.contrastive import contrastive
 from seqjax.decoding.decode import NUMERIC_FIELDS, decode, numeric_options, static_part
+from seqjax.decoding.diverse_beam_search import diverse_beam_search
+from seqjax.decoding.ensemble import ensemble
 from seqjax.decoding.greedy import greedy
 from seqjax.decoding.jitted import STATIC_ARGNAMES, jitted
 from seqjax.decoding.result import DecodeResult
@@ -66,9 +69,12 @@ __all__ = [
     "DecodeResult",
     "NUMERIC_FIELDS",
     "STATIC_ARGNAMES",
+    "beam_sample",
     "beam_search",
     "contrastive",
     "decode",
+    "diverse_beam_search",
+    "ensemble",
     "greedy",
     "jitted",
     "numeric_options",

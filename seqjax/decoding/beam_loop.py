@@ -40,6 +40,7 @@ Example (a 1-token vocabulary plus EOS: beam 2 keeps "EOS" and "x EOS")::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -48,10 +49,15 @@ from jax import lax
 
 from seqjax.decoding.batch_tree import gather_rows, repeat_rows
 from seqjax.decoding.logit_processors import forced_tokens, prefix_lengths, selection_scores
+from seqjax.decoding.outputs import step_values
 from seqjax.decoding.penalties import LENGTH_PENALTIES, coverage_penalty, length_penalty
 from seqjax.decoding.processors import id_tuple, is_any
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step_scores import ScoreFn, StepScores
+
+# select_fn(position, live_scores_BxK, step_BxKxV) -> step_BxKxV with -inf at candidates
+# the step may not consider (beam sampling keeps the ones it draws).
+SelectFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def check_beam_args(beam_size: int, n_best: int, length_penalty_kind: str) -> None:
@@ -64,6 +70,12 @@ def check_beam_args(beam_size: int, n_best: int, length_penalty_kind: str) -> No
         raise ValueError(
             f"length_penalty: unknown {length_penalty_kind!r}; use one of {LENGTH_PENALTIES}"
         )
+
+
+def check_early_stopping(early_stopping: bool | str) -> None:
+    """HuggingFace's values only: ``True``, ``False`` or ``"never"``."""
+    if not (early_stopping is True or early_stopping is False or early_stopping == "never"):
+        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
 
 
 def coverage_source_len(source_len: int | None, coverage: float | jax.Array) -> int | None:
@@ -87,6 +99,9 @@ class _State(NamedTuple):
     finished_log_probs: jax.Array  # float32[B, M, L]
     finished_scores: jax.Array  # float32[B, M] penalised; -inf = empty slot
     finished_lengths: jax.Array  # int32[B, M]
+    # optional outputs (seqjax.decoding.outputs): {name: (live [B, K, L, X], finished
+    # [B, M, L, X])}; None (the default) adds nothing to the loop
+    extras: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +122,7 @@ class _Search:
     eos_id: int | jax.Array | tuple
     prompt_len: jax.Array | None = None  # [B, 1, 1]: not counted by the length penalty
     last: jax.Array | None = None  # [B, 1, 1]: each source's last position (else L - 1)
+    early_stopping: bool | str = "never"  # HF's True | False | "never" (see _stops)
 
     def generated(self, length: jax.Array) -> jax.Array:
         """Hypothesis lengths as the length penalty counts them (the prompt left out)."""
@@ -271,6 +287,53 @@ def _live_bound(q: _Search, t: jax.Array, live_scores_BxK: jax.Array) -> jax.Arr
     return jnp.where(jnp.any(live_scores_BxK > -jnp.inf, axis=1), jnp.inf, -jnp.inf)
 
 
+def _stops(
+    q: _Search, t: jax.Array, live_scores_BxK: jax.Array, finished_scores_BxM: jax.Array
+) -> jax.Array:
+    """``bool[B]``: sources whose search ends after position ``t``.
+
+    ``"never"``: no live beam can still beat the worst kept hypothesis (exact).
+    HuggingFace's ``False`` and ``True`` need all ``M`` slots filled (callers keep
+    ``M = K``); then ``False`` stops once the best live sum divided by the penalty of
+    its *current* length ``t + 1`` is no better than the worst kept score (a
+    heuristic), and ``True`` stops at once.
+    """
+    if q.early_stopping == "never":
+        return finished_scores_BxM[:, q.M - 1] >= _live_bound(q, t, live_scores_BxK)
+    full_B = jnp.all(finished_scores_BxM > -jnp.inf, axis=1)
+    now = jnp.broadcast_to(q.generated(t + 1), (q.B, 1, 1))[:, 0, 0]  # the prompt left out
+    best_B = live_scores_BxK[:, 0] / length_penalty(now, q.alpha, q.length_penalty_kind)
+    stop_B = full_B & (best_B <= finished_scores_BxM[:, q.M - 1])
+    return full_B if q.early_stopping is True else stop_B
+
+
+def _advance_extras(
+    q: _Search,
+    s: _State,
+    step: StepScores,
+    fin_flat_BxM: jax.Array,
+    fin_scores_BxM: jax.Array,
+    beam_BxK: jax.Array,
+) -> Any:
+    """The optional outputs of the new live and finished hypotheses (see ``_State``)."""
+    if s.extras is None:
+        return None
+    _, keep = lax.top_k(jnp.concatenate([s.finished_scores, fin_scores_BxM], axis=1), q.M)
+    values = step_values(step, s.extras)
+    out = {}
+    for name, (live, finished) in s.extras.items():
+        now_BxKxX = values[name].reshape(q.B, q.K, -1)
+        fin_beam = fin_flat_BxM // q.V
+        new_fin = _take_beams(live, fin_beam)
+        new_fin = _set_column(new_fin, _take_beams(now_BxKxX, fin_beam), s.position)
+        finished = _take_beams(jnp.concatenate([finished, new_fin], axis=1), keep)
+        new_live = _set_column(
+            _take_beams(live, beam_BxK), _take_beams(now_BxKxX, beam_BxK), s.position
+        )
+        out[name] = (new_live, finished)
+    return out
+
+
 def _advance(q: _Search, s: _State, step: StepScores, step_BxKxV: jax.Array) -> _State:
     """One beam step given the step's selection scores (``-inf`` = not pickable)."""
     B, K, V, S = q.B, q.K, q.V, q.S
@@ -287,14 +350,14 @@ def _advance(q: _Search, s: _State, step: StepScores, step_BxKxV: jax.Array) -> 
     fin_scores, fin_flat = _rank_finishing(
         q, t, totals_BxKxV, finishing_V, eos_BxK, kth_B, attention
     )
+    if q.early_stopping != "never":  # a stopped source's pool is final (HF freezes it)
+        fin_scores = jnp.where(s.done[:, None], -jnp.inf, fin_scores)
     fin_tokens, fin_lp = _extend(s, model_lp_BxKxV, fin_flat // V, fin_flat % V)
     finished = _merge_finished(q, s, fin_scores, fin_tokens, fin_lp)
 
     beam_BxK = live_flat // V
     live_tokens, live_lp = _extend(s, model_lp_BxKxV, beam_BxK, live_flat % V)
     rows_N = (jnp.arange(B)[:, None] * K + beam_BxK).reshape(B * K)
-    # Early exit: can any live beam still beat the worst kept finished hypothesis?
-    bound_B = _live_bound(q, t, live_scores)
     return _State(
         position=t + 1,
         live_tokens=live_tokens,
@@ -302,8 +365,9 @@ def _advance(q: _Search, s: _State, step: StepScores, step_BxKxV: jax.Array) -> 
         live_scores=live_scores,
         live_attention=_take_beams(attention, beam_BxK),
         cache=reorder_cache(step.cache, s.cache, rows_N),
-        done=s.done | (finished["finished_scores"][:, q.M - 1] >= bound_B),
+        done=s.done | _stops(q, t, live_scores, finished["finished_scores"]),
         **finished,
+        extras=_advance_extras(q, s, step, fin_flat, fin_scores, beam_BxK),
     )
 
 
@@ -347,6 +411,10 @@ def run_beam_loop(
     score_prompt: bool = True,
     last_B: jax.Array | None = None,
     start: Any = None,
+    early_stopping: bool | str = "never",
+    select_fn: SelectFn | None = None,
+    output_widths: dict[str, int] | None = None,
+    emit: Callable[[jax.Array, jax.Array], None] | None = None,
 ) -> DecodeResult:
     """The compiled beam loop over a score function (``cache`` has ``B`` rows).
 
@@ -358,6 +426,12 @@ def run_beam_loop(
     is each source's last position (``max_new_tokens`` with prompts of different
     lengths). ``start`` (a ``seqjax.decoding.prompt.PromptStart`` of ``B`` rows, prompt
     unscored): begin after a prefilled prompt instead of at position 0.
+    penalty reads. ``early_stopping`` (static): see ``_stops``. ``select_fn`` (static,
+    optional) narrows each step's candidates before ranking (beam sampling draws them).
+    ``output_widths`` (static, ``seqjax.decoding.outputs``): optional outputs to return.
+    ``emit(t, best_BxL)`` (optional): called in the loop with each source's best live
+    hypothesis after position ``t``, or its best finished one once the source is done
+    or ``t`` is the last position (``seqjax.decoding.streaming``).
     """
     B, K, L = batch_size, beam_size, max_len
     S = source_len or 0
@@ -380,6 +454,7 @@ def run_beam_loop(
         prompt_len=None if score_prompt or prefix_BxP is None else _per_source(
             prefix_lengths(prefix_BxP, pad_id)),
         last=None if last_B is None else _per_source(last_B),
+        early_stopping=early_stopping,
     )  # fmt: skip
     prefix_NxP = None if prefix_BxP is None else repeat_rows(prefix_BxP, K)
     forced_len_N = None if prefix_NxP is None else prefix_lengths(prefix_NxP, pad_id)
@@ -399,7 +474,14 @@ def run_beam_loop(
             step = step._replace(scores=unscored(step.scores),
                                  model_log_probs=unscored(step.model_log_probs))  # fmt: skip
         step_BxKxV = selection_scores((step.scores, step.allowed), forced).reshape(B, K, q.V)
-        return _advance(q, s, step, step_BxKxV)
+        if select_fn is not None:
+            step_BxKxV = select_fn(t, s.live_scores, step_BxKxV)
+        new = _advance(q, s, step, step_BxKxV)
+        if emit is not None:  # sorted: slot 0 is the best live / finished one
+            last_B = jnp.broadcast_to(q.at_last(t), (B, 1, 1))[:, 0, 0]
+            final_B1 = (new.done | last_B)[:, None]
+            emit(t, jnp.where(final_B1, new.finished_tokens[:, 0], new.live_tokens[:, 0]))
+        return new
 
     init = _initial_state(q, repeat_rows(cache, K), pad_id)
     if start is not None:  # every beam holds the prompt; only beam 0 is alive
@@ -409,10 +491,15 @@ def run_beam_loop(
             live_log_probs=jnp.repeat(start.log_probs[:, None], K, axis=1),
             cache=repeat_rows(start.cache, K),
         )
+    if output_widths:
+        zeros = lambda rows, x: jnp.zeros((B, rows, L, x), jnp.float32)  # noqa: E731
+        extras = {n: (zeros(K, x), zeros(n_best, x)) for n, x in output_widths.items()}
+        init = init._replace(extras=extras)
     s = lax.while_loop(cond, body, init)
     return DecodeResult(
         tokens=s.finished_tokens,
         lengths=s.finished_lengths,
         scores=s.finished_scores,
         log_probs=s.finished_log_probs,
+        **({} if s.extras is None else {n: f for n, (_, f) in s.extras.items()}),
     )

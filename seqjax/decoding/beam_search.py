@@ -11,12 +11,19 @@ from typing import Any
 import jax
 
 from seqjax.decoding.arg_checks import check_decoder_call
-from seqjax.decoding.beam_loop import check_beam_args, coverage_source_len, run_beam_loop
+from seqjax.decoding.beam_loop import (
+    check_beam_args,
+    check_early_stopping,
+    coverage_source_len,
+    run_beam_loop,
+)
 from seqjax.decoding.logit_processors import make_controls
+from seqjax.decoding.outputs import check_outputs, output_widths
 from seqjax.decoding.prompt import plan_prompt, prefill_prompt, total_len
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import log_prob_scores
+from seqjax.decoding.streaming import check_stream, emitter
 
 
 def beam_search(
@@ -48,6 +55,9 @@ def beam_search(
     bad_words: tuple = (),
     suppress_tokens: tuple = (),
     begin_suppress_tokens: tuple = (),
+    early_stopping: bool | str = "never",
+    outputs: tuple[str, ...] = (),
+    stream: int | jax.Array | None = None,
 ) -> DecodeResult:
     """Beam search; returns the ``n_best`` finished hypotheses per source, best first.
 
@@ -89,6 +99,16 @@ def beam_search(
     ``bad_words_ids``); ``suppress_tokens`` / ``begin_suppress_tokens`` (static id
     tuples): never emitted / not emitted first (HF's). ``eos_id`` may be several ids
     (``eos_id=(1, 3)``): a row ends at any of them (its last token says which).
+    ``early_stopping`` (static) is HuggingFace's: ``"never"`` (default) stops a source
+    only when no live beam can beat its ``n_best``-th hypothesis, so the result is
+    exact for the beam; ``False`` keeps ``beam_size`` hypotheses and stops when the best
+    live beam, scored at its current length, cannot beat the worst of them (HF's
+    default heuristic); ``True`` stops as soon as ``beam_size`` hypotheses are done.
+
+    ``outputs`` (static): optional extra results, ``("alignments", "step_log_probs")``
+    or a subset (``seqjax.decoding.outputs``); off by default, and then free.
+    ``stream`` (traced): a consumer ID from ``seqjax.decoding.streaming`` that receives
+    each source's best live hypothesis at every position from inside the compiled loop; ``None`` (default) = no callback.
 
     Example (a 1-token vocabulary model plus EOS)::
 
@@ -102,6 +122,7 @@ def beam_search(
     """
     check_beam_args(beam_size, n_best, length_penalty)
     max_len = total_len(max_len, max_new_tokens, prefix)
+    check_early_stopping(early_stopping)
     step_fn = bind_params(step_fn, params)
     B, vocab_size, source_len = check_decoder_call(
         step_fn, cache, batch_size=batch_size, max_len=max_len, prefix=prefix,
@@ -119,6 +140,8 @@ def beam_search(
         min_len=min_len,
         min_new_tokens=min_new_tokens,
     )
+    check_outputs(outputs, source_len)
+    check_stream(stream)
     controls = make_controls(
         eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=plan.min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -131,12 +154,14 @@ def beam_search(
     if not score_prompt:
         start = prefill_prompt(step_fn, cache, prefix, bos_id=bos_id, pad_id=pad_id,
                                max_len=max_len, score_prompt=False)  # fmt: skip
-    return run_beam_loop(
+    # HF's True/False decide on a pool of beam_size hypotheses; n_best are returned
+    pool = n_best if early_stopping == "never" else beam_size
+    result = run_beam_loop(
         log_prob_scores(step_fn, controls),
         cache,
         batch_size=B,
         beam_size=beam_size,
-        n_best=n_best,
+        n_best=pool,
         max_len=max_len,
         vocab_size=vocab_size,
         source_len=coverage_source_len(source_len, coverage),
@@ -152,4 +177,8 @@ def beam_search(
         score_prompt=score_prompt,
         last_B=plan.last,
         start=start,
+        early_stopping=early_stopping,
+        output_widths=output_widths(outputs, vocab_size, source_len),
+        emit=emitter(stream),
     )
+    return result if pool == n_best else jax.tree.map(lambda x: x[:, :n_best], result)

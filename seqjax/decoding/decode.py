@@ -14,8 +14,10 @@ import jax.numpy as jnp
 
 from seqjax.config import DecodeConfig
 from seqjax.decoding.batch_tree import infer_batch_size
+from seqjax.decoding.beam_sample import beam_sample
 from seqjax.decoding.beam_search import beam_search
 from seqjax.decoding.contrastive import contrastive
+from seqjax.decoding.diverse_beam_search import diverse_beam_search
 from seqjax.decoding.greedy import greedy
 from seqjax.decoding.jitted import jitted
 from seqjax.decoding.result import DecodeResult
@@ -35,6 +37,7 @@ NUMERIC_FIELDS: dict[str, type] = {
     "contrastive_lambda": float,
     "contrastive_alpha": float,
     "amateur_temperature": float,
+    "diversity_penalty": float,  # issue 15: diverse beam search
 }
 
 
@@ -102,6 +105,7 @@ def decode(
     params: Any = None,
     amateur_params: Any = None,
     processors: tuple = (),
+    stream: Any = None,
 ) -> DecodeResult:
     """Decode with the method and options of ``config``, through ``jitted`` decoders.
 
@@ -123,6 +127,7 @@ def decode(
     ``processors`` (static) are the user's logits processors
     (``seqjax.decoding.processors``). With ``config.max_new_tokens`` set, the length is
     the prompt width plus it, and ``max_len`` / ``config.max_len`` are not used.
+    ``stream`` (greedy and sampling): a consumer ID (``seqjax.decoding.streaming``).
 
     Example (a bigram table that prefers ``previous + 1``; EOS = 3)::
 
@@ -163,13 +168,20 @@ def decode(
         B = infer_batch_size(cache, batch_size)
         if step_output_shapes(bind_params(step_fn, params), B, cache)[1] is None:
             raise ValueError("coverage > 0 needs a step_fn returning cross-attention")
+    if stream is not None and c.method not in ("greedy", "sample"):
+        raise ValueError("stream: only greedy and sample decoding stream through decode()")
+    streamed = {} if stream is None else {"stream": stream}
     if c.method == "greedy":
-        return jitted(greedy)(step_fn, cache, **common)
+        return jitted(greedy)(step_fn, cache, **common, **streamed)
     if c.method == "sample":
         key = jax.random.key(c.seed) if key is None else key
-        return _decode_sample(step_fn, cache, c, n, key, common)
+        return _decode_sample(step_fn, cache, c, n, key, {**common, **streamed})
     ranked = dict(n_best=c.n_best, alpha=n["alpha"], length_penalty=c.length_penalty)
     ranked.update(coverage=n["coverage"], src_mask=src_mask, beam_size=c.beam_size)
+    if c.method == "beam" and (c.diverse_groups > 1 or c.beam_sample):
+        return _decode_beam_variant(step_fn, cache, c, n, key, ranked, common)
+    if c.method == "beam" and c.early_stopping != "never":
+        ranked.update(early_stopping=c.early_stopping == "true")
     if c.method == "beam":
         return jitted(beam_search)(step_fn, cache, **ranked, **common)
     if c.method == "contrastive":
@@ -204,6 +216,30 @@ def _decode_sample(
         top_p=n["top_p"],
         **common,
     )
+
+
+def _decode_beam_variant(
+    step_fn: StepFn,
+    cache: Any,
+    c: DecodeConfig,
+    n: dict[str, Any],
+    key: jax.Array | None,
+    ranked: dict[str, Any],
+    common: dict[str, Any],
+) -> DecodeResult:
+    """Issue 15's beam variants: diverse (group) beam search or beam sampling."""
+    if c.early_stopping != "never":
+        ranked = {**ranked, "early_stopping": c.early_stopping == "true"}
+    if c.diverse_groups > 1:
+        return jitted(diverse_beam_search)(
+            step_fn, cache, num_groups=c.diverse_groups,
+            diversity_penalty=n["diversity_penalty"], **ranked, **common,
+        )  # fmt: skip
+    ranked = {k: v for k, v in ranked.items() if k not in ("coverage", "src_mask")}
+    return jitted(beam_sample)(
+        step_fn, cache, key=jax.random.key(c.seed) if key is None else key,
+        temperature=n["temperature"], top_k=n["top_k"], top_p=n["top_p"], **ranked, **common,
+    )  # fmt: skip
 
 
 def _decode_contrastive(

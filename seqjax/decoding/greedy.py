@@ -8,10 +8,12 @@ import jax
 
 from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.logit_processors import make_controls
+from seqjax.decoding.outputs import check_outputs, output_widths
 from seqjax.decoding.prompt import plan_prompt, prefill_prompt, total_len
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import log_prob_scores
+from seqjax.decoding.streaming import check_stream, emitter
 from seqjax.decoding.token_loop import argmax_loop
 
 
@@ -38,6 +40,8 @@ def greedy(
     bad_words: tuple = (),
     suppress_tokens: tuple = (),
     begin_suppress_tokens: tuple = (),
+    outputs: tuple[str, ...] = (),
+    stream: int | jax.Array | None = None,
 ) -> DecodeResult:
     """Argmax decoding until EOS or ``max_len``; ``K = 1``, score = summed log-prob.
 
@@ -66,6 +70,10 @@ def greedy(
     ``bad_words_ids``); ``suppress_tokens`` / ``begin_suppress_tokens`` (static id
     tuples): never emitted / not emitted first (HF's). ``eos_id`` may be several ids
     (``eos_id=(1, 3)``): a row ends at any of them (its last token says which).
+    ``outputs`` (static): optional extra results, ``("alignments", "step_log_probs")``
+    or a subset (``seqjax.decoding.outputs``); off by default, and then free.
+    ``stream`` (traced): a consumer ID from ``seqjax.decoding.streaming`` that receives
+    each row's new token at every position from inside the compiled loop; ``None`` (default) = no callback.
 
     Example (a bigram table: always prefer token ``prev + 1``, EOS = 3)::
 
@@ -79,7 +87,7 @@ def greedy(
     """
     max_len = total_len(max_len, max_new_tokens, prefix)
     step_fn = bind_params(step_fn, params)
-    B, _, _ = check_decoder_call(
+    B, vocab_size, source_len = check_decoder_call(
         step_fn, cache, batch_size=batch_size, max_len=max_len, prefix=prefix,
         token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id),
         token_lists=dict(bad_words=bad_words, suppress_tokens=suppress_tokens,
@@ -87,6 +95,8 @@ def greedy(
         min_new_tokens=min_new_tokens, max_new_tokens=max_new_tokens,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
     )  # fmt: skip
+    check_outputs(outputs, source_len)
+    check_stream(stream)
     plan = plan_prompt(
         prefix,
         pad_id=pad_id,
@@ -107,4 +117,5 @@ def greedy(
     return argmax_loop(
         log_prob_scores(step_fn, controls), cache, B, max_len, bos_id, eos_id, pad_id, prefix,
         score_prompt, plan.last, start,
+        output_widths(outputs, vocab_size, source_len), emitter(stream),
     )  # fmt: skip

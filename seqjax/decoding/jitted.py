@@ -14,13 +14,15 @@ from collections.abc import Callable
 import jax
 
 from seqjax.decoding.arg_checks import check_concrete_call
+from seqjax.decoding.beam_sample import beam_sample
 from seqjax.decoding.beam_search import beam_search
 from seqjax.decoding.contrastive import contrastive
+from seqjax.decoding.diverse_beam_search import diverse_beam_search
 from seqjax.decoding.greedy import greedy
 from seqjax.decoding.sample import sample
 from seqjax.decoding.score import score
 
-_COMMON_STATIC = (
+_BASE_STATIC = (
     "max_len",
     "bos_id",
     "eos_id",
@@ -29,6 +31,11 @@ _COMMON_STATIC = (
     "batch_size",
     "convention",
     "forced_eos",
+)
+# Processors, token bans and prompt lengths (issue 14): not yet taken by the issue-15
+# searches diverse_beam_search and beam_sample, which use _BASE_STATIC.
+_COMMON_STATIC = (
+    *_BASE_STATIC,
     "processors",
     "bad_words",
     "suppress_tokens",
@@ -38,9 +45,17 @@ _COMMON_STATIC = (
 )
 
 STATIC_ARGNAMES: dict[Callable, tuple[str, ...]] = {
-    greedy: ("step_fn", *_COMMON_STATIC),
-    sample: ("step_fn", "num_samples", *_COMMON_STATIC),
-    beam_search: ("step_fn", "beam_size", "n_best", "length_penalty", *_COMMON_STATIC),
+    greedy: ("step_fn", *_COMMON_STATIC, "outputs"),
+    sample: ("step_fn", "num_samples", *_COMMON_STATIC, "outputs"),
+    beam_search: (
+        "step_fn",
+        "beam_size",
+        "n_best",
+        "length_penalty",
+        *_COMMON_STATIC,
+        "early_stopping",
+        "outputs",
+    ),
     contrastive: (
         "expert_step_fn",
         "amateur_step_fn",
@@ -50,6 +65,26 @@ STATIC_ARGNAMES: dict[Callable, tuple[str, ...]] = {
         *_COMMON_STATIC,
     ),
     score: ("step_fn", "bos_id", "eos_id", "pad_id"),
+    diverse_beam_search: (
+        "step_fn",
+        "beam_size",
+        "num_groups",
+        "n_best",
+        "length_penalty",
+        *_BASE_STATIC,
+        "early_stopping",
+        "per_group",
+        "outputs",
+    ),
+    beam_sample: (
+        "step_fn",
+        "beam_size",
+        "n_best",
+        "length_penalty",
+        *_BASE_STATIC,
+        "early_stopping",
+        "outputs",
+    ),
 }
 
 

@@ -23,6 +23,12 @@ class DecodeResult(NamedTuple):
     - ``log_probs``: ``float32[B, K, L]`` per-token log-probability under the
       unmodified model distribution ``log_softmax(logits)`` (the expert's for
       contrastive decoding), 0 at padding.
+    - ``alignments``: ``float32[B, K, L, S]`` or ``None`` (the default): the
+      cross-attention over the ``S`` source positions with which each token was
+      generated, 0 at padding; decoders fill it with ``outputs=("alignments",)``.
+    - ``step_log_probs``: ``float32[B, K, L, V]`` or ``None`` (the default): the full
+      model distribution ``log_softmax(logits)`` each token was chosen from, 0 at
+      padding; ``outputs=("step_log_probs",)``.
 
     Example: a batch of two sources decoded greedily to at most 5 tokens has
     ``tokens.shape == (2, 1, 5)``; the best hypothesis of source 1 is
@@ -33,6 +39,8 @@ class DecodeResult(NamedTuple):
     lengths: jax.Array
     scores: jax.Array
     log_probs: jax.Array
+    alignments: jax.Array | None = None
+    step_log_probs: jax.Array | None = None
 
     def last_tokens(self) -> jax.Array:
         """``int32[B, K]``: each hypothesis's last token: the EOS id that ended it (with

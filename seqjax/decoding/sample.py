@@ -9,10 +9,12 @@ import jax
 from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.batch_tree import repeat_rows
 from seqjax.decoding.logit_processors import make_controls
+from seqjax.decoding.outputs import check_outputs, output_widths
 from seqjax.decoding.prompt import plan_prompt, prefill_prompt, rows, total_len
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import sampling_scores
+from seqjax.decoding.streaming import check_stream, emitter
 from seqjax.decoding.token_loop import choose_categorical, loop_result, run_token_loop
 
 
@@ -44,6 +46,8 @@ def sample(
     bad_words: tuple = (),
     suppress_tokens: tuple = (),
     begin_suppress_tokens: tuple = (),
+    outputs: tuple[str, ...] = (),
+    stream: int | jax.Array | None = None,
 ) -> DecodeResult:
     """Draw ``num_samples`` sequences per source (``K = num_samples``), in draw order.
 
@@ -77,6 +81,10 @@ def sample(
     ``bad_words_ids``); ``suppress_tokens`` / ``begin_suppress_tokens`` (static id
     tuples): never emitted / not emitted first (HF's). ``eos_id`` may be several ids
     (``eos_id=(1, 3)``): a row ends at any of them (its last token says which).
+    ``outputs`` (static): optional extra results, ``("alignments", "step_log_probs")``
+    or a subset (``seqjax.decoding.outputs``); off by default, and then free.
+    ``stream`` (traced): a consumer ID from ``seqjax.decoding.streaming`` that receives
+    each row's new token at every position from inside the compiled loop; ``None`` (default) = no callback.
 
     Example::
 
@@ -90,7 +98,7 @@ def sample(
     """
     max_len = total_len(max_len, max_new_tokens, prefix)
     step_fn = bind_params(step_fn, params)
-    B, _, _ = check_decoder_call(
+    B, vocab_size, source_len = check_decoder_call(
         step_fn, cache, batch_size=batch_size, max_len=max_len, prefix=prefix,
         token_ids=dict(bos_id=bos_id, eos_id=eos_id, pad_id=pad_id),
         token_lists=dict(bad_words=bad_words, suppress_tokens=suppress_tokens,
@@ -106,6 +114,8 @@ def sample(
         min_len=min_len,
         min_new_tokens=min_new_tokens,
     )
+    check_outputs(outputs, source_len)
+    check_stream(stream)
     controls = make_controls(
         eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=plan.min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -131,5 +141,7 @@ def sample(
         last_N=rows(plan.last, num_samples),
         start=None if start is None else repeat_rows(start, num_samples),
         key=key,
+        output_widths=output_widths(outputs, vocab_size, source_len),
+        emit=emitter(stream),
     )
     return loop_result(out, B, num_samples)

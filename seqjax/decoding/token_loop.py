@@ -34,9 +34,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from seqjax.decoding.logit_processors import forced_tokens, prefix_lengths, selection_scores
+from seqjax.decoding.outputs import empty_buffers, result_fields, step_values
 from seqjax.decoding.processors import id_tuple, is_any
 from seqjax.decoding.result import DecodeResult
-from seqjax.decoding.step_scores import ScoreFn
+from seqjax.decoding.step_scores import ScoreFn, StepScores
 
 # choose_fn(scores_NxV, key or None) -> tokens int32[N]; banned tokens are -inf in scores.
 ChooseFn = Callable[[jax.Array, jax.Array | None], jax.Array]
@@ -66,6 +67,7 @@ class TokenLoopOutput(NamedTuple):
     tokens: jax.Array
     lengths: jax.Array
     log_probs: jax.Array
+    extras: Any = None  # optional outputs {name: [N, L, X]} (seqjax.decoding.outputs)
 
 
 class _State(NamedTuple):
@@ -75,6 +77,7 @@ class _State(NamedTuple):
     lengths: jax.Array  # int32[N]
     done: jax.Array  # bool[N]
     cache: Any
+    extras: Any = None  # optional outputs {name: float32[N, L, X]}; None = off
 
 
 def run_token_loop(
@@ -92,6 +95,8 @@ def run_token_loop(
     score_prompt: bool = True,
     last_N: jax.Array | None = None,
     start: Any = None,
+    output_widths: dict[str, int] | None = None,
+    emit: Callable[[jax.Array, jax.Array], None] | None = None,
 ) -> TokenLoopOutput:
     """Generate one sequence per row of ``cache`` (``num_rows`` rows, static ``max_len``).
 
@@ -102,6 +107,9 @@ def run_token_loop(
     ``last_N`` (``int32[N]``) ends each row after that position (``max_new_tokens``).
     ``start`` (a ``seqjax.decoding.prompt.PromptStart`` of ``N`` rows): begin after a
     prefilled prompt instead of at position 0.
+    ``output_widths`` (static): optional outputs (``seqjax.decoding.outputs``).
+    ``emit(t, tokens_N)`` (optional): called in the loop with each position's tokens
+    (``seqjax.decoding.streaming``).
     """
     forced_len_N = None if prefix_NxP is None else prefix_lengths(prefix_NxP, pad_id)
     eos_ids = id_tuple(eos_id)  # several EOS ids: any ends a row
@@ -131,6 +139,8 @@ def run_token_loop(
             lp = jnp.where(forced[0], 0.0, lp)
         if last_N is not None:
             done = done | (t >= last_N)
+        if emit is not None:
+            emit(t, token)
         return _State(
             position=t + 1,
             tokens=lax.dynamic_update_index_in_dim(s.tokens, token, t, axis=1),
@@ -138,6 +148,7 @@ def run_token_loop(
             lengths=s.lengths + (~s.done).astype(jnp.int32),
             done=done,
             cache=step.cache,
+            extras=_write_extras(s, step),
         )
 
     init = _State(
@@ -147,6 +158,7 @@ def run_token_loop(
         lengths=jnp.zeros((num_rows,), jnp.int32),
         done=jnp.zeros((num_rows,), bool),
         cache=cache,
+        extras=empty_buffers(output_widths or {}, (num_rows,), max_len),
     )
     if start is not None:
         init = init._replace(
@@ -157,7 +169,20 @@ def run_token_loop(
             cache=start.cache,
         )
     final = lax.while_loop(cond, body, init)
-    return TokenLoopOutput(final.tokens, final.lengths, final.log_probs)
+    return TokenLoopOutput(final.tokens, final.lengths, final.log_probs, final.extras)
+
+
+def _write_extras(s: _State, step: StepScores) -> Any:
+    """Column ``position`` of each optional output (0 for rows already done)."""
+    if s.extras is None:
+        return None
+    values = step_values(step, s.extras)
+    return {
+        name: lax.dynamic_update_index_in_dim(
+            buf, jnp.where(s.done[:, None], 0.0, values[name]), s.position, axis=1
+        )
+        for name, buf in s.extras.items()
+    }
 
 
 def loop_result(out: TokenLoopOutput, batch_size: int, k: int) -> DecodeResult:
@@ -169,6 +194,7 @@ def loop_result(out: TokenLoopOutput, batch_size: int, k: int) -> DecodeResult:
         lengths=out.lengths.reshape(batch_size, k),
         scores=jnp.sum(log_probs, axis=-1),
         log_probs=log_probs,
+        **result_fields(out.extras, (batch_size, k)),
     )
 
 
@@ -184,6 +210,8 @@ def argmax_loop(
     score_prompt: bool = True,
     last_N: jax.Array | None = None,
     start: Any = None,
+    output_widths: dict[str, int] | None = None,
+    emit: Callable[[jax.Array, jax.Array], None] | None = None,
 ) -> DecodeResult:
     """Pick the best-scoring token at every step (greedy, and greedy contrastive)."""
     out = run_token_loop(
@@ -199,5 +227,7 @@ def argmax_loop(
         score_prompt=score_prompt,
         last_N=last_N,
         start=start,
+        output_widths=output_widths,
+        emit=emit,
     )
     return loop_result(out, batch_size, 1)

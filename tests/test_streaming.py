@@ -1,0 +1,85 @@
+"""seqjax.decoding.streaming: tokens leave the compiled loop in order, one call per
+position; every consumer shares one compiled program; no callback when off."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from toy_models import BIGRAM_STATIC, RNN_STATIC, bigram_step, rnn_step
+
+from seqjax.decoding import STATIC_ARGNAMES, beam_sample, beam_search, greedy, jitted, sample
+from seqjax.decoding.streaming import consumer, register, unregister
+
+
+def _collect():
+    events = []
+    return events, lambda t, tokens: events.append((t, tokens.copy()))
+
+
+@pytest.mark.parametrize(
+    "decoder, kw",
+    [(greedy, {}), (sample, dict(key=jax.random.key(0), num_samples=2, temperature=2.0))],
+)
+def test_token_loops_stream_each_rows_token_in_order(cache3, decoder, kw):
+    events, fn = _collect()
+    with consumer(fn) as sid:
+        r = jitted(decoder)(rnn_step, cache3, stream=sid, **kw, **RNN_STATIC)
+    steps = int(np.max(r.lengths))  # the loop stops once every row is done
+    assert [t for t, _ in events] == list(range(steps))
+    streamed = np.stack([tokens for _, tokens in events], axis=1)  # [N, steps]
+    np.testing.assert_array_equal(
+        streamed, np.asarray(r.tokens).reshape(streamed.shape[0], -1)[:, :steps]
+    )
+    # streaming changes nothing in the result
+    ref = jitted(decoder)(rnn_step, cache3, **kw, **RNN_STATIC)
+    np.testing.assert_array_equal(r.tokens, ref.tokens)
+
+
+@pytest.mark.parametrize(
+    "decoder, kw", [(beam_search, {}), (beam_sample, dict(key=jax.random.key(1)))]
+)
+def test_beam_streams_the_best_hypothesis_and_ends_with_the_result(cache3, decoder, kw):
+    events, fn = _collect()
+    kw = dict(beam_size=3, n_best=2, alpha=0.6, **kw, **RNN_STATIC)
+    with consumer(fn) as sid:
+        r = jitted(decoder)(rnn_step, cache3, stream=sid, **kw)
+    assert [t for t, _ in events] == list(range(len(events)))
+    np.testing.assert_array_equal(events[-1][1], r.tokens[:, 0])
+    for t, tokens in events:  # live prefixes fill columns 0..t only
+        assert tokens.shape == (3, RNN_STATIC["max_len"])
+        assert not np.any(tokens[:, t + 1 :] != RNN_STATIC["pad_id"])
+
+
+def test_beam_one_without_eos_streams_the_greedy_path():
+    """EOS banned until the last position: beam 1's live hypothesis is greedy's path."""
+    L = BIGRAM_STATIC["max_len"]
+    events, fn = _collect()
+    with consumer(fn) as sid:
+        jitted(beam_search)(
+            bigram_step, None, beam_size=1, min_len=L - 1, stream=sid, **BIGRAM_STATIC
+        )
+    path = jitted(greedy)(bigram_step, None, min_len=L - 1, **BIGRAM_STATIC).tokens[:, 0]
+    assert len(events) == L
+    for t, tokens in events:
+        np.testing.assert_array_equal(tokens[:, : t + 1], path[:, : t + 1])
+
+
+def test_one_compilation_serves_every_consumer_and_none_has_no_callback(cache3):
+    run = jax.jit(greedy, static_argnames=STATIC_ARGNAMES[greedy])
+    got, sizes = {}, []
+    for name in ("a", "b", "c"):
+        sid = register(lambda t, tok, name=name: got.setdefault(name, []).append(t))
+        jax.block_until_ready(run(rnn_step, cache3, stream=sid, **RNN_STATIC))
+        unregister(sid)
+        sizes.append(run._cache_size())  # jit's cache is shared with earlier tests
+    assert sizes[0] == sizes[1] == sizes[2]  # consumers b and c compiled nothing
+    assert got["a"] == got["b"] == got["c"] and got["a"][0] == 0  # each got its own calls
+    off = run.lower(rnn_step, cache3, **RNN_STATIC).as_text()
+    on = run.lower(rnn_step, cache3, stream=1, **RNN_STATIC).as_text()
+    assert "callback" in on and "callback" not in off
+
+
+def test_bad_stream_is_a_one_line_error(cache3):
+    with pytest.raises(ValueError, match="stream must be None or a registered consumer ID"):
+        greedy(rnn_step, cache3, stream="stdout", **RNN_STATIC)
