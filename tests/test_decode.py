@@ -36,3 +36,27 @@ def test_decode_dispatches_on_config(cache3, rnn_greedy):
         decode(rnn_step, cache3, cfg, **kw)
     with pytest.raises(ValueError, match="cross-attention"):
         decode(rnn_step_no_attention, cache3, DecodeConfig(coverage=0.2), **kw)
+
+
+@pytest.mark.parametrize("variant", [dict(diverse_groups=2), dict(beam_sample=True)])
+@pytest.mark.parametrize(
+    "option",
+    [dict(max_new_tokens=3), dict(min_new_tokens=1), dict(bad_words=((1, 2),)),
+     dict(suppress_tokens=(2,)), dict(score_prompt=True)],
+)  # fmt: skip
+def test_beam_variants_refuse_options_they_do_not_take(variant, option):
+    """diverse/sampled beam search lack issue 14's options: set, they are refused in one
+    line, never silently dropped."""
+    table = jnp.log(jnp.array([[0.1, 0.8, 0.05, 0.05], [0.1, 0.1, 0.7, 0.1],
+                               [0.1, 0.1, 0.1, 0.7], [0.25, 0.25, 0.25, 0.25]]))  # fmt: skip
+
+    def step(tok, pos, c):
+        return table[tok], c
+
+    ids = dict(bos_id=0, eos_id=3, pad_id=0, batch_size=1)
+    base = dict(method="beam", beam_size=2, n_best=2, **variant)
+    length = {} if "max_new_tokens" in option else dict(max_len=5)
+    assert decode(step, None, DecodeConfig(**base, max_len=5), **ids).tokens.shape[-1] == 5
+    name = next(iter(option))
+    with pytest.raises(ValueError, match=f"^{name} is not supported with"):
+        decode(step, None, DecodeConfig(**base, **length, **option), **ids)

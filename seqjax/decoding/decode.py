@@ -218,6 +218,30 @@ def _decode_sample(
     )
 
 
+# Options the beam variants do not take yet (processors, token bans, new-token counts).
+_ISSUE14_OPTIONS = ("max_new_tokens", "min_new_tokens", "score_prompt", "bad_words",
+                    "suppress_tokens", "begin_suppress_tokens", "processors")  # fmt: skip
+
+
+def _without_issue14_options(
+    c: DecodeConfig, common: dict[str, Any], variant: str
+) -> dict[str, Any]:
+    """``common`` less the options the beam variants lack; one the config or caller set
+    is refused in one line rather than dropped (read from the static config: inside
+    ``jit`` the numeric ones are traced)."""
+    given = dict(
+        max_new_tokens=c.max_new_tokens is not None, min_new_tokens=bool(c.min_new_tokens),
+        score_prompt=c.score_prompt, bad_words=bool(c.bad_words),
+        suppress_tokens=bool(c.suppress_tokens),
+        begin_suppress_tokens=bool(c.begin_suppress_tokens),
+        processors=bool(common.get("processors")),
+    )  # fmt: skip
+    for name in _ISSUE14_OPTIONS:
+        if given[name]:
+            raise ValueError(f"{name} is not supported with {variant} yet; leave it unset")
+    return {k: v for k, v in common.items() if k not in _ISSUE14_OPTIONS}
+
+
 def _decode_beam_variant(
     step_fn: StepFn,
     cache: Any,
@@ -228,6 +252,8 @@ def _decode_beam_variant(
     common: dict[str, Any],
 ) -> DecodeResult:
     """Issue 15's beam variants: diverse (group) beam search or beam sampling."""
+    variant = "diverse_groups" if c.diverse_groups > 1 else "beam_sample"
+    common = _without_issue14_options(c, common, variant)
     if c.early_stopping != "never":
         ranked = {**ranked, "early_stopping": c.early_stopping == "true"}
     if c.diverse_groups > 1:
