@@ -38,9 +38,20 @@ meaningless and only the wall figures count) the two agree. Machine load
 On a GPU the same script runs unchanged (``--dtype bfloat16`` for tensor cores);
 the device name is written with the results.
 
+Training peer (``--torch``): the same architecture in PyTorch (``nn.Transformer`` with
+seqjax's preset: d_model, heads, layers, d_ff, pre-LN with final LayerNorms, ReLU,
+dropout, scaled shared embeddings tied to the output projection, sinusoidal positions),
+trained with the same step: forward, label-smoothed (0.1) cross-entropy ignoring PAD,
+backward, global-norm clipping at 1.0 and AdamW, on the same batch shapes and with
+``torch.set_num_threads`` = the CPU count. Its steps are interleaved with seqjax's in the
+cell, and the table gives seqjax/torch tokens/s from the same run. (torch's attention
+also drops out attention weights with the preset's dropout, seqjax's attention dropout is
+0: slightly more work on torch's side.)
+
 Example::
 
     python experiments/bench_train.py --models small,base --batches 16,32,64 --repeats 5
+    python experiments/bench_train.py --models small,base --batches 32 --torch  # with the peer
 """
 
 from __future__ import annotations
@@ -119,6 +130,65 @@ def random_batch(cfg: ModelConfig, rows: int, src_len: int, tgt_len: int, rng) -
     return {"src": jnp.asarray(src), "tgt_in": jnp.asarray(tgt_in), "tgt_out": jnp.asarray(tgt)}
 
 
+class TorchPeer:
+    """seqjax's Transformer preset as a PyTorch model with the same train step."""
+
+    def __init__(self, cfg: ModelConfig, threads: int) -> None:
+        import torch
+        from torch import nn
+
+        torch.manual_seed(0)
+        torch.set_num_threads(threads)
+        self.torch, self.cfg = torch, cfg
+        d = cfg.d_model
+        self.embed = nn.Embedding(cfg.vocab_size, d)
+        self.core = nn.Transformer(
+            d_model=d,
+            nhead=cfg.num_heads,
+            num_encoder_layers=cfg.num_encoder_layers,
+            num_decoder_layers=cfg.num_decoder_layers,
+            dim_feedforward=cfg.d_ff,
+            dropout=cfg.dropout,
+            activation="relu",
+            batch_first=True,
+            norm_first=cfg.pre_ln,
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+        pos = np.arange(cfg.max_len)[:, None] / 10000 ** (np.arange(0, d, 2) / d)
+        table = np.zeros((cfg.max_len, d), np.float32)
+        table[:, 0::2], table[:, 1::2] = np.sin(pos), np.cos(pos)
+        self.pos = torch.tensor(table)
+        self.modules = nn.ModuleList([self.embed, self.core])
+        self.opt = torch.optim.AdamW(self.modules.parameters(), lr=1e-4, weight_decay=0.0)
+        self.loss = nn.CrossEntropyLoss(ignore_index=cfg.pad_id, label_smoothing=0.1)
+
+    def _in(self, ids):
+        x = self.embed(ids) * self.cfg.d_model**0.5 + self.pos[: ids.shape[1]]
+        return self.drop(x)
+
+    def step(self, batch: dict) -> float:
+        torch = self.torch
+        src, tgt_in, tgt_out = (torch.from_numpy(np.asarray(batch[k])).long() for k in
+                                ("src", "tgt_in", "tgt_out"))  # fmt: skip
+        t = tgt_in.shape[1]
+        causal = torch.triu(torch.full((t, t), float("-inf")), diagonal=1)
+        self.modules.train()
+        h = self.core(
+            self._in(src),
+            self._in(tgt_in),
+            tgt_mask=causal,
+            src_key_padding_mask=src == self.cfg.pad_id,
+            memory_key_padding_mask=src == self.cfg.pad_id,
+        )
+        logits = h @ self.embed.weight.T  # tied output projection
+        loss = self.loss(logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.modules.parameters(), 1.0)
+        self.opt.step()
+        return loss.item()
+
+
 def bench_cell(preset: str, rows: int, args, rng) -> dict:
     """Time the step, interleaved with the best GEMM shape; rates by wall and by CPU time."""
     cfg = model_preset(preset, dtype=args.dtype)
@@ -137,11 +207,19 @@ def bench_cell(preset: str, rows: int, args, rng) -> dict:
     for _ in range(args.warmup):
         state, m = step(state, batch, key)
     jax.block_until_ready(m)
-    wall, cpu, g_wall, g_cpu = [], [], [], []
+    peer = TorchPeer(cfg, os.cpu_count() or 1) if args.torch else None
+    if peer is not None:
+        for _ in range(1 + args.warmup):
+            peer.step(batch)
+    wall, cpu, g_wall, g_cpu, t_wall = [], [], [], [], []
     for _ in range(args.repeats):
         (state, m), w, c = timed(step, state, batch, key)
         wall.append(w)
         cpu.append(c)
+        if peer is not None:  # interleaved with seqjax's step
+            t0 = time.perf_counter()
+            peer.step(batch)
+            t_wall.append(time.perf_counter() - t0)
         gw, gc = best.run(args.gemm_repeats)
         g_wall.append(gw)
         g_cpu.append(gc)
@@ -156,7 +234,11 @@ def bench_cell(preset: str, rows: int, args, rng) -> dict:
         "all_shapes_gflop_per_cpu_s": {k: g.gflop / g.run(1)[1] for k, g in gemms.items()},
     }
     step_rate_cpu = flops / med_cpu / 1e9
+    torch_tps = rows * args.tgt_len / statistics.median(t_wall) if t_wall else None
     return {
+        "torch_tokens_per_s": torch_tps,
+        "torch_step_s_runs": t_wall,
+        "ratio_vs_torch": rows * args.tgt_len / med / torch_tps if torch_tps else None,
         "model": preset,
         "batch": rows,
         "tokens_per_step": rows * args.tgt_len,
@@ -220,6 +302,21 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"| {g['gflops_wall']:.0f} | {r['fraction_wall']:.0%} | {r['load'][0]:.1f} "
             f"| {r['fraction_cpu_of_run_peak']:.0%} |"
         )
+    if any(r.get("torch_tokens_per_s") for r in rows):
+        lines += [
+            "",
+            "Training peer: the same architecture in PyTorch (forward + backward + clipping + "
+            "AdamW, same shapes, dropout, label smoothing, threads), interleaved in the cell:",
+            "",
+            "| model | batch | seqjax tokens/s | PyTorch tokens/s | seqjax/PyTorch | load |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['model']} | {r['batch']} | {r['tokens_per_s']:.0f} | "
+            f"{r['torch_tokens_per_s']:.0f} | {r['ratio_vs_torch']:.2f}x | {r['load'][0]:.1f} |"
+            for r in rows
+            if r.get("torch_tokens_per_s")
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -237,6 +334,7 @@ def main(argv=None) -> None:
     p.add_argument(
         "--gemm-repeats", type=int, default=3, help="matmul calls per GEMM timing (median)"
     )
+    p.add_argument("--torch", action="store_true", help="also time the PyTorch training peer")
     p.add_argument(
         "--out", default="experiments/results/bench_train", help="writes STEM.json and STEM.md"
     )
@@ -253,7 +351,13 @@ def main(argv=None) -> None:
                 f"{preset:>6} b{b:<4} {r['tokens_per_s']:7.0f} tok/s | per cpu-s: step "
                 f"{r['gflop_per_cpu_s']:.0f} GFLOP, GEMM {g['gflop_per_cpu_s']:.0f} ({g['shape']}) "
                 f"-> {r['fraction_cpu']:.0%} | wall: step {r['gflops']:.0f} GFLOP/s, GEMM "
-                f"{g['gflops_wall']:.0f} -> {r['fraction_wall']:.0%} | load {r['load'][0]:.1f}",
+                f"{g['gflops_wall']:.0f} -> {r['fraction_wall']:.0%} | load {r['load'][0]:.1f}"
+                + (
+                    f" | torch {r['torch_tokens_per_s']:.0f} tok/s, seqjax/torch "
+                    f"{r['ratio_vs_torch']:.2f}x"
+                    if r["torch_tokens_per_s"]
+                    else ""
+                ),  # fmt: skip
                 flush=True,
             )
     dev = jax.devices()[0]

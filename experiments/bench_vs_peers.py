@@ -44,6 +44,7 @@ from results_io import write_results
 
 from seqjax.decoding import beam_search, greedy
 from seqjax.interop.hf import load_hf
+from seqjax.models.quantize import quantize_params
 
 VOCAB, PAD, EOS, UNK = 8000, 7999, 0, 1  # opus-mt layout: </s> 0, <unk> 1, <pad> last
 
@@ -97,8 +98,11 @@ def convert_ct2(hf_dir: Path, out: Path) -> None:
 class SeqjaxRunner:
     name = "seqjax"
 
-    def __init__(self, hf_dir: Path, new_tokens: int) -> None:
+    def __init__(self, hf_dir: Path, new_tokens: int, quantize: str | None = None) -> None:
         self.model, self.params, _ = load_hf(hf_dir)
+        if quantize is not None:  # weight-only int8, per output channel (models/quantize.py)
+            self.params = quantize_params(self.params, quantize)
+            self.name = f"seqjax_{quantize}"
         self.n = new_tokens
         self.fns: dict[tuple[str, int], Any] = {}
         self.traces = 0
@@ -160,11 +164,20 @@ class HFRunner:
 class CT2Runner:
     name = "ctranslate2"
 
-    def __init__(self, ct2_dir: Path, new_tokens: int, threads: int, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        ct2_dir: Path,
+        new_tokens: int,
+        threads: int,
+        device: str = "cpu",
+        compute_type: str = "float32",
+    ) -> None:
         import ctranslate2
 
+        if compute_type != "float32":
+            self.name = f"ctranslate2_{compute_type}"
         self.tr = ctranslate2.Translator(
-            str(ct2_dir), device=device, compute_type="float32", intra_threads=threads
+            str(ct2_dir), device=device, compute_type=compute_type, intra_threads=threads
         )
         self.n = new_tokens
 
@@ -248,6 +261,26 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"{_ratio(r['ratio_vs_ct2'])} | "
             f"{r['seqjax_first_call_s']:.1f} | {r['seqjax_compile_s']:.1f} |"
         )
+    if any("seqjax_int8" in r["tokens_per_s"] for r in rows):
+        lines += [
+            "",
+            "int8 weights (seqjax: weight-only int8, per-output-channel scales, dequantised "
+            "inside the matmul; CT2: `compute_type=int8`, its int8 GEMMs on quantised "
+            "activations), same interleaved rounds:",
+            "",
+            "| method | batch | seqjax int8 tok/s | CT2 int8 tok/s | seqjax int8/CT2 int8 | "
+            "seqjax int8/seqjax fp32 | CT2 int8/CT2 fp32 |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            t = r["tokens_per_s"]
+            si, ci = t["seqjax_int8"], t.get("ctranslate2_int8")
+            cf = t.get("ctranslate2")
+            lines.append(
+                f"| {r['method']} | {r['batch']} | {si:.0f} | "
+                f"{'n/a' if ci is None else f'{ci:.0f}'} | {_ratio(ci and si / ci)} | "
+                f"{si / t['seqjax']:.2f}x | {_ratio(ci and cf and ci / cf)} |"
+            )
     lines += [
         "",
         "Targets: seqjax >= 3x HF PyTorch and >= 1x CTranslate2 in every cell. "
@@ -275,6 +308,11 @@ def main(argv: list[str] | None = None) -> None:
         help="where HF PyTorch and CTranslate2 run (seqjax runs on JAX's default backend); "
         "with cuda, CT2 is skipped when its wheel sees no GPU",
     )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also time seqjax with --quantize int8 weights and CT2 with compute_type int8",
+    )
     p.add_argument("--workdir", help="where to keep the model dirs (default: a temp dir)")
     p.add_argument("--out", default="experiments/results/bench_vs_peers")
     args = p.parse_args(argv)
@@ -293,6 +331,10 @@ def main(argv: list[str] | None = None) -> None:
         peers.append(CT2Runner(ct2_dir, args.new_tokens, args.threads, args.device))
     else:
         print("CTranslate2 sees no CUDA device: CT2 is left out of this run", flush=True)
+    if args.int8:
+        peers.append(SeqjaxRunner(hf_dir, args.new_tokens, "int8"))
+        if args.device == "cpu" or ct2_sees_gpu():
+            peers.append(CT2Runner(ct2_dir, args.new_tokens, args.threads, args.device, "int8"))
     systems = [sj, *peers]
     rng = np.random.default_rng(args.seed)
 

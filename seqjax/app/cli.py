@@ -269,6 +269,24 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_quantize_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="int8: weight-only int8 with per-output-channel scales for the big matrices "
+        "(dequantised inside the compiled matmuls; 4x smaller weights)",
+    )
+
+
+def _quantize(translator: Any, args: argparse.Namespace) -> None:
+    """Apply --quantize to a loaded translator (and its amateur)."""
+    from seqjax.models.quantize import quantize_params
+
+    for tr in (translator, translator.amateur):
+        if tr is not None:
+            tr.params = quantize_params(tr.params, args.quantize)
+
+
 def _mesh(args: argparse.Namespace) -> Any:
     from seqjax.sharding import make_mesh
 
@@ -492,6 +510,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
         )
     elif args.amateur:
         translator.amateur = load(args.amateur, mesh=_mesh(args), dtype=args.dtype)
+    if args.quantize:
+        _quantize(translator, args)
     cfg = _translate_extras(args, cfg, translator)
     if args.ensemble:
         translator = _with_ensemble(args, translator)
@@ -564,6 +584,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_output(args.output)
     _check_amateur(args, cfg)
     options = dict(mesh=_mesh(args), dtype=args.dtype, amateur=args.amateur)
+    if args.quantize:
+        options["quantize"] = args.quantize
     if args.src:
         evaluate_files(args.checkpoint, cfg, args.src, args.ref, output=args.output, **options)
     else:
@@ -795,6 +817,7 @@ def _add_translate_parser(sub: Any) -> None:
         "probabilities (fairseq); same tokenizers as --checkpoint",
     )
     add_runtime_args(tr)
+    add_quantize_arg(tr)
     tr.set_defaults(func=cmd_translate)
 
 
@@ -819,6 +842,7 @@ def _add_evaluate_parser(sub: Any) -> None:
     ev.add_argument("--output", metavar="FILE", help="also write the hypotheses here")
     add_decode_args(ev)
     add_runtime_args(ev)
+    add_quantize_arg(ev)
     ev.set_defaults(func=cmd_evaluate)
 
 

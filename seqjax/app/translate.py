@@ -340,6 +340,7 @@ def load(
     mesh: Mesh | None = None,
     dtype: str | None = None,
     amateur: str | Path | None = None,
+    quantize: str | None = None,
 ) -> Translator:
     """Restore a run directory (config + tokenizer + Orbax params) as a ``Translator``.
 
@@ -348,8 +349,14 @@ def load(
     in (e.g. ``"bfloat16"``; params stay float32), instead of the one trained with.
     ``amateur``: run directory of the small model for contrastive decoding (its best params;
     it must share the target tokenizer).
+    ``quantize``: ``"int8"`` stores the big matrices as int8 with per-channel scales
+    (``seqjax.models.quantize``); None keeps float32.
     """
     model, params = run_dir.load_model(path, which=which)
+    if quantize is not None:
+        from seqjax.models.quantize import quantize_params
+
+        params = quantize_params(params, quantize)
     model = with_dtype(model, dtype)
     src_tok, tgt_tok = run_dir.read_tokenizers(path)
     small = None

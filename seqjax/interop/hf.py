@@ -372,18 +372,24 @@ def load_hf_translator(
     *,
     mesh: Any = None,
     dtype: str | None = None,
+    quantize: str | None = None,
 ) -> Any:
     """A ``seqjax.inference.Translator`` for a HF checkpoint directory.
 
     Text in/out when the directory has a Marian tokenizer, whitespace-separated token ids
     otherwise. ``decode_config`` defaults to the checkpoint's generation settings
-    (``hf_decode_config``). ``mesh`` and ``dtype`` as for ``seqjax.inference.load``.
+    (``hf_decode_config``). ``mesh``, ``dtype`` and ``quantize`` as for
+    ``seqjax.app.translate.load``.
     """
     from seqjax.app.translate import Translator, with_dtype
     from seqjax.interop.hf_tokenizer import IdTokenizer
 
     model, params, tokenizer = load_hf(path)
     model = with_dtype(model, dtype)
+    if quantize is not None:
+        from seqjax.models.quantize import quantize_params
+
+        params = quantize_params(params, quantize)
     if decode_config is None:
         decode_config = hf_decode_config(hf_generation_settings(path), model.config)
     tokenizer = tokenizer or IdTokenizer(model.config)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.config import ModelConfig
+from seqjax.models.quantize import dequantize
 
 Params = Any
 Cache = dict[str, Any]
@@ -75,6 +76,7 @@ class EncoderDecoder:
 
     def encode(self, params: Params, src_BxS: jax.Array, src_mask_BxS: jax.Array) -> jax.Array:
         """Encoder output ``memory [B, S, ...]`` (padding positions are masked downstream)."""
+        params = dequantize(params)  # int8 weights: converted inside the caller's program
         return self.net.apply(params, src_BxS, src_mask_BxS, method="encode")
 
     def init_cache(
@@ -85,6 +87,7 @@ class EncoderDecoder:
         if not 1 <= max_len <= (max_len if limit is None else limit):
             bound = "" if limit is None else f", <= {limit} (the model's max_len)"
             raise ValueError(f"init_cache: max_len must be >= 1{bound}, got {max_len}")
+        params = dequantize(params)
         return self.net.apply(params, memory, src_mask_BxS, max_len, method="init_cache")
 
     def decode_step(
@@ -92,6 +95,7 @@ class EncoderDecoder:
     ) -> tuple[jax.Array, Cache, jax.Array]:
         """One target position: ``(logits [B, V], new cache, cross-attention [B, S])``."""
         position = jnp.asarray(position, jnp.int32)
+        params = dequantize(params)  # inside the step: int8 stays the loop's input
         return self.net.apply(params, cache, token_B, position, method="decode_step")
 
     def step_params(self, params: Params) -> Params:
@@ -155,6 +159,7 @@ class EncoderDecoder:
     ) -> jax.Array:
         """Teacher-forced logits ``[B, T, V]``; dropout is on iff ``dropout_rng`` is given."""
         train = dropout_rng is not None
+        params = dequantize(params)
         return self.net.apply(
             params,
             src_BxS,

@@ -37,6 +37,7 @@ from jax import lax
 
 from seqjax.config import ModelConfig
 from seqjax.models.interface import Cache, Params
+from seqjax.models.quantize import take_rows
 from seqjax.models.transformer_ops import (
     NEG_INF,
     activation_fn,
@@ -92,7 +93,7 @@ def step_weights(cfg: ModelConfig, params: Params) -> Weights:
         # ``Embed.attend`` promotes to the table's float32; a [D, V] copy made once per
         # call keeps the per-step product a plain ``x @ W`` (contracting the table's
         # minor axis makes XLA transpose all of it inside the loop, at every step).
-        out_w, out_b = jnp.transpose(table), None
+        out_w, out_b = table.T, None  # .T: also an int8 QuantizedArray's
     else:
         out_w = p["logits_dense"]["kernel"].astype(dt)
         out_b = p["logits_dense"]["bias"].astype(dt)
@@ -213,7 +214,7 @@ def decode_step(
     embed_ln = weights["embed_ln"]
     x = embed(
         cfg,
-        jnp.take(weights["embed"], token_B, axis=0),
+        take_rows(weights["embed"], token_B),
         lax.dynamic_index_in_dim(weights["positions"], position, 0, keepdims=True),
         None if embed_ln is None else (lambda h: apply_layer_norm(cfg, embed_ln, h)),
     )  # [B, D]

@@ -1,0 +1,181 @@
+"""Weight-only int8: per-output-channel symmetric quantisation of a params pytree.
+
+``quantize_params(params)`` returns the same pytree with the big matrices replaced by
+``QuantizedArray`` leaves (``q`` int8 of the original shape, ``scale`` float32 with the
+contracted axes kept as size 1); everything else stays float32. The int8 values are what
+the decoders receive as traced weights: the conversion happens inside the compiled program,
+
+- in the Transformer's decode step, inside each matmul: ``x @ w`` on a ``QuantizedArray``
+  is ``dot_general(x, q) * scale`` (the scale is per output column, so it factors out of
+  the sum), and the embedding lookup converts only the looked-up rows;
+- everywhere else (encoders, ``init_cache``, the RNN step, ``forward``) ``dequantize``
+  at the start of the jitted function (the model interface does it), so a float copy
+  exists only as a temporary of that program.
+
+Which leaves, and why (``quantize_rule``):
+
+- ``kernel`` of every Dense layer (attention q/k/v/out, FFN, RNN bridge/combine,
+  ``logits_dense``) and the LSTM/attention matrices ``w_x``, ``w_h``, ``w_k``, ``w_q``:
+  they are almost all of the bytes a decode step reads, and a matmul is linear in the
+  weight, so one scale per output channel comes out of the sum exactly. Attention output
+  projections (``out``, ``self_out``, ``cross_out``: ``[H, Dh, D]``) contract two axes.
+- ``embedding`` of ``src_embed`` / ``tgt_embed`` (``[V, D]``): one scale per vocabulary
+  row, which serves both the lookup (a row is dequantised with its own scale) and the
+  tied output projection (row ``v`` is output channel ``v`` of ``x @ E^T``).
+- kept in float32: biases, LayerNorm, the Bahdanau vector ``v`` and learned position
+  tables (small, added rather than multiplied, and where int8 error would shift every
+  token alike), and any matrix under ``min_size`` elements (no saving worth the error).
+
+Error bound: ``|w - dequantize(q)| <= scale / 2 = max|w_channel| / 254`` elementwise.
+
+>>> import numpy as np
+>>> w = np.array([[1.0, -0.5], [0.25, 2.0]], np.float32)
+>>> qa = quantize_array(w, contract_axes=(0,))
+>>> qa.q.dtype, qa.scale.shape
+(dtype('int8'), (1, 2))
+>>> bool(np.all(np.abs(np.asarray(qa.dequantize()) - w) <= np.asarray(qa.scale) / 2))
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+QUANT_MODES = ("int8",)
+_MATRIX_NAMES = ("kernel", "w_x", "w_h", "w_k", "w_q")
+_EMBED_MODULES = ("src_embed", "tgt_embed")
+_HEAD_SPLIT_OUT = ("out", "self_out", "cross_out")  # kernels [H, Dh, D]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class QuantizedArray:
+    """An int8 array with float scales: ``value = q * scale`` (``scale`` broadcasts).
+
+    ``scale`` has ``q``'s rank, size 1 on the contracted (input) axes. Behaves like the
+    float array it stands for where the decode step needs it: ``shape``, ``dtype`` (the
+    scale's), ``astype`` (of the scale), ``reshape(rows, -1)``, ``.T``, ``x @ w`` and
+    row slicing; anything else should ``dequantize()`` first.
+    """
+
+    q: jax.Array  # int8, the array's shape
+    scale: jax.Array  # float, q's rank, 1 on the contracted axes
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.q.shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.q.shape)
+
+    @property
+    def dtype(self) -> jnp.dtype:
+        return self.scale.dtype
+
+    def dequantize(self) -> jax.Array:
+        return self.q.astype(self.scale.dtype) * self.scale
+
+    def astype(self, dtype: Any) -> QuantizedArray:
+        return QuantizedArray(self.q, self.scale.astype(dtype))
+
+    def reshape(self, rows: int, cols: int = -1) -> QuantizedArray:
+        """``[rows, cols]``: the leading size-1 scale axes become the rows (input axes)."""
+        lead = 0
+        while lead < self.ndim and self.scale.shape[lead] == 1:
+            lead += 1
+        if math.prod(self.shape[:lead]) != rows:
+            raise ValueError(f"reshape: rows must be {math.prod(self.shape[:lead])}, got {rows}")
+        return QuantizedArray(self.q.reshape(rows, cols), self.scale.reshape(1, -1))
+
+    @property
+    def T(self) -> QuantizedArray:  # noqa: N802 (the array attribute's name)
+        return QuantizedArray(self.q.T, self.scale.T)
+
+    def __getitem__(self, index: Any) -> QuantizedArray:
+        if self.scale.shape[0] != 1:
+            raise ValueError("QuantizedArray: only input rows (scale size 1) can be sliced")
+        return QuantizedArray(self.q[index], self.scale)
+
+    def __rmatmul__(self, x: jax.Array) -> jax.Array:
+        """``x [..., K] @ w [K, N]``: int8 operand into the dot, per-column scale after."""
+        if self.ndim != 2 or self.scale.shape[0] != 1:
+            return x @ self.dequantize()  # per-row scales do not factor out of the sum
+        y = lax.dot_general(
+            x, self.q, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=x.dtype
+        )
+        return y * self.scale[0].astype(x.dtype)
+
+
+def quantize_array(w: Any, contract_axes: Sequence[int]) -> QuantizedArray:
+    """Symmetric int8 with one scale per slice over ``contract_axes`` (NumPy, on the host)."""
+    w = np.asarray(w, np.float32)
+    amax = np.max(np.abs(w), axis=tuple(contract_axes), keepdims=True)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    return QuantizedArray(jnp.asarray(q), jnp.asarray(scale))
+
+
+def quantize_rule(path: tuple[str, ...], shape: tuple[int, ...], min_size: int):
+    """The contracted axes of the leaf at ``path`` (dict keys), or None to keep it float."""
+    if len(shape) < 2 or math.prod(shape) < min_size:
+        return None
+    name, module = path[-1], (path[-2] if len(path) > 1 else "")
+    if name == "embedding" and module in _EMBED_MODULES:
+        return (len(shape) - 1,)  # one scale per vocabulary row
+    if name not in _MATRIX_NAMES:
+        return None
+    if name == "kernel" and module in _HEAD_SPLIT_OUT and len(shape) == 3:
+        return (0, 1)
+    return (0,)
+
+
+def quantize_params(params: Any, mode: str = "int8", *, min_size: int = 1024) -> Any:
+    """``params`` with the matrices ``quantize_rule`` selects as int8 ``QuantizedArray``."""
+    if mode not in QUANT_MODES:
+        raise ValueError(f"quantize: mode must be one of {', '.join(QUANT_MODES)}, got {mode!r}")
+
+    def one(path: tuple[Any, ...], leaf: Any) -> Any:
+        keys = tuple(str(getattr(k, "key", k)) for k in path)
+        axes = quantize_rule(keys, tuple(np.shape(leaf)), min_size)
+        return leaf if axes is None else quantize_array(leaf, axes)
+
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+def _is_quantized(x: Any) -> bool:
+    return isinstance(x, QuantizedArray)
+
+
+def is_quantized(params: Any) -> bool:
+    """Whether any leaf of ``params`` is a ``QuantizedArray``."""
+    return any(_is_quantized(x) for x in jax.tree.leaves(params, is_leaf=_is_quantized))
+
+
+def dequantize(params: Any) -> Any:
+    """Float params (``q * scale`` per quantised leaf); other trees pass through unchanged."""
+    if not is_quantized(params):
+        return params
+    return jax.tree.map(
+        lambda x: x.dequantize() if _is_quantized(x) else x, params, is_leaf=_is_quantized
+    )
+
+
+def take_rows(table: Any, ids: jax.Array) -> jax.Array:
+    """``table[ids]`` (an embedding lookup); a quantised table converts only those rows."""
+    if _is_quantized(table):
+        return table.q[ids].astype(table.dtype) * table.scale[ids]
+    return jnp.take(table, ids, axis=0)
+
+
+def param_bytes(params: Any) -> int:
+    """Bytes of the params' arrays (int8 leaves count one byte an element)."""
+    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)))
