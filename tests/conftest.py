@@ -13,6 +13,45 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("SEQJAX_NO_COMPILE_CACHE", "1")
 
 
+# -- the process's memory mappings --
+#
+# XLA:CPU keeps every compiled program in its own memory mappings (~6 per small program,
+# measured with jax 0.10.2), and jit caches keep them alive. The default suite compiles
+# several thousand programs in one process; near Linux's per-process limit
+# (vm.max_map_count, 65,530 by default) an mmap inside LLVM fails and XLA segfaults while
+# compiling. So between test modules, once half the limit is used, drop the compiled
+# programs (they recompile on next use).
+
+
+def _mapping_limit() -> int:
+    try:
+        return int(open("/proc/sys/vm/max_map_count").read())
+    except (OSError, ValueError):
+        return 65530
+
+
+def mapping_count() -> int | None:
+    """Memory mappings of this process (None where /proc is absent)."""
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    yield
+    n = mapping_count()
+    if n is not None and n > _mapping_limit() // 2:
+        import gc
+
+        import jax
+
+        jax.clear_caches()
+        gc.collect()
+
+
 @pytest.fixture(scope="session")
 def toy_corpus(tmp_path_factory):
     """A small synthetic parallel corpus on disk: target = reversed, upper-cased source words."""
