@@ -60,3 +60,43 @@ def test_beam_variants_refuse_options_they_do_not_take(variant, option):
     name = next(iter(option))
     with pytest.raises(ValueError, match=f"^{name} is not supported with"):
         decode(step, None, DecodeConfig(**base, **length, **option), **ids)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(method="greedy"),
+        dict(method="sample", num_samples=2, temperature=2.0),
+        dict(method="beam", beam_size=3, n_best=2),
+        dict(method="beam", beam_size=4, n_best=2, diverse_groups=2, diversity_penalty=1.0),
+        dict(method="beam", beam_size=3, n_best=2, beam_sample=True),
+        dict(method="contrastive", beam_size=1, contrastive_lambda=1.0),
+        dict(method="contrastive", beam_size=3, n_best=2, contrastive_lambda=1.0),
+    ],
+)
+def test_decode_passes_outputs_and_stream_to_every_method(cache3, options):
+    """config.outputs fills the result's fields as the decoder called directly would (same
+    tokens as without); a streaming config streams and ends with the result's best."""
+    from seqjax.decoding.streaming import consumer
+
+    kw = dict(max_len=6, amateur=(amateur_step, make_rnn_cache(3, seed=9)), **IDS)
+    plain = decode(rnn_step, cache3, DecodeConfig(**options), **kw)
+    cfg = DecodeConfig(outputs=("alignments", "step_log_probs"), stream=True, **options)
+    events = []
+    with consumer(lambda t, tokens: events.append(tokens.copy())) as sid:
+        r = decode(rnn_step, cache3, cfg, stream=sid, **kw)
+    np.testing.assert_array_equal(r.tokens, plain.tokens)
+    B, K, L = r.tokens.shape
+    assert r.alignments.shape == (B, K, L, 3) and r.step_log_probs.shape == (B, K, L, 5)
+    chosen = np.take_along_axis(np.asarray(r.step_log_probs), np.asarray(r.tokens)[..., None], 3)
+    np.testing.assert_allclose(chosen[..., 0], r.log_probs, atol=1e-5)
+    assert plain.alignments is None and events
+    if options["method"] in ("greedy", "sample") or options.get("beam_size") == 1:
+        streamed = np.stack(events, axis=1)  # each row's new token, position by position
+        np.testing.assert_array_equal(
+            streamed, np.asarray(r.tokens).reshape(B * K, L)[:, : len(events)]
+        )
+    else:
+        np.testing.assert_array_equal(events[-1], r.tokens[:, 0])
+    with pytest.raises(ValueError, match=r"^stream: the config streams; pass the consumer"):
+        decode(rnn_step, cache3, cfg, **kw)
