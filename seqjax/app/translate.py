@@ -217,8 +217,9 @@ class Translator:
         hypothesis ``k`` of sentence ``i``: each target token with the source token its
         cross-attention weighs most (``seqjax.decoding.outputs.hard_alignment``). Positions
         are subword-token positions from 0: source pieces as the source tokenizer cuts the
-        (possibly truncated) sentence, target pieces of the text up to EOS (EOS, PAD and BOS
-        are not counted). A blank sentence has one empty alignment.
+        (possibly truncated) sentence, target pieces of the hypothesis up to EOS (EOS, PAD
+        and BOS are not counted; a piece that detokenises to nothing, such as a lone ``▁``,
+        is). A blank sentence has one empty alignment.
         """
         cfg = config or self.decode_config
         if "alignments" not in cfg.outputs:
