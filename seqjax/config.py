@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
-from seqjax.decode_checks import RULES, check_options, check_token_lists
+from seqjax.decode_checks import RULES, check_options, check_output_names, check_token_lists
 
 T = TypeVar("T")
 
@@ -454,6 +454,10 @@ class DecodeConfig:
     ``begin_suppress_tokens`` (``seqjax.decoding.processors``).
     ``length_penalty``: ``gnmt`` uses ((5+len)/6)**alpha; ``hf`` uses len**alpha (the
     HuggingFace convention; with alpha 1 the score is the mean token log-prob).
+    ``outputs`` (``("alignments", "step_log_probs")`` or a subset) fills those
+    ``DecodeResult`` fields; ``stream=True`` compiles the decoder with its streaming
+    callback and ``decode()`` then takes the consumer as ``stream=ID``
+    (``seqjax.decoding.streaming``).
     """
 
     method: str = "beam"
@@ -493,6 +497,11 @@ class DecodeConfig:
     diverse_groups: int = 1
     diversity_penalty: float = 0.0
     beam_sample: bool = False
+    # Issue 15: optional outputs and streaming (every method). outputs: DecodeResult fields
+    # to fill, a tuple of "alignments" (cross-attention per token) and "step_log_probs";
+    # stream: compile the decoder with its streaming callback (decode() then needs stream=ID).
+    outputs: tuple[str, ...] = ()
+    stream: bool = False
 
     def __post_init__(self) -> None:
         _check(
@@ -514,6 +523,12 @@ class DecodeConfig:
         _check(self.convention in ("seqjax", "hf"), "convention: use seqjax or hf")
         _check(self.batch_size >= 1, "batch_size must be >= 1")
         self._check_search_variants()
+        _check(isinstance(self.outputs, tuple), f"outputs must be a tuple, got {self.outputs!r}")
+        try:
+            check_output_names(self.outputs)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        _check(isinstance(self.stream, bool), f"stream must be true or false, got {self.stream!r}")
 
     def _check_search_variants(self) -> None:
         _check(

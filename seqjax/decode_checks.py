@@ -103,5 +103,26 @@ def check_token_lists(**lists: Any) -> None:
                 raise ValueError(f"{name} must be a tuple of token ids, got {item!r}")
 
 
+OUTPUTS = ("alignments", "step_log_probs")  # seqjax.decoding.outputs
+
+
+def check_output_names(outputs: Any) -> None:
+    """``outputs`` is a tuple of distinct names from ``OUTPUTS``.
+
+    >>> check_output_names(("alignments",))
+    >>> check_output_names(("attention",))
+    Traceback (most recent call last):
+    ...
+    ValueError: outputs: unknown 'attention'; use a tuple of alignments, step_log_probs
+    """
+    if not isinstance(outputs, tuple | list):
+        raise ValueError(f"outputs must be a tuple of {', '.join(OUTPUTS)}, got {outputs!r}")
+    for name in outputs:
+        if name not in OUTPUTS:
+            raise ValueError(f"outputs: unknown {name!r}; use a tuple of {', '.join(OUTPUTS)}")
+    if len(set(outputs)) != len(outputs):
+        raise ValueError(f"outputs: each name at most once, got {tuple(outputs)!r}")
+
+
 def _first(v: np.ndarray, bad: np.ndarray) -> Any:
     return v.item() if v.ndim == 0 else v[bad].flat[0].item()

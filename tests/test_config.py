@@ -38,6 +38,10 @@ from seqjax.config import (
         ({"repetition_penalty": 0.0}, "repetition_penalty"),
         ({"coverage": -0.1}, "coverage"),
         ({"method": "bogus"}, "method"),
+        ({"outputs": ("attention",)}, "outputs: unknown 'attention'"),
+        ({"outputs": ("alignments", "alignments")}, "outputs: each name at most once"),
+        ({"outputs": ["alignments"]}, "outputs must be a tuple"),
+        ({"stream": 1}, "stream must be true or false"),
     ],
 )
 def test_decode_config_rejects_bad_values(kwargs, field):
@@ -60,6 +64,8 @@ def test_decode_config_rejects_bad_values(kwargs, field):
         (TrainConfig, {"src": 3, "tgt": "t"}, ["src=3", "string"]),
         (TrainConfig, {"length_buckets": [8, "x"]}, ["length_buckets=[8, 'x']", "list"]),
         (DecodeConfig, {"beam_size": 2.5}, ["beam_size=2.5", "integer"]),
+        (DecodeConfig, {"outputs": "alignments"}, ["outputs='alignments'", "list of strings"]),
+        (DecodeConfig, {"stream": "yes"}, ["stream='yes'", "true or false"]),
     ],
 )
 def test_wrong_type_names_field_value_and_type(cls, data, needles):
@@ -121,3 +127,13 @@ def test_read_toml_bad_file_is_a_config_error(tmp_path, data, expect):
         path.write_bytes(data)
     with pytest.raises(ConfigError, match=expect):
         read_toml(path)
+
+
+def test_decode_outputs_and_stream_round_trip_through_toml(tmp_path):
+    from seqjax.config import dumps_toml
+
+    cfg = DecodeConfig(outputs=("alignments", "step_log_probs"), stream=True)
+    path = tmp_path / "d.toml"
+    path.write_text(dumps_toml({"decode": cfg}))
+    assert from_dict(DecodeConfig, read_toml(path)["decode"]) == cfg
+    assert hash(cfg) == hash(dataclasses.replace(cfg))  # static: a jit cache key

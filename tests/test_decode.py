@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from toy_models import (
 )
 
 from seqjax.config import DecodeConfig
-from seqjax.decoding import beam_search, decode, jitted
+from seqjax.decoding import beam_search, decode, greedy, jitted
 
 
 def test_decode_dispatches_on_config(cache3, rnn_greedy):
@@ -60,3 +61,51 @@ def test_beam_variants_refuse_options_they_do_not_take(variant, option):
     name = next(iter(option))
     with pytest.raises(ValueError, match=f"^{name} is not supported with"):
         decode(step, None, DecodeConfig(**base, **length, **option), **ids)
+
+
+METHODS = [
+    dict(method="greedy"),
+    dict(method="sample", num_samples=2, temperature=2.0),
+    dict(method="beam", beam_size=3, n_best=2),
+    dict(method="beam", beam_size=3, n_best=2, early_stopping="true"),
+    dict(method="beam", beam_size=4, n_best=2, diverse_groups=2, diversity_penalty=1.0),
+    dict(method="beam", beam_size=3, n_best=2, beam_sample=True),
+    dict(method="contrastive", beam_size=1, contrastive_lambda=1.0),
+    dict(method="contrastive", beam_size=3, n_best=2, contrastive_lambda=1.0),
+]
+
+
+@pytest.mark.parametrize("options", METHODS)
+def test_decode_passes_outputs_and_stream_to_every_method(cache3, options):
+    """Every method's program (lowered, not compiled) holds the config's outputs and the
+    streaming callback exactly when asked; a streaming config needs a consumer."""
+    kw = dict(max_len=6, amateur=(amateur_step, make_rnn_cache(3, seed=9)), **IDS)
+    both = ("alignments", "step_log_probs")
+
+    def program(cfg, stream=None):
+        run = jax.jit(lambda c, sid: decode(rnn_step, c, cfg, stream=sid, **kw))
+        lowered = run.lower(cache3, stream)
+        return lowered.as_text(), lowered.out_info
+
+    text, out = program(DecodeConfig(**options))
+    assert out.alignments is None and out.step_log_probs is None and "callback" not in text
+    text, out = program(DecodeConfig(outputs=both, stream=True, **options), stream=1)
+    B, K, L = out.tokens.shape
+    assert out.alignments.shape == (B, K, L, 3) and out.step_log_probs.shape == (B, K, L, 5)
+    assert "callback" in text
+    with pytest.raises(ValueError, match=r"^stream: the config streams; pass the consumer"):
+        decode(rnn_step, cache3, DecodeConfig(stream=True, **options), **kw)
+
+
+def test_decode_outputs_and_stream_run_as_the_decoder_does(cache3, rnn_greedy):
+    from seqjax.decoding.streaming import consumer
+
+    cfg = DecodeConfig(method="greedy", outputs=("alignments",), stream=True)
+    events = []
+    with consumer(lambda t, tokens: events.append(tokens.copy())) as sid:
+        r = decode(rnn_step, cache3, cfg, stream=sid, max_len=6, **IDS)
+    assert_same_result(r._replace(alignments=None), rnn_greedy)
+    direct = jitted(greedy)(rnn_step, cache3, outputs=("alignments",), **RNN_STATIC)
+    np.testing.assert_array_equal(r.alignments, direct.alignments)
+    streamed = np.stack(events, axis=1)  # each row's token, position by position
+    np.testing.assert_array_equal(streamed, np.asarray(r.tokens)[:, 0, : len(events)])

@@ -12,6 +12,8 @@ from toy_models import (
     RNN_STATIC,
     S,
     V,
+    amateur_step,
+    make_rnn_cache,
     np_rnn_step,
     rnn_step,
     rnn_step_no_attention,
@@ -21,6 +23,7 @@ from seqjax.decoding import (
     STATIC_ARGNAMES,
     beam_sample,
     beam_search,
+    contrastive,
     diverse_beam_search,
     greedy,
     jitted,
@@ -119,3 +122,51 @@ def test_bad_outputs_are_one_line_errors(cache3):
     # step log-probs need no attention
     r = greedy(rnn_step_no_attention, cache3, outputs=("step_log_probs",), **RNN_STATIC)
     assert r.step_log_probs.shape == (3, 1, L, V) and r.alignments is None
+
+
+# the options of test_contrastive.py: the runs without outputs are compiled once
+CONTRASTIVE = dict(contrastive_lambda=1.0, contrastive_alpha=0.1)
+
+
+@pytest.mark.parametrize("beam", [dict(beam_size=1, n_best=1), dict(beam_size=3, n_best=3)])
+def test_contrastive_outputs_are_the_experts_along_each_path(cache3, beam):
+    """Contrastive decoding reports the expert's attention and distribution at each token
+    it chose (the twin along the returned tokens), and asking changes no choice."""
+    amateur_cache = make_rnn_cache(3, seed=9)
+    args = (rnn_step, cache3, amateur_step, amateur_cache)
+    on = jitted(contrastive)(*args, outputs=BOTH, **CONTRASTIVE, **beam, **RNN_STATIC)
+    off = jitted(contrastive)(*args, **CONTRASTIVE, **beam, **RNN_STATIC)
+    np.testing.assert_array_equal(on.tokens, off.tokens)
+    np.testing.assert_allclose(on.scores, off.scores, atol=1e-6)
+    assert off.alignments is None and off.step_log_probs is None
+    check_outputs_match_twin(on, cache3)
+    # the amateur steered the choice: not the expert's own greedy path everywhere
+    expert = jitted(greedy)(rnn_step, cache3, **RNN_STATIC)
+    assert beam["beam_size"] > 1 or not np.array_equal(on.tokens, expert.tokens)
+
+
+def _lowered(decoder, args, **kw):
+    run = jax.jit(decoder, static_argnames=STATIC_ARGNAMES[decoder])
+    return run.lower(*args, **kw, **RNN_STATIC).as_text()
+
+
+@pytest.mark.parametrize(
+    "decoder, kw, rows",
+    [
+        (contrastive, dict(beam_size=1), "3"),
+        (contrastive, dict(beam_size=3, n_best=2), "3x3"),
+        (diverse_beam_search, dict(beam_size=4, num_groups=2, n_best=2), "6x2"),
+    ],
+)
+def test_contrastive_and_diverse_programs_carry_nothing_when_off(cache3, decoder, kw, rows):
+    """Off (the default): no output buffer and no host callback in the program; asking for
+    outputs adds the buffers, a stream adds the callback."""
+    args = (rnn_step, cache3)
+    if decoder is contrastive:
+        args = (*args, amateur_step, make_rnn_cache(3, seed=9))
+    off = _lowered(decoder, args, **kw)
+    assert off == _lowered(decoder, args, outputs=(), stream=None, **kw)
+    on = _lowered(decoder, args, outputs=BOTH, **kw)
+    for shape in (f"tensor<{rows}x{L}x{V}xf32>", f"tensor<{rows}x{L}x{S}xf32>"):
+        assert shape in on and shape not in off, shape
+    assert "callback" not in off and "callback" in _lowered(decoder, args, stream=1, **kw)

@@ -6,9 +6,25 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from toy_models import BIGRAM_STATIC, RNN_STATIC, bigram_step, rnn_step
+from toy_models import (
+    BIGRAM_STATIC,
+    RNN_STATIC,
+    amateur_step,
+    bigram_step,
+    make_rnn_cache,
+    rnn_step,
+)
 
-from seqjax.decoding import STATIC_ARGNAMES, beam_sample, beam_search, greedy, jitted, sample
+from seqjax.decoding import (
+    STATIC_ARGNAMES,
+    beam_sample,
+    beam_search,
+    contrastive,
+    diverse_beam_search,
+    greedy,
+    jitted,
+    sample,
+)
 from seqjax.decoding.streaming import consumer, register, unregister
 
 
@@ -83,3 +99,52 @@ def test_one_compilation_serves_every_consumer_and_none_has_no_callback(cache3):
 def test_bad_stream_is_a_one_line_error(cache3):
     with pytest.raises(ValueError, match="stream must be None or a registered consumer ID"):
         greedy(rnn_step, cache3, stream="stdout", **RNN_STATIC)
+
+
+def test_greedy_contrastive_streams_each_rows_token_in_order(cache3):
+    events, fn = _collect()
+    args = (rnn_step, cache3, amateur_step, make_rnn_cache(3, seed=9))
+    kw = dict(beam_size=1, contrastive_lambda=1.0, **RNN_STATIC)
+    with consumer(fn) as sid:
+        r = jitted(contrastive)(*args, stream=sid, **kw)
+    steps = int(np.max(r.lengths))
+    assert [t for t, _ in events] == list(range(steps))
+    streamed = np.stack([tokens for _, tokens in events], axis=1)
+    np.testing.assert_array_equal(streamed, np.asarray(r.tokens)[:, 0, :steps])
+    np.testing.assert_array_equal(r.tokens, jitted(contrastive)(*args, **kw).tokens)
+
+
+@pytest.mark.parametrize(
+    "decoder, kw",
+    [
+        # (the options of test_contrastive / test_outputs: the unstreamed runs are compiled once)
+        (contrastive, dict(beam_size=3, n_best=3, contrastive_lambda=1.0, contrastive_alpha=0.1)),
+        (diverse_beam_search, dict(beam_size=4, num_groups=2, n_best=4, diversity_penalty=1.0)),
+    ],
+)
+def test_contrastive_beam_and_diverse_stream_the_best_and_end_with_it(cache3, decoder, kw):
+    events, fn = _collect()
+    args = (rnn_step, cache3)
+    if decoder is contrastive:
+        args = (*args, amateur_step, make_rnn_cache(3, seed=9))
+    with consumer(fn) as sid:
+        r = jitted(decoder)(*args, stream=sid, **kw, **RNN_STATIC)
+    assert [t for t, _ in events] == list(range(len(events)))
+    np.testing.assert_array_equal(events[-1][1], r.tokens[:, 0])
+    for t, tokens in events:
+        assert tokens.shape == (3, RNN_STATIC["max_len"])
+        assert not np.any(tokens[:, t + 1 :] != RNN_STATIC["pad_id"])
+    np.testing.assert_array_equal(r.tokens, jitted(decoder)(*args, **kw, **RNN_STATIC).tokens)
+
+
+def test_one_group_streams_what_beam_search_streams(cache3):
+    """Diverse beam search with one group is beam search: the same calls, in order."""
+    kw = dict(alpha=0.6, n_best=2, **RNN_STATIC)
+    (beam, beam_fn), (one, one_fn) = _collect(), _collect()
+    with consumer(beam_fn) as sid:
+        jitted(beam_search)(rnn_step, cache3, beam_size=3, stream=sid, **kw)
+    with consumer(one_fn) as sid:
+        jitted(diverse_beam_search)(rnn_step, cache3, beam_size=3, num_groups=1, stream=sid, **kw)
+    assert [t for t, _ in one] == [t for t, _ in beam] and len(beam) > 1
+    for (_, a), (_, b) in zip(one, beam, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -451,18 +451,25 @@ def _check_amateur(args: argparse.Namespace, cfg: DecodeConfig) -> None:
         raise UsageError("contrastive decoding needs --amateur DIR (a smaller run, same vocab)")
 
 
-def _check_output(path: str | None) -> None:
-    """Refuse an ``--output`` that cannot be written, before any decoding starts."""
+def _check_output(path: str | None, flag: str = "--output") -> None:
+    """Refuse an ``--output`` (or ``flag``) that cannot be written, before any decoding."""
     if path is None:
         return
     p = Path(path)
     if p.is_dir():
-        raise UsageError(f"--output {path}: is a directory; give the path of a file")
+        raise UsageError(f"{flag} {path}: is a directory; give the path of a file")
     parent = p.parent
     if not parent.is_dir():
-        raise UsageError(f"--output {path}: directory {parent} does not exist; create it first")
+        raise UsageError(f"{flag} {path}: directory {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise UsageError(f"--output {path}: permission denied")
+        raise UsageError(f"{flag} {path}: permission denied")
+
+
+def _check_alignments(args: argparse.Namespace) -> None:
+    """``--alignments FILE``: writable, and not the file the translations go to."""
+    _check_output(args.alignments, "--alignments")
+    if args.alignments and args.output and _same_file(args.alignments, args.output):
+        raise UsageError("--alignments and --output name the same file; give two files")
 
 
 def _translate_extras(args: argparse.Namespace, cfg: DecodeConfig, translator: Any) -> DecodeConfig:
@@ -485,6 +492,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     from seqjax.app.translate import load, read_input
 
     _check_output(args.output)
+    _check_alignments(args)
     if args.hf:
         from seqjax.config import to_dict
         from seqjax.interop.hf import hf_decode_config, hf_generation_settings, load_hf_translator
@@ -517,21 +525,38 @@ def cmd_translate(args: argparse.Namespace) -> int:
         translator = _with_ensemble(args, translator)
     if args.stream:
         return _stream_translate(args, translator, lines, cfg)
-    nbest = translator.translate_nbest(lines, cfg, progress=args.input is not None)
+    progress = args.input is not None
+    if args.alignments:
+        nbest, aligned = translator.translate_aligned(lines, cfg, progress=progress)
+    else:
+        nbest, aligned = translator.translate_nbest(lines, cfg, progress=progress), None
     if not is_primary():
         return 0  # every process decodes its rows; process 0 writes the whole output
+    several = cfg.n_best > 1 or (cfg.method == "sample" and cfg.num_samples > 1)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     try:
         for hyps in nbest:
             # Texts are already single lines without tabs (Translator: single_line).
-            if cfg.n_best > 1 or (cfg.method == "sample" and cfg.num_samples > 1):
+            if several:
                 out.write("\t".join(f"{t}\t{s:.4f}" for t, s in hyps) + "\n")
             else:
                 out.write(hyps[0][0] + "\n")
     finally:
         if args.output:
             out.close()
+    if aligned is not None:
+        _write_alignments(args.alignments, aligned, several)
     return 0
+
+
+def _write_alignments(path: str, aligned: list, several: bool) -> None:
+    """One Pharaoh line per input line; with several hypotheses per line, theirs
+    tab-separated in the order of the output's fields."""
+    from seqjax.app.translate import pharaoh
+
+    rows = (aligned_i if several else aligned_i[:1] for aligned_i in aligned)
+    text = "".join("\t".join(pharaoh(pairs) for pairs in row) + "\n" for row in rows)
+    Path(path).write_text(text, encoding="utf-8")
 
 
 def _with_ensemble(args: argparse.Namespace, translator: Any) -> Any:
@@ -567,10 +592,14 @@ def _stream_translate(args: argparse.Namespace, translator: Any, lines: list, cf
             out.write(text)
             out.flush()
 
-        translate_streaming(translator, lines, cfg, write)
+        aligned: list = []
+        on_alignment = None if not args.alignments else lambda pairs: aligned.append([pairs])
+        translate_streaming(translator, lines, cfg, write, on_alignment)
     finally:
         if args.output:
             out.close()
+    if args.alignments:
+        _write_alignments(args.alignments, aligned, False)
     return 0
 
 
@@ -582,14 +611,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if (args.src is None) != (args.ref is None):
         raise UsageError("give both --src and --ref, or neither (then --split is used)")
     _check_output(args.output)
+    _check_alignments(args)
     _check_amateur(args, cfg)
     options = dict(mesh=_mesh(args), dtype=args.dtype, amateur=args.amateur)
     if args.quantize:
         options["quantize"] = args.quantize
+    files = dict(output=args.output, alignments=args.alignments)
     if args.src:
-        evaluate_files(args.checkpoint, cfg, args.src, args.ref, output=args.output, **options)
+        evaluate_files(args.checkpoint, cfg, args.src, args.ref, **files, **options)
     else:
-        evaluate_split(args.checkpoint, cfg, split=args.split, output=args.output, **options)
+        evaluate_split(args.checkpoint, cfg, split=args.split, **files, **options)
     return 0
 
 
@@ -779,6 +810,17 @@ def _add_objective_args(t: argparse.ArgumentParser) -> None:
     )
 
 
+def add_alignments_arg(p: argparse.ArgumentParser, lines: str) -> None:
+    p.add_argument(
+        "--alignments",
+        metavar="FILE",
+        help=f"also write one line per {lines} with the hard alignment of its translation in "
+        "Pharaoh format, i-j = source token i, target token j (subword positions from 0; "
+        "each target token with the source token its cross-attention weighs most; "
+        "hypotheses tab-separated with --n-best)",
+    )
+
+
 def _add_translate_parser(sub: Any) -> None:
     tr = sub.add_parser(
         "translate",
@@ -797,6 +839,7 @@ def _add_translate_parser(sub: Any) -> None:
     )
     tr.add_argument("--input", metavar="FILE", help="input file (default: stdin)")
     tr.add_argument("--output", metavar="FILE", help="output file (default: stdout)")
+    add_alignments_arg(tr, "input line")
     add_decode_args(tr)
     tr.add_argument(
         "--bad-words",
@@ -840,6 +883,7 @@ def _add_evaluate_parser(sub: Any) -> None:
     ev.add_argument("--src", help="source file to translate")
     ev.add_argument("--ref", help="reference translations, line-aligned with --src")
     ev.add_argument("--output", metavar="FILE", help="also write the hypotheses here")
+    add_alignments_arg(ev, "source line")
     add_decode_args(ev)
     add_runtime_args(ev)
     add_quantize_arg(ev)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from seqjax.app import run_dir
-from seqjax.app.translate import Translator, load
+from seqjax.app.translate import Translator, load, pharaoh
 from seqjax.config import DecodeConfig
 from seqjax.data import read_parallel
 from seqjax.metrics import CorpusScores, corpus_scores
@@ -22,13 +22,25 @@ def score_translations(
     *,
     output: str | Path | None = None,
     samples: int = 0,
+    alignments: str | Path | None = None,
 ) -> tuple[CorpusScores, float]:
-    """Translate ``sources``, score against ``references``; returns (scores, seconds)."""
+    """Translate ``sources``, score against ``references``; returns (scores, seconds).
+
+    ``alignments``: also write each translation's hard alignment there, one Pharaoh line
+    per source line (``Translator.translate_aligned``).
+    """
     t0 = time.monotonic()
-    hyps = translator.translate(sources, cfg, progress=True)
+    if alignments:
+        nbest, aligned = translator.translate_aligned(sources, cfg, progress=True)
+        hyps = [n[0][0] for n in nbest]
+    else:
+        hyps = translator.translate(sources, cfg, progress=True)
     seconds = time.monotonic() - t0
     if output:
         Path(output).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    if alignments:
+        text = "".join(pharaoh(a[0]) + "\n" for a in aligned)
+        Path(alignments).write_text(text, encoding="utf-8")
     scores = corpus_scores(hyps, references)
     for i in range(min(samples, len(sources))):
         print(f"  src: {sources[i]}\n  ref: {references[i]}\n  hyp: {hyps[i]}\n")
@@ -43,16 +55,18 @@ def evaluate_split(
     output: str | Path | None = None,
     samples: int = 0,
     results_file: str | Path | None = None,
+    alignments: str | Path | None = None,
     **load_options: Any,
 ) -> CorpusScores:
     """Score a run on a split of the corpus it was trained on (bundled, or its valid files).
 
-    ``load_options`` go to ``seqjax.app.translate.load`` (``mesh``, ``dtype``).
+    ``load_options`` go to ``seqjax.app.translate.load`` (``mesh``, ``dtype``);
+    ``alignments`` as in ``score_translations``.
     """
     corpus, data = run_dir.evaluation_split(run, split)
     translator = load(str(run), decode_config=cfg, **load_options)
     scores, seconds = score_translations(
-        translator, data.src, data.tgt, cfg, output=output, samples=samples
+        translator, data.src, data.tgt, cfg, output=output, samples=samples, alignments=alignments
     )
     print(f"{corpus} {split}: {len(data.src)} sentences in {seconds:.1f}s\n{scores.format()}")
     if results_file:
@@ -81,11 +95,15 @@ def evaluate_files(
     ref: str,
     *,
     output: str | Path | None = None,
+    alignments: str | Path | None = None,
     **load_options: Any,
 ) -> CorpusScores:
-    """Score a run on a source file against a reference file (``load_options`` as above)."""
+    """Score a run on a source file against a reference file (``load_options`` and
+    ``alignments`` as above)."""
     data = read_parallel(src, ref)
     translator = load(str(run), decode_config=cfg, **load_options)
-    scores, seconds = score_translations(translator, data.src, data.tgt, cfg, output=output)
+    scores, seconds = score_translations(
+        translator, data.src, data.tgt, cfg, output=output, alignments=alignments
+    )
     print(f"{src}: {len(data.src)} sentences in {seconds:.1f}s\n{scores.format()}")
     return scores

@@ -40,6 +40,7 @@ from seqjax.config import ConfigError, DecodeConfig, ModelConfig
 from seqjax.data import Tokenizer, decode_lines, pad_batch
 from seqjax.data.reader import _read_bytes
 from seqjax.decoding import DecodeResult, decode, ensemble, numeric_options, static_part
+from seqjax.decoding.outputs import hard_alignment
 from seqjax.models import build_model
 
 DECODE_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256)
@@ -201,7 +202,34 @@ class Translator:
 
         In input order, blank sentences and texts as in ``translate``.
         """
+        return self._translate(sentences, config or self.decode_config, progress)[0]
+
+    def translate_aligned(
+        self,
+        sentences: Sequence[str],
+        config: DecodeConfig | None = None,
+        *,
+        progress: bool = False,
+    ) -> tuple[list[list[tuple[str, float]]], list[list[list[tuple[int, int]]]]]:
+        """``translate_nbest``'s hypotheses and, for each, its hard alignment.
+
+        ``alignments[i][k]`` lists ``(source position, target position)`` pairs of
+        hypothesis ``k`` of sentence ``i``: each target token with the source token its
+        cross-attention weighs most (``seqjax.decoding.outputs.hard_alignment``). Positions
+        are subword-token positions from 0: source pieces as the source tokenizer cuts the
+        (possibly truncated) sentence, target pieces of the hypothesis up to EOS (EOS, PAD
+        and BOS are not counted; a piece that detokenises to nothing, such as a lone ``▁``,
+        is). A blank sentence has one empty alignment.
+        """
         cfg = config or self.decode_config
+        if "alignments" not in cfg.outputs:
+            cfg = dataclasses.replace(cfg, outputs=(*cfg.outputs, "alignments"))
+        return self._translate(sentences, cfg, progress)
+
+    def _translate(
+        self, sentences: Sequence[str], cfg: DecodeConfig, progress: bool
+    ) -> tuple[list[list[tuple[str, float]]], list[list[list[tuple[int, int]]]]]:
+        """Hypotheses per sentence and, with ``"alignments"`` in ``cfg.outputs``, theirs."""
         ids = self.src_tokenizer.encode(list(sentences))
         cap = self.max_source_tokens
         too_long = [i for i, x in enumerate(ids) if len(x) > cap]
@@ -215,6 +243,7 @@ class Translator:
             )
             ids = [x[:cap] for x in ids]
         out: list[list[tuple[str, float]]] = [[("", 0.0)] for _ in ids]
+        aligned: list[list[list[tuple[int, int]]]] = [[[]] for _ in ids]
         blank = [not s.strip() for s in sentences]  # e.g. NBSP alone still has byte pieces
         todo = sorted(
             (i for i, x in enumerate(ids) if x and not blank[i]), key=lambda i: -len(ids[i])
@@ -251,15 +280,38 @@ class Translator:
             tokens = sharding.to_host(res.tokens)[:n]
             scores = sharding.to_host(res.scores)[:n]
             keep = cfg.n_best if cfg.method == "beam" else tokens.shape[1]
+            attention = None if res.alignments is None else sharding.to_host(res.alignments)[:n]
             for r, i in enumerate(chunk):
                 texts = self.tgt_tokenizer.decode(tokens[r, :keep])
                 texts = [single_line(t) for t in texts]
                 out[i] = list(zip(texts, scores[r, :keep].tolist(), strict=True))
+                if attention is not None:
+                    aligned[i] = [
+                        self._alignment(tokens[r, k], attention[r, k], len(ids[i]))
+                        for k in range(keep)
+                    ]
             if bar:
                 bar.update(len(chunk))
         if bar:
             bar.close()
-        return out
+        return out, aligned
+
+    def _alignment(
+        self, tokens_L: Any, attention_LxS: Any, source_len: int
+    ) -> list[tuple[int, int]]:
+        c = self.config
+        return hard_alignment(
+            tokens_L, attention_LxS, source_len, eos_id=c.eos_id, skip_ids=(c.pad_id, c.bos_id)
+        )
+
+
+def pharaoh(pairs: Sequence[tuple[int, int]]) -> str:
+    """Pharaoh format: ``"i-j"`` pairs (source-target), space-separated.
+
+    >>> pharaoh([(1, 0), (0, 1)])
+    '1-0 0-1'
+    """
+    return " ".join(f"{i}-{j}" for i, j in pairs)
 
 
 class _LineStream:
@@ -280,21 +332,32 @@ class _LineStream:
 
 
 def translate_streaming(
-    translator: Translator, sentences: Sequence[str], cfg: DecodeConfig, write: Any
+    translator: Translator,
+    sentences: Sequence[str],
+    cfg: DecodeConfig,
+    write: Any,
+    on_alignment: Any = None,
 ) -> None:
     """Issue 15: ``write`` each sentence's text as its tokens leave the compiled loop.
 
     One sentence at a time (batch 1), greedy or one sample; ``write(piece)`` receives the
     text added by each new token, then a newline after each sentence (line-aligned, as
     ``Translator.translate``). All sentences share one compiled program per bucket.
+    ``on_alignment(pairs)`` (optional) receives each sentence's hard alignment once it
+    is done (as ``Translator.translate_aligned``; ``[]`` for a blank sentence).
     """
     from seqjax.decoding.streaming import consumer
 
+    cfg = dataclasses.replace(cfg, stream=True)
+    if on_alignment is not None and "alignments" not in cfg.outputs:
+        cfg = dataclasses.replace(cfg, outputs=(*cfg.outputs, "alignments"))
     tok, key = translator.tgt_tokenizer, jax.random.key(cfg.seed)
     for i, sentence in enumerate(sentences):
         ids = translator.src_tokenizer.encode([sentence])[0][: translator.max_source_tokens]
         if not sentence.strip() or not ids:
             write("\n")
+            if on_alignment is not None:
+                on_alignment([])
             continue
         src, _ = pad_batch([ids], translator.buckets, translator.config.pad_id, 1)
         max_len = output_max_len(cfg, src.shape[1], translator.config.max_len)
@@ -304,8 +367,12 @@ def translate_streaming(
                 translator.model, translator.params, jnp.asarray(src), jax.random.fold_in(key, i),
                 numeric_options(cfg), static_part(cfg), max_len, stream=sid,
             )  # fmt: skip
-            line.emit(single_line(tok.decode(sharding.to_host(res.tokens)[0, :1])[0]))
+            tokens = sharding.to_host(res.tokens)[0, 0]
+            line.emit(single_line(tok.decode(tokens[None])[0]))
         write("\n")
+        if on_alignment is not None:
+            attention = sharding.to_host(res.alignments)[0, 0]
+            on_alignment(translator._alignment(tokens, attention, len(ids)))
 
 
 def ensemble_translator(first: Translator, others: Sequence[Translator]) -> Translator:

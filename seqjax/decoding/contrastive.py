@@ -9,10 +9,12 @@ import jax
 from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.beam_loop import check_beam_args, coverage_source_len, run_beam_loop
 from seqjax.decoding.logit_processors import make_controls
+from seqjax.decoding.outputs import check_outputs, output_widths
 from seqjax.decoding.prompt import plan_prompt, total_len
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import contrastive_scores
+from seqjax.decoding.streaming import check_stream, emitter
 from seqjax.decoding.token_loop import argmax_loop
 
 
@@ -51,6 +53,8 @@ def contrastive(
     suppress_tokens: tuple = (),
     begin_suppress_tokens: tuple = (),
     amateur_params: Any = None,
+    outputs: tuple[str, ...] = (),
+    stream: int | jax.Array | None = None,
 ) -> DecodeResult:
     """Maximise ``log p_expert - contrastive_lambda * log p_amateur`` over plausible tokens.
 
@@ -90,6 +94,13 @@ def contrastive(
     tuples): never emitted / not emitted first (HF's). ``eos_id`` may be several ids
     (``eos_id=(1, 3)``): a row ends at any of them (its last token says which).
 
+    ``outputs`` (static): optional extra results, ``("alignments", "step_log_probs")``
+    or a subset (``seqjax.decoding.outputs``): the expert's cross-attention and its
+    unmodified distribution at each token; off by default, and then free. ``stream``
+    (traced): a consumer ID (``seqjax.decoding.streaming``) that receives each row's new
+    token (greedy) or each source's best hypothesis so far (``beam_size > 1``) at every
+    position; ``None`` (default) = no callback.
+
     Example (the amateur over-rates token 2, so the expert's runner-up 3 wins)::
 
         >>> import jax, jax.numpy as jnp
@@ -115,6 +126,9 @@ def contrastive(
         alpha=alpha, coverage=coverage, amateur_temperature=amateur_temperature,
         contrastive_alpha=contrastive_alpha,
     )  # fmt: skip
+    check_outputs(outputs, source_len)
+    check_stream(stream)
+    widths = output_widths(outputs, vocab_size, source_len)
     plan = plan_prompt(
         prefix,
         pad_id=pad_id,
@@ -141,14 +155,15 @@ def contrastive(
     cache = (expert_cache, amateur_cache)
     if beam_size == 1:
         return argmax_loop(
-            score_fn, cache, B, max_len, bos_id, eos_id, pad_id, prefix, score_prompt, plan.last
-        )
+            score_fn, cache, B, max_len, bos_id, eos_id, pad_id, prefix, score_prompt, plan.last,
+            output_widths=widths, emit=emitter(stream),
+        )  # fmt: skip
     return run_beam_loop(
         score_fn, cache, batch_size=B, beam_size=beam_size, n_best=n_best, max_len=max_len,
         vocab_size=vocab_size, source_len=coverage_source_len(source_len, coverage),
         alpha=alpha, length_penalty_kind=length_penalty, coverage=coverage, src_mask_BxS=src_mask,
         monotone=False, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, prefix_BxP=prefix,
-        score_prompt=score_prompt, last_B=plan.last,
+        score_prompt=score_prompt, last_B=plan.last, output_widths=widths, emit=emitter(stream),
     )  # fmt: skip
 
 

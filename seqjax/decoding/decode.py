@@ -127,7 +127,10 @@ def decode(
     ``processors`` (static) are the user's logits processors
     (``seqjax.decoding.processors``). With ``config.max_new_tokens`` set, the length is
     the prompt width plus it, and ``max_len`` / ``config.max_len`` are not used.
-    ``stream`` (greedy and sampling): a consumer ID (``seqjax.decoding.streaming``).
+    ``config.outputs`` asks every method for those ``DecodeResult`` fields
+    (``seqjax.decoding.outputs``). ``stream``: a consumer ID
+    (``seqjax.decoding.streaming``) that every method calls from inside its loop; a
+    config with ``stream=True`` requires it (an ID alone streams too).
 
     Example (a bigram table that prefers ``previous + 1``; EOS = 3)::
 
@@ -168,8 +171,10 @@ def decode(
         B = infer_batch_size(cache, batch_size)
         if step_output_shapes(bind_params(step_fn, params), B, cache)[1] is None:
             raise ValueError("coverage > 0 needs a step_fn returning cross-attention")
-    if stream is not None and c.method not in ("greedy", "sample"):
-        raise ValueError("stream: only greedy and sample decoding stream through decode()")
+    if c.stream and stream is None:
+        raise ValueError("stream: the config streams; pass the consumer as decode(stream=ID)")
+    if c.outputs:  # left out when empty: the call (and jit's cache key) stays as before
+        common["outputs"] = c.outputs
     streamed = {} if stream is None else {"stream": stream}
     if c.method == "greedy":
         return jitted(greedy)(step_fn, cache, **common, **streamed)
@@ -179,15 +184,17 @@ def decode(
     ranked = dict(n_best=c.n_best, alpha=n["alpha"], length_penalty=c.length_penalty)
     ranked.update(coverage=n["coverage"], src_mask=src_mask, beam_size=c.beam_size)
     if c.method == "beam" and (c.diverse_groups > 1 or c.beam_sample):
-        return _decode_beam_variant(step_fn, cache, c, n, key, ranked, common)
+        return _decode_beam_variant(step_fn, cache, c, n, key, ranked, common, streamed)
     if c.method == "beam" and c.early_stopping != "never":
         ranked.update(early_stopping=c.early_stopping == "true")
     if c.method == "beam":
-        return jitted(beam_search)(step_fn, cache, **ranked, **common)
+        return jitted(beam_search)(step_fn, cache, **ranked, **common, **streamed)
     if c.method == "contrastive":
         if amateur is None:
             raise ValueError("method 'contrastive' needs amateur=(step_fn, cache)")
-        return _decode_contrastive(step_fn, cache, amateur, c, n, ranked, common, amateur_params)
+        return _decode_contrastive(
+            step_fn, cache, amateur, c, n, ranked, {**common, **streamed}, amateur_params
+        )
     raise ValueError(f"unknown decode method {c.method!r}")
 
 
@@ -250,10 +257,11 @@ def _decode_beam_variant(
     key: jax.Array | None,
     ranked: dict[str, Any],
     common: dict[str, Any],
+    streamed: dict[str, Any],
 ) -> DecodeResult:
     """Issue 15's beam variants: diverse (group) beam search or beam sampling."""
     variant = "diverse_groups" if c.diverse_groups > 1 else "beam_sample"
-    common = _without_issue14_options(c, common, variant)
+    common = {**_without_issue14_options(c, common, variant), **streamed}
     if c.early_stopping != "never":
         ranked = {**ranked, "early_stopping": c.early_stopping == "true"}
     if c.diverse_groups > 1:

@@ -34,6 +34,7 @@ Example (one token plus EOS: group 1 is pushed off the token group 0 took)::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -62,6 +63,7 @@ from seqjax.decoding.outputs import check_outputs, output_widths
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import ScoreFn, StepScores, log_prob_scores
+from seqjax.decoding.streaming import check_stream, emitter
 
 
 def _group(s: _State, g: int, G: int) -> _State:
@@ -140,11 +142,14 @@ def run_diverse_loop(
     pad_id: int | jax.Array,
     prefix_BxP: jax.Array | None,
     output_widths: dict[str, int] | None = None,
+    emit: Callable[[jax.Array, jax.Array], None] | None = None,
 ) -> DecodeResult:
     """The compiled group loop; returns every group's pool, ``[B, G * G_k, ...]``.
 
     ``q`` describes one group (``B`` sources, ``K = M = G_k``); ``cache`` has ``B`` rows.
     Hypotheses ``g * G_k ... (g + 1) * G_k - 1`` of a source are group ``g``'s, best first.
+    ``emit(t, best_BxL)`` (optional, ``seqjax.decoding.streaming``): called in the loop
+    with each source's best hypothesis over all groups (``_best_so_far``).
     """
     B, Kg, L, G = q.B, q.K, q.L, num_groups
     K = G * Kg
@@ -162,7 +167,10 @@ def run_diverse_loop(
         step = score_fn(inputs, t, s.cache, history_NxL)
         forced = None if prefix_NxP is None else forced_tokens(prefix_NxP, forced_len_N, t)
         step_NxV = selection_scores((step.scores, step.allowed), forced)
-        return _advance_groups(q, s, step, step_NxV, G, diversity_penalty)
+        new = _advance_groups(q, s, step, step_NxV, G, diversity_penalty)
+        if emit is not None:
+            emit(t, _best_so_far(q, new, G))
+        return new
 
     extras = None
     if output_widths:  # the optional outputs (seqjax.decoding.outputs), per group
@@ -181,6 +189,26 @@ def run_diverse_loop(
         log_probs=per_source(s.finished_log_probs),
         **({} if extras is None else {n: per_source(f) for n, (_, f) in s.extras.items()}),
     )
+
+
+def _best_so_far(q: _Search, s: _State, G: int) -> jax.Array:
+    """``int32[B, L]``: after position ``s.position - 1``, each source's best live
+    hypothesis over the groups still running, or, once every group of the source is
+    done or at the last position, its best finished one (``best_of_groups``' first)."""
+    B, Kg, L = q.B, q.K, q.L
+    done_BxG = s.done.reshape(B, G)
+    live_BxJ = jnp.where(done_BxG[..., None], -jnp.inf, s.live_scores.reshape(B, G, Kg))
+    pick = lambda tokens, scores: _take_best(tokens.reshape(B, G * Kg, L), scores)  # noqa: E731
+    best_live = pick(s.live_tokens, live_BxJ.reshape(B, G * Kg))
+    best_finished = pick(s.finished_tokens, s.finished_scores.reshape(B, G * Kg))
+    final_B = jnp.all(done_BxG, axis=1) | q.at_last(s.position - 1)
+    return jnp.where(final_B[:, None], best_finished, best_live)
+
+
+def _take_best(tokens_BxJxL: jax.Array, scores_BxJ: jax.Array) -> jax.Array:
+    """The row of the highest score per source (ties: the lower index, as ``top_k``)."""
+    best_B = jnp.argmax(scores_BxJ, axis=1)
+    return jnp.take_along_axis(tokens_BxJxL, best_B[:, None, None], axis=1)[:, 0]
 
 
 def best_of_groups(result: DecodeResult, n_best: int) -> DecodeResult:
@@ -228,6 +256,7 @@ def diverse_beam_search(
     early_stopping: bool | str = "never",
     per_group: bool = False,
     outputs: tuple[str, ...] = (),
+    stream: int | jax.Array | None = None,
 ) -> DecodeResult:
     """Group beam search (see the module docstring); the ``n_best`` best of all groups.
 
@@ -239,6 +268,13 @@ def diverse_beam_search(
     them); ``log_probs`` are the model's. ``diversity_penalty = 0`` runs ``num_groups``
     independent beams of width ``beam_size / num_groups`` that all find the same
     hypotheses. Other options (``outputs`` too) as in ``beam_search``.
+
+    ``stream`` (traced): a consumer ID (``seqjax.decoding.streaming``) that receives, at
+    every position, each source's best hypothesis over all groups ``[B, max_len]``: the
+    best live one of the groups still running (columns ``0..t``), the best finished one
+    once the source is done, so the last call holds the result's ``tokens[:, 0]`` (with
+    ``per_group=True``, the best of the groups' hypotheses). ``None`` (default) = no
+    callback.
     """
     check_beam_args(beam_size, n_best, length_penalty)
     check_groups(beam_size, num_groups)
@@ -251,6 +287,7 @@ def diverse_beam_search(
         no_repeat_ngram_size=no_repeat_ngram_size, alpha=alpha, coverage=coverage,
     )  # fmt: skip
     check_outputs(outputs, source_len)
+    check_stream(stream)
     controls = make_controls(
         eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -276,5 +313,6 @@ def diverse_beam_search(
         pad_id=pad_id,
         prefix_BxP=prefix,
         output_widths=output_widths(outputs, V, source_len),
+        emit=emitter(stream),
     )
     return pools if per_group else best_of_groups(pools, n_best)

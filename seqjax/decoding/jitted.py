@@ -63,6 +63,7 @@ STATIC_ARGNAMES: dict[Callable, tuple[str, ...]] = {
         "n_best",
         "length_penalty",
         *_COMMON_STATIC,
+        "outputs",
     ),
     score: ("step_fn", "bos_id", "eos_id", "pad_id"),
     diverse_beam_search: (

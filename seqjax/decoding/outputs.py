@@ -11,6 +11,8 @@ tokens and scores:
 Off by default and then free: nothing is added to the compiled loop's state (tests
 check the compiled program). Both are 0 at padding. The loops keep one ``[rows, L, X]``
 buffer per output and write column ``t`` with the step's ``[rows, X]`` values.
+``hard_alignment`` turns one hypothesis's alignments into ``(source, target)`` pairs
+(``seqjax translate --alignments`` writes them in Pharaoh format).
 
 >>> check_outputs(("alignments",), source_len=7)
 >>> check_outputs(("attention",), source_len=7)
@@ -25,17 +27,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from seqjax.decode_checks import OUTPUTS, check_output_names
 from seqjax.decoding.step_scores import StepScores
-
-OUTPUTS = ("alignments", "step_log_probs")
 
 
 def check_outputs(outputs: tuple[str, ...], source_len: int | None) -> None:
     """One-line errors for unknown names, or alignments from a step without attention."""
-    for name in outputs:
-        if name not in OUTPUTS:
-            raise ValueError(f"outputs: unknown {name!r}; use a tuple of {', '.join(OUTPUTS)}")
+    check_output_names(outputs)
     if "alignments" in outputs and source_len is None:
         raise ValueError("outputs: alignments need a step_fn returning cross-attention")
 
@@ -68,3 +68,37 @@ def result_fields(buffers: Any, shape: tuple[int, ...] | None = None) -> dict[st
     if shape is None:
         return dict(buffers)
     return {n: b.reshape(*shape, *b.shape[-2:]) for n, b in buffers.items()}
+
+
+def hard_alignment(
+    tokens_L: Any,
+    alignments_LxS: Any,
+    source_len: int,
+    *,
+    eos_id: int | tuple[int, ...],
+    skip_ids: tuple[int, ...] = (),
+) -> list[tuple[int, int]]:
+    """``[(i, j), ...]``: each shown target token ``j`` with the source token ``i`` it
+    attended to most (argmax over the first ``source_len`` columns), in target order.
+
+    Host-side NumPy on one hypothesis of a result decoded with
+    ``outputs=("alignments",)``: ``tokens_L = result.tokens[b, k]``, ``alignments_LxS =
+    result.alignments[b, k]``. Target tokens stop at the first ``eos_id`` (EOS itself is
+    not shown); ``skip_ids`` (e.g. PAD, BOS) are not shown either, and ``j`` counts shown
+    tokens only. Both positions are token (subword) positions, from 0.
+
+    >>> att = [[.1, .7, .2], [.6, .3, .1], [.2, .2, .6], [.9, .0, .1]]
+    >>> hard_alignment([5, 2, 6, 1], att, 2, eos_id=1, skip_ids=(2,))
+    [(1, 0), (0, 1)]
+    """
+    tokens = np.asarray(tokens_L).tolist()
+    weights = np.asarray(alignments_LxS, np.float64)[:, :source_len]
+    ends = set(eos_id) if isinstance(eos_id, tuple) else {eos_id}
+    pairs: list[tuple[int, int]] = []
+    for t, token in enumerate(tokens):
+        if token in ends:
+            break
+        if token in skip_ids or source_len < 1:
+            continue
+        pairs.append((int(np.argmax(weights[t])), len(pairs)))
+    return pairs

@@ -5,9 +5,10 @@ consumer registered under ``ID`` on the host::
 
     consumer(t: int, tokens: numpy int32 array)
 
-with, for greedy and sampling (``greedy``, ``sample``), each row's new token
-(``[B * K]``, PAD for rows already done) and, for beam searches (``beam_search``,
-``beam_sample``), each source's current best hypothesis (``[B, max_len]``): its best
+with, for greedy and sampling (``greedy``, ``sample``, greedy ``contrastive``), each
+row's new token (``[B * K]``, PAD for rows already done) and, for beam searches
+(``beam_search``, ``beam_sample``, ``diverse_beam_search``, ``contrastive`` with
+``beam_size > 1``), each source's current best hypothesis (``[B, max_len]``): its best
 live one (columns ``0..t``) while it runs, its best finished one once it is done, so
 the last call holds every source's result (``result.tokens[:, 0]``).
 
