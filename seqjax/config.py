@@ -454,6 +454,9 @@ class DecodeConfig:
     ``begin_suppress_tokens`` (``seqjax.decoding.processors``).
     ``length_penalty``: ``gnmt`` uses ((5+len)/6)**alpha; ``hf`` uses len**alpha (the
     HuggingFace convention; with alpha 1 the score is the mean token log-prob).
+    Lexically constrained beam search is method ``beam`` given per-source phrases
+    (``decode(..., constraints=...)``, ``seqjax translate --constraints FILE``): the
+    phrases are data, one set per source, so they are not a field here.
     """
 
     method: str = "beam"

@@ -500,6 +500,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
     _check_amateur(args, cfg)
     _check_stream(args, cfg)
+    constraints = _read_constraints(args, cfg, len(lines))
     if not args.hf:
         translator = load(
             args.checkpoint,
@@ -517,7 +518,9 @@ def cmd_translate(args: argparse.Namespace) -> int:
         translator = _with_ensemble(args, translator)
     if args.stream:
         return _stream_translate(args, translator, lines, cfg)
-    nbest = translator.translate_nbest(lines, cfg, progress=args.input is not None)
+    nbest = translator.translate_nbest(
+        lines, cfg, progress=args.input is not None, constraints=constraints
+    )
     if not is_primary():
         return 0  # every process decodes its rows; process 0 writes the whole output
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
@@ -532,6 +535,25 @@ def cmd_translate(args: argparse.Namespace) -> int:
         if args.output:
             out.close()
     return 0
+
+
+def _read_constraints(
+    args: argparse.Namespace, cfg: DecodeConfig, num_lines: int
+) -> list[list[str]] | None:
+    """Issue 15: --constraints FILE, one line of tab-separated phrases per input line."""
+    if not args.constraints:
+        return None
+    from seqjax.app.translate import read_constraints
+
+    if cfg.method != "beam" or cfg.diverse_groups > 1 or cfg.beam_sample:
+        raise UsageError(
+            "--constraints needs beam search (the default method), without --diverse-groups "
+            "or --beam-sample"
+        )
+    if cfg.max_new_tokens is not None or cfg.min_new_tokens:
+        raise UsageError("--constraints cannot be combined with --max-new-tokens or "
+                         "--min-new-tokens yet")  # fmt: skip
+    return read_constraints(args.constraints, num_lines)
 
 
 def _with_ensemble(args: argparse.Namespace, translator: Any) -> Any:
@@ -803,6 +825,13 @@ def _add_translate_parser(sub: Any) -> None:
         metavar="FILE",
         help="phrases never generated, one per line (UTF-8), tokenised with the target "
         "tokenizer as at the start of a sentence (HF bad_words_ids)",
+    )
+    tr.add_argument(
+        "--constraints",
+        metavar="FILE",
+        help="phrases each translation must contain (lexically constrained beam search): "
+        "one line per input line, its phrases separated by tabs (an empty line: none), "
+        "tokenised with the target tokenizer; needs beam search",
     )
     tr.add_argument(
         "--stream",
