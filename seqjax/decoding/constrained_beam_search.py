@@ -19,9 +19,8 @@ One step of the search (one ``lax.while_loop`` iteration of the beam core,
 ``seqjax.decoding.beam_loop``, with this module's ``rank_fn``):
 
 - *candidates* per source: the ``beam_size`` best extensions of all beams, each beam's
-  best extension, each beam's tokens that advance an unmet phrase (the next token of
-  the phrase it is inside, else the first token of every unmet phrase) and the EOS
-  extensions. EOS is allowed only to a hypothesis that has met every phrase; a candidate
+  best extension, each beam's phrase tokens (the next token of the phrase it is inside
+  and the first token of every unmet phrase) and the EOS extensions. EOS is allowed only to a hypothesis that has met every phrase; a candidate
   that can no longer fit its missing phrase tokens before ``max_len`` is dropped.
 - *banks*: a candidate's bank is the number of constraint tokens it has met. The beam
   is filled round-robin over the banks (dynamic beam allocation): the best candidate of
