@@ -309,7 +309,7 @@ class Translator:
                 static_part(cfg),
                 max_len,
                 *amateur,
-                constraints=dev.get("constraints"),
+                **({"constraints": dev["constraints"]} if "constraints" in dev else {}),
             )
             tokens = sharding.to_host(res.tokens)[:n]
             scores = sharding.to_host(res.scores)[:n]
