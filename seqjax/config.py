@@ -458,6 +458,9 @@ class DecodeConfig:
     ``DecodeResult`` fields; ``stream=True`` compiles the decoder with its streaming
     callback and ``decode()`` then takes the consumer as ``stream=ID``
     (``seqjax.decoding.streaming``).
+    Lexically constrained beam search is method ``beam`` given per-source phrases
+    (``decode(..., constraints=...)``, ``seqjax translate --constraints FILE``): the
+    phrases are data, one set per source, so they are not a field here.
     """
 
     method: str = "beam"

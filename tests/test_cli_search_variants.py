@@ -1,6 +1,6 @@
 """CLI and DecodeConfig of issue 15: --early-stopping, --diverse-groups,
---diversity-penalty, --beam-sample, --stream (tokens printed as they come), with
---help and one-line errors for bad combinations."""
+--diversity-penalty, --beam-sample, --stream (tokens printed as they come), --constraints
+(lexically constrained beam search), with --help and one-line errors for bad combinations."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from seqjax.config import ConfigError, DecodeConfig
 
 FLAGS = [
     "--early-stopping", "--diverse-groups", "--diversity-penalty", "--beam-sample", "--stream",
-    "--ensemble",
+    "--ensemble", "--constraints",
 ]  # fmt: skip
 
 
@@ -105,3 +105,53 @@ def test_ensemble_of_a_run_with_itself_translates_as_the_run(trained, toy_corpus
     greedy_alone = capsys.readouterr().out
     assert main([*base, "--greedy", "--stream", "--ensemble", str(trained)]) == 0
     assert capsys.readouterr().out == greedy_alone
+
+
+# --constraints: one line per input line (the blank input line too), tab-separated phrases
+CONSTRAINTS = ["GAMMA", "KAPPA", "DELTA\tZETA MU", "", "IOTA\tLAMBDA\tALPHA"]
+
+
+def _constraints_file(tmp_path: Path, lines: list[str]) -> str:
+    path = tmp_path / "constraints.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def test_constraints_appear_in_every_output(trained, toy_corpus, tmp_path, capsys):
+    src = _input(tmp_path, toy_corpus)
+    cons = _constraints_file(tmp_path, CONSTRAINTS)
+    base = ["translate", "--checkpoint", str(trained), "--input", src, "--max-len", "8"]
+    assert main([*base, "--beam", "3"]) == 0
+    plain = capsys.readouterr().out.splitlines()
+    assert main([*base, "--beam", "3", "--n-best", "2", "--constraints", cons]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 5 and out[1] == "\t0.0000"  # a blank input line stays blank
+    for line, phrases in zip(out, CONSTRAINTS, strict=True):
+        if line == out[1]:
+            continue
+        texts = line.split("\t")[::2]
+        assert len(texts) == 2
+        for text in texts:  # each of the n-best holds every phrase
+            for phrase in (p for p in phrases.split("\t") if p):
+                assert phrase in text, (phrase, text)
+    # the phrases were not there without the constraints
+    assert any(p not in plain[i] for i in (0, 2, 4) for p in CONSTRAINTS[i].split("\t") if p)
+
+
+@pytest.mark.parametrize(
+    "lines, extra, needle",
+    [
+        (CONSTRAINTS[:3], [], "3 line(s), but the input has 5"),
+        (CONSTRAINTS, ["--greedy"], "--constraints needs beam search"),
+        (CONSTRAINTS, ["--beam-sample"], "--constraints needs beam search"),
+        (CONSTRAINTS, ["--max-new-tokens", "5"], "cannot be combined with --max-new-tokens"),
+    ],
+)
+def test_bad_constraints_are_one_line_errors(
+    trained, toy_corpus, tmp_path, capsys, one_line_error, lines, extra, needle
+):
+    src = _input(tmp_path, toy_corpus)
+    cons = _constraints_file(tmp_path, lines)
+    args = ["translate", "--checkpoint", str(trained), "--input", src, "--constraints", cons]
+    assert main([*args, *extra]) == 2
+    one_line_error(needle, *(["constraints.txt"] if "line(s)" in needle else []))

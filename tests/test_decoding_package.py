@@ -9,7 +9,8 @@ import pytest
 
 import seqjax.decoding
 
-PUBLIC = ["greedy", "sample", "beam_search", "contrastive", "score", "decode", "jitted"]
+PUBLIC = ["greedy", "sample", "beam_search", "contrastive", "score", "decode", "jitted",
+          "constrained_beam_search"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", PUBLIC)

@@ -508,6 +508,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
     _check_amateur(args, cfg)
     _check_stream(args, cfg)
+    constraints = _read_constraints(args, cfg, len(lines))
     if not args.hf:
         translator = load(
             args.checkpoint,
@@ -527,9 +528,12 @@ def cmd_translate(args: argparse.Namespace) -> int:
         return _stream_translate(args, translator, lines, cfg)
     progress = args.input is not None
     if args.alignments:
-        nbest, aligned = translator.translate_aligned(lines, cfg, progress=progress)
+        nbest, aligned = translator.translate_aligned(
+            lines, cfg, progress=progress, constraints=constraints
+        )
     else:
-        nbest, aligned = translator.translate_nbest(lines, cfg, progress=progress), None
+        nbest = translator.translate_nbest(lines, cfg, progress=progress, constraints=constraints)
+        aligned = None
     if not is_primary():
         return 0  # every process decodes its rows; process 0 writes the whole output
     several = cfg.n_best > 1 or (cfg.method == "sample" and cfg.num_samples > 1)
@@ -557,6 +561,25 @@ def _write_alignments(path: str, aligned: list, several: bool) -> None:
     rows = (aligned_i if several else aligned_i[:1] for aligned_i in aligned)
     text = "".join("\t".join(pharaoh(pairs) for pairs in row) + "\n" for row in rows)
     Path(path).write_text(text, encoding="utf-8")
+
+
+def _read_constraints(
+    args: argparse.Namespace, cfg: DecodeConfig, num_lines: int
+) -> list[list[str]] | None:
+    """Issue 15: --constraints FILE, one line of tab-separated phrases per input line."""
+    if not args.constraints:
+        return None
+    from seqjax.app.translate import read_constraints
+
+    if cfg.method != "beam" or cfg.diverse_groups > 1 or cfg.beam_sample:
+        raise UsageError(
+            "--constraints needs beam search (the default method), without --diverse-groups "
+            "or --beam-sample"
+        )
+    if cfg.max_new_tokens is not None or cfg.min_new_tokens:
+        raise UsageError("--constraints cannot be combined with --max-new-tokens or "
+                         "--min-new-tokens yet")  # fmt: skip
+    return read_constraints(args.constraints, num_lines)
 
 
 def _with_ensemble(args: argparse.Namespace, translator: Any) -> Any:
@@ -846,6 +869,13 @@ def _add_translate_parser(sub: Any) -> None:
         metavar="FILE",
         help="phrases never generated, one per line (UTF-8), tokenised with the target "
         "tokenizer as at the start of a sentence (HF bad_words_ids)",
+    )
+    tr.add_argument(
+        "--constraints",
+        metavar="FILE",
+        help="phrases each translation must contain (lexically constrained beam search): "
+        "one line per input line, its phrases separated by tabs (an empty line: none), "
+        "tokenised with the target tokenizer; needs beam search",
     )
     tr.add_argument(
         "--stream",

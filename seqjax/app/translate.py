@@ -31,6 +31,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from seqjax import sharding
@@ -81,13 +82,54 @@ def read_input(path: str | Path | None) -> list[str]:
     return input_lines(_read_bytes(Path(path)), str(path))
 
 
-def read_bad_words(path: str | Path, tokenizer: Any, eos_id: int) -> tuple[tuple[int, ...], ...]:
-    """Token-id sequences of the phrases in ``path`` (one per line, blank lines skipped),
-    tokenised with ``tokenizer`` (the target side's) as whole sentences, EOS dropped."""
-    phrases = [line.strip() for line in read_input(path) if line.strip()]
+def phrase_ids(tokenizer: Any, phrases: Sequence[str], eos_id: int) -> tuple[tuple[int, ...], ...]:
+    """Token ids of text phrases, each tokenised as a whole sentence with EOS dropped;
+    blank phrases (and phrases of no tokens) are skipped."""
+    phrases = [p.strip() for p in phrases if p.strip()]
     rows = tokenizer.encode(phrases) if phrases else []
     words = (tuple(int(t) for t in row if int(t) != eos_id) for row in rows)
     return tuple(w for w in words if w)
+
+
+def read_bad_words(path: str | Path, tokenizer: Any, eos_id: int) -> tuple[tuple[int, ...], ...]:
+    """Token-id sequences of the phrases in ``path`` (one per line, blank lines skipped),
+    tokenised with ``tokenizer`` (the target side's) as whole sentences, EOS dropped."""
+    return phrase_ids(tokenizer, read_input(path), eos_id)
+
+
+CONSTRAINT_SEPARATOR = "\t"
+
+
+def read_constraints(path: str | Path, num_lines: int) -> list[list[str]]:
+    """The constraint phrases of each input line: ``path`` holds one line per input line
+    (``num_lines`` of them), its phrases separated by tabs; an empty line has none."""
+    lines = read_input(path)
+    if len(lines) != num_lines:
+        raise ConfigError(
+            f"--constraints {path}: {len(lines)} line(s), but the input has {num_lines}; "
+            "give one line of tab-separated phrases per input line (an empty line for none)"
+        )
+    return [[p for p in line.split(CONSTRAINT_SEPARATOR) if p.strip()] for line in lines]
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def constraint_array(rows: Sequence[Sequence[tuple[int, ...]]], num_rows: int) -> np.ndarray:
+    """``int32[num_rows, C, P]`` phrases padded with -1; ``C`` and ``P`` rounded up to powers
+    of two (a few compiled shapes), rows past ``len(rows)`` without phrases.
+
+    >>> constraint_array([[(5, 6, 7)], [(8,), (9,)]], 3)[:, :, :3].tolist()
+    [[[5, 6, 7], [-1, -1, -1]], [[8, -1, -1], [9, -1, -1]], [[-1, -1, -1], [-1, -1, -1]]]
+    """
+    C = _pow2(max([len(r) for r in rows] + [1]))
+    P = _pow2(max([len(p) for r in rows for p in r] + [1]))
+    out = np.full((num_rows, C, P), -1, np.int32)
+    for b, phrases in enumerate(rows):
+        for c, phrase in enumerate(phrases):
+            out[b, c, : len(phrase)] = phrase
+    return out
 
 
 def _row_bucket(n: int, cap: int) -> int:
@@ -118,10 +160,12 @@ def _decode_batch(
     amateur_model: Any = None,
     amateur_params: Any = None,
     stream: Any = None,
+    constraints: jax.Array | None = None,
 ) -> DecodeResult:
     """Encode and decode one padded batch; compiled once per (shape, static options).
 
-    A tuple of models (with a tuple of params) decodes as their ensemble (issue 15).
+    A tuple of models (with a tuple of params) decodes as their ensemble (issue 15);
+    ``constraints [B, C, P]`` make it constrained beam search (issue 15).
     """
     mc: ModelConfig = (model[0] if isinstance(model, tuple) else model).config
     mask = src_BxS != mc.pad_id
@@ -149,6 +193,7 @@ def _decode_batch(
         params=params,  # weights are traced: model.step is the params form
         amateur_params=amateur_params,
         stream=stream,
+        constraints=constraints,
     )
 
 
@@ -183,13 +228,17 @@ class Translator:
         config: DecodeConfig | None = None,
         *,
         progress: bool = False,
+        constraints: Sequence[Sequence[str]] | None = None,
     ) -> list[str]:
         """Best translation per sentence, line-aligned: ``out[i]`` translates ``sentences[i]``.
 
         A blank sentence (only whitespace) gives ``""``. Every text is one line without tabs:
         line-breaking and control characters the model emits become spaces (``single_line``).
+        ``constraints``: text phrases per sentence that its translation must contain
+        (``translate_nbest``).
         """
-        return [nbest[0][0] for nbest in self.translate_nbest(sentences, config, progress=progress)]
+        nbest = self.translate_nbest(sentences, config, progress=progress, constraints=constraints)
+        return [hyps[0][0] for hyps in nbest]
 
     def translate_nbest(
         self,
@@ -197,12 +246,17 @@ class Translator:
         config: DecodeConfig | None = None,
         *,
         progress: bool = False,
+        constraints: Sequence[Sequence[str]] | None = None,
     ) -> list[list[tuple[str, float]]]:
         """Up to ``n_best`` (beam) or ``num_samples`` (sampling) ``(text, score)`` per sentence.
 
-        In input order, blank sentences and texts as in ``translate``.
+        In input order, blank sentences and texts as in ``translate``. ``constraints`` (beam
+        search only): one list of text phrases per sentence, tokenised with the target
+        tokenizer; each translation contains every phrase of its sentence
+        (``seqjax.decoding.constrained_beam_search``; an empty text when none can). A batch's
+        output length grows to fit its phrases (up to the model's ``max_len``).
         """
-        return self._translate(sentences, config or self.decode_config, progress)[0]
+        return self._translate(sentences, config or self.decode_config, progress, constraints)[0]
 
     def translate_aligned(
         self,
@@ -210,6 +264,7 @@ class Translator:
         config: DecodeConfig | None = None,
         *,
         progress: bool = False,
+        constraints: Sequence[Sequence[str]] | None = None,
     ) -> tuple[list[list[tuple[str, float]]], list[list[list[tuple[int, int]]]]]:
         """``translate_nbest``'s hypotheses and, for each, its hard alignment.
 
@@ -224,12 +279,17 @@ class Translator:
         cfg = config or self.decode_config
         if "alignments" not in cfg.outputs:
             cfg = dataclasses.replace(cfg, outputs=(*cfg.outputs, "alignments"))
-        return self._translate(sentences, cfg, progress)
+        return self._translate(sentences, cfg, progress, constraints)
 
     def _translate(
-        self, sentences: Sequence[str], cfg: DecodeConfig, progress: bool
+        self,
+        sentences: Sequence[str],
+        cfg: DecodeConfig,
+        progress: bool,
+        constraints: Sequence[Sequence[str]] | None = None,
     ) -> tuple[list[list[tuple[str, float]]], list[list[list[tuple[int, int]]]]]:
         """Hypotheses per sentence and, with ``"alignments"`` in ``cfg.outputs``, theirs."""
+        wanted = self._constraint_ids(sentences, constraints)
         ids = self.src_tokenizer.encode(list(sentences))
         cap = self.max_source_tokens
         too_long = [i for i, x in enumerate(ids) if len(x) > cap]
@@ -263,10 +323,17 @@ class Translator:
             rows = sharding.padded_rows(_row_bucket(len(chunk), cfg.batch_size), self.mesh)
             src, n = pad_batch([ids[i] for i in chunk], self.buckets, self.config.pad_id, rows)
             max_len = output_max_len(cfg, src.shape[1], self.config.max_len)
+            batch = {"src": src}
+            if wanted is not None:
+                rows_ids = [wanted[i] for i in chunk]
+                batch["constraints"] = constraint_array(rows_ids, src.shape[0])
+                need = max(sum(len(p) for p in r) for r in rows_ids)
+                max_len = max(max_len, min(need + 1, self.config.max_len))  # room for EOS
             if self.mesh is None:
-                src_dev = jnp.asarray(src)
+                dev = {k: jnp.asarray(v) for k, v in batch.items()}
             else:
-                src_dev = sharding.shard_rows({"src": src}, self.mesh)["src"]
+                dev = sharding.shard_rows(batch, self.mesh)
+            src_dev = dev["src"]
             res = _decode_batch(
                 self.model,
                 self.params,
@@ -276,6 +343,7 @@ class Translator:
                 static_part(cfg),
                 max_len,
                 *amateur,
+                **({"constraints": dev["constraints"]} if "constraints" in dev else {}),
             )
             tokens = sharding.to_host(res.tokens)[:n]
             scores = sharding.to_host(res.scores)[:n]
@@ -295,6 +363,28 @@ class Translator:
         if bar:
             bar.close()
         return out, aligned
+
+    def _constraint_ids(
+        self, sentences: Sequence[str], constraints: Sequence[Sequence[str]] | None
+    ) -> list[tuple[tuple[int, ...], ...]] | None:
+        """Each sentence's phrases as target token ids; refuses phrases that cannot fit."""
+        if constraints is None:
+            return None
+        if len(constraints) != len(sentences):
+            raise ConfigError(
+                f"constraints: {len(constraints)} list(s) of phrases for {len(sentences)} "
+                "sentence(s); give one per sentence"
+            )
+        eos, limit = self.config.eos_id, self.config.max_len
+        wanted = [phrase_ids(self.tgt_tokenizer, list(p), eos) for p in constraints]
+        for i, phrases in enumerate(wanted):
+            need = sum(len(p) for p in phrases)
+            if need > limit and sentences[i].strip():
+                raise ConfigError(
+                    f"constraints of line {i + 1} need {need} target tokens, more than the "
+                    f"model's max_len ({limit})"
+                )
+        return wanted
 
     def _alignment(
         self, tokens_L: Any, attention_LxS: Any, source_len: int

@@ -55,6 +55,7 @@ module; reach a module's other names with ``from seqjax.decoding.greedy import .
 # before anything else can, keeps that binding stable.
 from seqjax.decoding.beam_sample import beam_sample
 from seqjax.decoding.beam_search import beam_search
+from seqjax.decoding.constrained_beam_search import constrained_beam_search
 from seqjax.decoding.contrastive import contrastive
 from seqjax.decoding.decode import NUMERIC_FIELDS, decode, numeric_options, static_part
 from seqjax.decoding.diverse_beam_search import diverse_beam_search
@@ -71,6 +72,7 @@ __all__ = [
     "STATIC_ARGNAMES",
     "beam_sample",
     "beam_search",
+    "constrained_beam_search",
     "contrastive",
     "decode",
     "diverse_beam_search",

@@ -140,6 +140,79 @@ def _check_prefix(prefix: jax.Array, B: int, max_len: int, vocab_size: int, eos_
         )
 
 
+# the padding of constraint phrases (constrained_beam_search): never a token id
+CONSTRAINT_PAD = -1
+
+
+def check_constraints(
+    constraints: Any, B: int, vocab_size: int, max_len: int, *, eos_id: Any, pad_id: Any
+) -> None:
+    """``constraints int[B, C, P]``: left-aligned phrases padded with ``-1``, that can fit.
+
+    The shape is checked always, the values when they are concrete (``jitted`` checks them
+    before tracing).
+
+    >>> import numpy as np
+    >>> ok = np.array([[[5, 6], [7, -1]]])
+    >>> check_constraints(ok, 1, 9, 4, eos_id=2, pad_id=0)
+    >>> check_constraints(ok, 1, 9, 2, eos_id=2, pad_id=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: constraints of row 0 need 3 tokens in all, more than max_len (2)
+    """
+    shape = np.shape(constraints)
+    if len(shape) != 3 or shape[0] != B or 0 in shape[1:]:
+        raise ValueError(
+            f"constraints must have shape [{B}, C, P] (C phrases of up to P token ids per "
+            f"source, padded with {CONSTRAINT_PAD}), got {shape}"
+        )
+    dtype = np.dtype(
+        constraints.dtype if hasattr(constraints, "dtype") else np.asarray(constraints).dtype
+    )
+    if not np.issubdtype(dtype, np.integer):
+        raise ValueError(f"constraints must hold integer token ids, got dtype {dtype}")
+    c = concrete(constraints)
+    if c is None:
+        return
+    bad = c[(c < CONSTRAINT_PAD) | (c >= vocab_size)]
+    if bad.size:
+        raise ValueError(
+            f"constraints must hold token ids in [0, {vocab_size}) (the step's vocabulary) "
+            f"or {CONSTRAINT_PAD} (padding), got {bad.flat[0]}"
+        )
+    real = c != CONSTRAINT_PAD
+    gap = np.argwhere(~real[..., :-1] & real[..., 1:])
+    if gap.size:
+        b, k = gap[0, :2]
+        raise ValueError(
+            f"constraints: row {b} phrase {k} has a token after its {CONSTRAINT_PAD} "
+            "padding; left-align each phrase"
+        )
+    for name, ids in (("eos_id", eos_id), ("pad_id", pad_id)):
+        ids = concrete(ids)
+        hit = np.argwhere(np.isin(c, ids) & real) if ids is not None else np.zeros((0, 3))
+        if hit.size:
+            b, k = hit[0, :2]
+            raise ValueError(
+                f"constraints must not contain {name} {ids.tolist()} (row {b}, phrase {k}): "
+                "no hypothesis emits it inside a phrase"
+            )
+    lengths = real.sum(axis=-1)
+    if lengths.max() > max_len:
+        b, k = np.argwhere(lengths == lengths.max())[0]
+        raise ValueError(
+            f"constraints: row {b} phrase {k} has {lengths.max()} tokens, more than "
+            f"max_len ({max_len})"
+        )
+    totals = lengths.sum(axis=-1)
+    if totals.max() > max_len:
+        b = int(np.argmax(totals))
+        raise ValueError(
+            f"constraints of row {b} need {totals.max()} tokens in all, more than "
+            f"max_len ({max_len})"
+        )
+
+
 def check_score_call(
     step_fn: StepFn, cache: Any, targets: jax.Array, token_ids: dict[str, Any]
 ) -> None:
@@ -171,16 +244,22 @@ def check_concrete_call(decoder: Callable, args: tuple, kwargs: dict) -> None:
     options = {k: v for k, v in bound.items() if k in RULES}
     check_options(**options)
     coverage = concrete(bound.get("coverage"))
-    if coverage is None or not np.any(coverage != 0):
+    constraints = bound.get("constraints")
+    has_coverage = coverage is not None and np.any(coverage != 0)
+    if not has_coverage and concrete(constraints) is None:
         return
     step_name = "step_fn" if "step_fn" in bound else "expert_step_fn"
     step = bind_params(bound[step_name], bound.get(_STEP_ARGS[step_name]))
     cache = bound.get(_CACHE_ARGS[step_name])
     B = infer_batch_size(cache, bound.get("batch_size"))
-    if step_output_shapes(step, B, cache)[1] is None:
+    vocab_size, source_len = step_output_shapes(step, B, cache)
+    if has_coverage and source_len is None:
         raise ValueError(
             "coverage penalty (coverage != 0) needs a step_fn returning cross-attention"
         )
+    if concrete(constraints) is not None and isinstance(bound.get("max_len"), int | np.integer):
+        ids = {k: bound.get(k) for k in ("eos_id", "pad_id")}
+        check_constraints(constraints, B, vocab_size, bound["max_len"], **ids)
 
 
 _SIGNATURES: dict[Callable, inspect.Signature] = {}

@@ -58,6 +58,12 @@ from seqjax.decoding.step_scores import ScoreFn, StepScores
 # select_fn(position, live_scores_BxK, step_BxKxV) -> step_BxKxV with -inf at candidates
 # the step may not consider (beam sampling keeps the ones it draws).
 SelectFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+# rank_fn(position, totals_BxKxV, finishing_BxKxV, cache) -> (live_scores_BxK, live_flat_BxK,
+# finish_ok_BxKxV): the K candidates that stay live (flat indices ``beam * V + token``, best
+# first, -inf = empty) and which finishing candidates may finish now, instead of the raw-total
+# ranking of ``_rank_live`` / ``_rank_finishing``; ``cache`` is the step's new cache
+# (constrained beam search keeps its constraint progress there and allocates beams to banks).
+RankFn = Callable[[jax.Array, jax.Array, jax.Array, Any], tuple[jax.Array, jax.Array, jax.Array]]
 
 
 def check_beam_args(beam_size: int, n_best: int, length_penalty_kind: str) -> None:
@@ -233,10 +239,7 @@ def _rank_finishing(
     ranked_BxKxV = (totals_BxKxV >= kth_B[:, None, None]) | q.at_last(t)
 
     def finish_any() -> tuple[jax.Array, jax.Array]:  # last position: any token ends
-        new_fin = q.penalised(totals_BxKxV, t + 1, attention_BxKxS)
-        new_fin = jnp.where(finishing_V & ranked_BxKxV, new_fin, -jnp.inf)
-        scores, flat = lax.top_k(new_fin.reshape(B, K * V), M)
-        return scores, flat
+        return _finish_among(q, t, totals_BxKxV, finishing_V & ranked_BxKxV, attention_BxKxS)
 
     def finish_eos() -> tuple[jax.Array, jax.Array]:  # otherwise only EOS: K * E values
         eos_E = jnp.stack([jnp.asarray(e, jnp.int32) for e in id_tuple(q.eos_id)])
@@ -248,6 +251,15 @@ def _rank_finishing(
         return scores, (flat // E) * V + eos_E[flat % E]
 
     return lax.cond(jnp.any(q.at_last(t)), finish_any, finish_eos)
+
+
+def _finish_among(
+    q: _Search, t: jax.Array, totals_BxKxV: jax.Array, ok_BxKxV: jax.Array, attention: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """``(scores_BxM, flat_BxM)``: the M best candidates where ``ok_BxKxV``, penalised."""
+    new_fin = jnp.where(ok_BxKxV, q.penalised(totals_BxKxV, t + 1, attention), -jnp.inf)
+    scores, flat = lax.top_k(new_fin.reshape(q.B, q.K * q.V), q.M)
+    return scores, flat
 
 
 def _merge_finished(
@@ -334,8 +346,18 @@ def _advance_extras(
     return out
 
 
-def _advance(q: _Search, s: _State, step: StepScores, step_BxKxV: jax.Array) -> _State:
-    """One beam step given the step's selection scores (``-inf`` = not pickable)."""
+def _advance(
+    q: _Search,
+    s: _State,
+    step: StepScores,
+    step_BxKxV: jax.Array,
+    rank_fn: RankFn | None = None,
+) -> _State:
+    """One beam step given the step's selection scores (``-inf`` = not pickable).
+
+    ``rank_fn`` (optional, see ``RankFn``) picks the live and the finishing candidates
+    instead of the ranking by raw totals.
+    """
     B, K, V, S = q.B, q.K, q.V, q.S
     t = s.position
     totals_BxKxV = s.live_scores[..., None] + step_BxKxV
@@ -346,10 +368,15 @@ def _advance(q: _Search, s: _State, step: StepScores, step_BxKxV: jax.Array) -> 
     # the last position finishes all
     finishing_V = is_any(jnp.arange(V), id_tuple(q.eos_id)) | q.at_last(t)
 
-    live_scores, live_flat, eos_BxK, kth_B = _rank_live(q, totals_BxKxV, finishing_V)
-    fin_scores, fin_flat = _rank_finishing(
-        q, t, totals_BxKxV, finishing_V, eos_BxK, kth_B, attention
-    )
+    if rank_fn is None:
+        live_scores, live_flat, eos_BxK, kth_B = _rank_live(q, totals_BxKxV, finishing_V)
+        fin_scores, fin_flat = _rank_finishing(
+            q, t, totals_BxKxV, finishing_V, eos_BxK, kth_B, attention
+        )
+    else:
+        finishing = jnp.broadcast_to(finishing_V, totals_BxKxV.shape)
+        live_scores, live_flat, ok = rank_fn(t, totals_BxKxV, finishing, step.cache)
+        fin_scores, fin_flat = _finish_among(q, t, totals_BxKxV, finishing & ok, attention)
     if q.early_stopping != "never":  # a stopped source's pool is final (HF freezes it)
         fin_scores = jnp.where(s.done[:, None], -jnp.inf, fin_scores)
     fin_tokens, fin_lp = _extend(s, model_lp_BxKxV, fin_flat // V, fin_flat % V)
@@ -415,6 +442,7 @@ def run_beam_loop(
     select_fn: SelectFn | None = None,
     output_widths: dict[str, int] | None = None,
     emit: Callable[[jax.Array, jax.Array], None] | None = None,
+    rank_fn: RankFn | None = None,
 ) -> DecodeResult:
     """The compiled beam loop over a score function (``cache`` has ``B`` rows).
 
@@ -431,7 +459,9 @@ def run_beam_loop(
     ``output_widths`` (static, ``seqjax.decoding.outputs``): optional outputs to return.
     ``emit(t, best_BxL)`` (optional): called in the loop with each source's best live
     hypothesis after position ``t``, or its best finished one once the source is done
-    or ``t`` is the last position (``seqjax.decoding.streaming``).
+    or ``t`` is the last position (``seqjax.decoding.streaming``). ``rank_fn`` (static,
+    optional, see ``RankFn``) chooses the live and finishing candidates (constrained beam
+    search's bank allocation); without it the K best raw totals stay live.
     """
     B, K, L = batch_size, beam_size, max_len
     S = source_len or 0
@@ -476,7 +506,7 @@ def run_beam_loop(
         step_BxKxV = selection_scores((step.scores, step.allowed), forced).reshape(B, K, q.V)
         if select_fn is not None:
             step_BxKxV = select_fn(t, s.live_scores, step_BxKxV)
-        new = _advance(q, s, step, step_BxKxV)
+        new = _advance(q, s, step, step_BxKxV, rank_fn)
         if emit is not None:  # sorted: slot 0 is the best live / finished one
             last_B = jnp.broadcast_to(q.at_last(t), (B, 1, 1))[:, 0, 0]
             final_B1 = (new.done | last_B)[:, None]

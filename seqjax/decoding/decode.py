@@ -16,6 +16,7 @@ from seqjax.config import DecodeConfig
 from seqjax.decoding.batch_tree import infer_batch_size
 from seqjax.decoding.beam_sample import beam_sample
 from seqjax.decoding.beam_search import beam_search
+from seqjax.decoding.constrained_beam_search import constrained_beam_search
 from seqjax.decoding.contrastive import contrastive
 from seqjax.decoding.diverse_beam_search import diverse_beam_search
 from seqjax.decoding.greedy import greedy
@@ -106,6 +107,7 @@ def decode(
     amateur_params: Any = None,
     processors: tuple = (),
     stream: Any = None,
+    constraints: jax.Array | None = None,
 ) -> DecodeResult:
     """Decode with the method and options of ``config``, through ``jitted`` decoders.
 
@@ -131,6 +133,9 @@ def decode(
     (``seqjax.decoding.outputs``). ``stream``: a consumer ID
     (``seqjax.decoding.streaming``) that every method calls from inside its loop; a
     config with ``stream=True`` requires it (an ID alone streams too).
+    ``constraints`` (``int[B, C, P]``, traced; method ``beam`` only): phrases every
+    hypothesis must contain (``constrained_beam_search``); constraints are data, one set
+    per source, so they are an argument and not a ``DecodeConfig`` field.
 
     Example (a bigram table that prefers ``previous + 1``; EOS = 3)::
 
@@ -176,6 +181,11 @@ def decode(
     if c.outputs:  # left out when empty: the call (and jit's cache key) stays as before
         common["outputs"] = c.outputs
     streamed = {} if stream is None else {"stream": stream}
+    if constraints is not None and (c.method != "beam" or c.diverse_groups > 1 or c.beam_sample):
+        raise ValueError(
+            "constraints need method 'beam' (constrained beam search), without "
+            "diverse_groups or beam_sample"
+        )
     if c.method == "greedy":
         return jitted(greedy)(step_fn, cache, **common, **streamed)
     if c.method == "sample":
@@ -183,6 +193,8 @@ def decode(
         return _decode_sample(step_fn, cache, c, n, key, {**common, **streamed})
     ranked = dict(n_best=c.n_best, alpha=n["alpha"], length_penalty=c.length_penalty)
     ranked.update(coverage=n["coverage"], src_mask=src_mask, beam_size=c.beam_size)
+    if constraints is not None:
+        return _decode_constrained(step_fn, cache, c, constraints, ranked, common, streamed)
     if c.method == "beam" and (c.diverse_groups > 1 or c.beam_sample):
         return _decode_beam_variant(step_fn, cache, c, n, key, ranked, common, streamed)
     if c.method == "beam" and c.early_stopping != "never":
@@ -274,6 +286,35 @@ def _decode_beam_variant(
         step_fn, cache, key=jax.random.key(c.seed) if key is None else key,
         temperature=n["temperature"], top_k=n["top_k"], top_p=n["top_p"], **ranked, **common,
     )  # fmt: skip
+
+
+# Prompt options constrained beam search does not take.
+_PROMPT_OPTIONS = ("prefix", "max_new_tokens", "min_new_tokens", "score_prompt")
+
+
+def _decode_constrained(
+    step_fn: StepFn,
+    cache: Any,
+    c: DecodeConfig,
+    constraints: jax.Array,
+    ranked: dict[str, Any],
+    common: dict[str, Any],
+    streamed: dict[str, Any],
+) -> DecodeResult:
+    """Issue 15: lexically constrained beam search; prompts are refused by name."""
+    given = dict(
+        prefix=common["prefix"] is not None, max_new_tokens=c.max_new_tokens is not None,
+        min_new_tokens=bool(c.min_new_tokens), score_prompt=c.score_prompt,
+    )  # fmt: skip
+    for name in _PROMPT_OPTIONS:
+        if given[name]:
+            raise ValueError(f"{name} is not supported with constraints yet; leave it unset")
+    common = {k: v for k, v in common.items() if k not in _PROMPT_OPTIONS}
+    if c.early_stopping != "never":
+        ranked = {**ranked, "early_stopping": c.early_stopping == "true"}
+    return jitted(constrained_beam_search)(
+        step_fn, cache, constraints=constraints, **ranked, **common, **streamed
+    )
 
 
 def _decode_contrastive(

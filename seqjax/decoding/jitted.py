@@ -16,6 +16,7 @@ import jax
 from seqjax.decoding.arg_checks import check_concrete_call
 from seqjax.decoding.beam_sample import beam_sample
 from seqjax.decoding.beam_search import beam_search
+from seqjax.decoding.constrained_beam_search import constrained_beam_search
 from seqjax.decoding.contrastive import contrastive
 from seqjax.decoding.diverse_beam_search import diverse_beam_search
 from seqjax.decoding.greedy import greedy
@@ -83,6 +84,20 @@ STATIC_ARGNAMES: dict[Callable, tuple[str, ...]] = {
         "n_best",
         "length_penalty",
         *_BASE_STATIC,
+        "early_stopping",
+        "outputs",
+    ),
+    # no prompts (prefix, max_new_tokens, score_prompt); the constraints' shape is static
+    constrained_beam_search: (
+        "step_fn",
+        "beam_size",
+        "n_best",
+        "length_penalty",
+        *_BASE_STATIC,
+        "processors",
+        "bad_words",
+        "suppress_tokens",
+        "begin_suppress_tokens",
         "early_stopping",
         "outputs",
     ),
