@@ -393,7 +393,9 @@ def test_cli_translate_hf_token_ids(hand_built, tmp_path, capsys):
     # the same through the Python API
     tr = load_hf_translator(d)
     assert tr.decode_config.method == "greedy"  # no num_beams in config.json
-    cfg = dataclasses.replace(tr.decode_config, max_len=6)
+    # HF's default length is 20 new tokens (max_new_tokens, which max_len does not replace)
+    assert tr.decode_config.max_new_tokens == min(20, MAXPOS - 1)
+    cfg = dataclasses.replace(tr.decode_config, max_new_tokens=6)
     assert tr.translate([f"5 6 7 {eos}"], cfg) == [lines[0]]
 
 
