@@ -485,7 +485,7 @@ class DecodeConfig:
     contrastive_lambda: float = 0.5
     contrastive_alpha: float = 0.1
     amateur_temperature: float = 1.0
-    convention: str = "seqjax"  # or "hf": HF generate()'s (see seqjax.decoding.greedy)
+    convention: str = "seqjax"  # or "hf": HF generate()'s (see seqjax.decoding.prompt)
     forced_eos: bool = False  # force EOS at the last position (HF forced_eos_token_id)
     bad_words: tuple[tuple[int, ...], ...] = ()  # token-id sequences never generated
     suppress_tokens: tuple[int, ...] = ()  # never generated (HF suppress_tokens)

@@ -45,15 +45,20 @@ def pair(request, tmp_path_factory):
 
 
 def _hf_generate(hf, src, mask, pad, **kw):
+    """``generate()`` with the tests' lengths and PAD banned, unless ``kw`` replaces them
+    (a ``None`` value leaves the setting unset)."""
+    settings = dict(
+        do_sample=False,
+        max_new_tokens=MAX_NEW,
+        min_new_tokens=MIN_NEW,
+        bad_words_ids=[[pad]],  # seqjax never generates pad; HF 5 would
+    )
+    settings.update(kw)
     with torch.no_grad():
         return hf.generate(
             input_ids=torch.tensor(src),
             attention_mask=torch.tensor(mask.astype(np.int64)),
-            do_sample=False,
-            max_new_tokens=MAX_NEW,
-            min_new_tokens=MIN_NEW,
-            bad_words_ids=[[pad]],  # seqjax never generates pad; HF 5 would
-            **kw,
+            **{k: v for k, v in settings.items() if v is not None},
         )
 
 
@@ -77,10 +82,10 @@ def _our_rows(tokens, lengths) -> list[list[int]]:
     return [list(map(int, t[:n])) for t, n in zip(tokens, lengths, strict=True)]
 
 
-def _prepare(model, params, src, mask):
+def _prepare(model, params, src, mask, max_len=MAX_NEW):
     src, mask = jnp.asarray(src), jnp.asarray(mask)
     memory = model.encode(params, src, mask)
-    return memory, model.init_cache(params, memory, mask, MAX_NEW)
+    return memory, model.init_cache(params, memory, mask, max_len)
 
 
 def test_encoder_and_teacher_forced_logits_match(pair):
@@ -221,6 +226,87 @@ def test_every_accepted_setting_matches_generate(pair, name, value, beams):
     got = _our_rows(
         np.asarray(ours.tokens).reshape(-1, MAX_NEW), np.asarray(ours.lengths).reshape(-1)
     )
+    assert got == expected
+    if beams > 1:
+        np.testing.assert_allclose(
+            np.asarray(ours.scores).reshape(-1), ref.sequences_scores.numpy(), atol=1e-4, rtol=1e-4
+        )
+
+
+# The settings hf_decode_config maps since issue 14's leftovers, each against generate()
+# with a value that changes HF's output: token bans whose tokens are taken from HF's own
+# output without them, and lengths counted after a decoder prompt (HF's
+# ``decoder_input_ids``) or left at HF's defaults.
+PROMPT = [7, 11]  # forced after the decoder start token (no EOS/PAD in either model)
+NEW_SETTINGS = {
+    "bad_words_ids": ({"bad_words_ids": "FROM_OUTPUT"}, None),
+    "suppress_tokens": ({"suppress_tokens": "FROM_OUTPUT"}, None),
+    "begin_suppress_tokens": ({"begin_suppress_tokens": "FROM_OUTPUT"}, None),
+    "max_new_tokens": ({"max_new_tokens": 5, "min_new_tokens": 2}, PROMPT),
+    "min_new_tokens": ({"min_new_tokens": 8}, None),
+    "no_length_settings": ({"max_new_tokens": None, "min_new_tokens": None}, None),
+}
+
+
+def _from_output(name: str, plain: list[list[int]], eos: int) -> list:
+    """A value of ``name`` that bans tokens HF emitted without it."""
+    counts: dict[int, int] = {}
+    for row in plain:
+        for t in row:
+            counts[t] = counts.get(t, 0) + (t != eos)
+    common = sorted(counts, key=lambda t: -counts[t])[:2]
+    if name == "suppress_tokens":
+        return common
+    if name == "begin_suppress_tokens":
+        return sorted({row[0] for row in plain})
+    bigram = next(row[1:3] for row in plain if len(row) >= 4)  # no EOS inside
+    return [[common[0]], bigram, [eos]]  # HF drops the lone EOS, and so must seqjax
+
+
+@pytest.mark.filterwarnings("ignore:Using the model-agnostic default")
+@pytest.mark.parametrize("beams", [1, BEAM])
+@pytest.mark.parametrize("case", sorted(NEW_SETTINGS))
+def test_token_bans_and_lengths_match_generate(pair, case, beams):
+    """``hf_decode_config`` of ``bad_words_ids``, ``suppress_tokens``,
+    ``begin_suppress_tokens``, ``max_new_tokens`` / ``min_new_tokens`` (after a prompt)
+    and HF's default lengths reproduces ``generate()``: every returned hypothesis token
+    for token and, for beam search, HF's sequence scores."""
+    from seqjax.decoding import decode
+    from seqjax.interop.hf import hf_decode_config
+
+    _, hf, model, params, src, mask = pair
+    c = model.config
+    settings, prompt = NEW_SETTINGS[case]
+    beam_kw = {}
+    if beams > 1:
+        beam_kw = dict(num_return_sequences=beams, early_stopping="never")
+    hf_kw = dict(num_beams=beams, output_scores=True, return_dict_in_generate=True, **beam_kw)
+    if prompt is not None:
+        start = np.full((src.shape[0], 1), c.bos_id)
+        hf_kw["decoder_input_ids"] = torch.tensor(np.concatenate([start, [PROMPT] * len(src)], 1))
+    plain = _hf_generate(hf, src, mask, c.pad_id, **hf_kw)
+    plain_rows = _hf_rows(plain.sequences, c.eos_id, c.pad_id)
+    offset = 0 if prompt is None else len(prompt)
+    settings = {
+        k: _from_output(k, [r[offset:] for r in plain_rows], c.eos_id) if v == "FROM_OUTPUT" else v
+        for k, v in settings.items()
+    }
+    ref = _hf_generate(hf, src, mask, c.pad_id, **hf_kw, **settings)
+    expected = _hf_rows(ref.sequences, c.eos_id, c.pad_id)
+    assert expected != plain_rows  # the setting changes HF's output
+
+    lengths = dict(max_new_tokens=MAX_NEW, min_new_tokens=MIN_NEW)
+    lengths.update({k: v for k, v in settings.items() if k in lengths})
+    bans = {k: v for k, v in settings.items() if k not in lengths}
+    bans["bad_words_ids"] = [[c.pad_id], *bans.get("bad_words_ids", [])]
+    given = {k: v for k, v in lengths.items() if v is not None}
+    cfg = hf_decode_config(dict(num_beams=beams, **beam_kw, **given, **bans), c)
+    _, cache = _prepare(model, params, src, mask, max_len=cfg.max_len + offset)
+    ids = dict(bos_id=c.bos_id, eos_id=c.eos_id, pad_id=c.pad_id)
+    prefix = None if prompt is None else jnp.asarray([prompt] * len(src), jnp.int32)
+    ours = decode(model.step, cache, cfg, params=params, prefix=prefix, **ids)
+    L = ours.tokens.shape[-1]
+    got = _our_rows(np.asarray(ours.tokens).reshape(-1, L), np.asarray(ours.lengths).reshape(-1))
     assert got == expected
     if beams > 1:
         np.testing.assert_allclose(

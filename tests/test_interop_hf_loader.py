@@ -322,9 +322,53 @@ def test_generation_settings_map_to_decode_config(tmp_path):
     assert (greedy.method, greedy.max_len) == ("greedy", 7)
     with pytest.raises(HFImportError, match="forced_bos_token_id"):
         hf_decode_config({"forced_bos_token_id": 0}, cfg_model)
-    with pytest.raises(HFImportError, match="bad_words_ids"):
-        hf_decode_config({"bad_words_ids": [[5]]}, cfg_model)
-    assert hf_decode_config({"bad_words_ids": [[V - 1]]}, cfg_model).method == "greedy"
+    words = hf_decode_config({"bad_words_ids": [[5], [0], [6, 0]]}, cfg_model).bad_words
+    assert words == ((5,), (6, 0))  # HF drops a lone EOS (id 0 here)
+
+
+@pytest.mark.parametrize(
+    "settings, named",
+    [
+        ({"num_beam_groups": 2, "diversity_penalty": 0.5}, "num_beam_groups"),
+        ({"sequence_bias": [[[5], -1.0]]}, "sequence_bias"),
+        ({"renormalize_logits": True}, "renormalize_logits"),
+        ({"some_future_option": 3}, "some_future_option"),
+        ({"eos_token_id": [0, 5]}, "eos_token_id"),
+        ({"decoder_start_token_id": 3}, "decoder_start_token_id"),
+        ({"bad_words_ids": [5]}, "bad_words_ids"),
+        ({"suppress_tokens": [-1]}, "suppress_tokens"),
+        ({"do_sample": True}, "do_sample"),
+    ],
+)
+def test_generation_settings_seqjax_cannot_reproduce_are_refused(tmp_path, settings, named):
+    cfg_model = load_hf_config_model(write_dir(tmp_path, hf_config("marian"), None))
+    with pytest.raises(HFImportError, match=named) as e:
+        hf_decode_config(settings, cfg_model)
+    assert "\n" not in str(e.value)
+
+
+def test_generation_settings_follow_hf_precedence(tmp_path):
+    """generation_config.json replaces config.json's settings; *_new_tokens win over
+    *_length; off values and output-only settings are accepted; HF's default length."""
+    d = write_dir(tmp_path, hf_config("marian", num_beams=3, diversity_penalty=0.5), None)
+    (d / "generation_config.json").write_text(
+        json.dumps({"max_length": 9, "max_new_tokens": 4, "min_length": 7, "min_new_tokens": 2,
+                    "num_beam_groups": 1, "output_scores": True, "top_k": 50,
+                    "transformers_version": "5.0", "early_stopping": True})
+    )  # fmt: skip
+    cfg_model = load_hf_config_model(d)
+    dc = hf_decode_config(hf_generation_settings(d), cfg_model)
+    assert dc.method == "greedy"  # num_beams of config.json is not read
+    assert (dc.max_new_tokens, dc.min_new_tokens, dc.min_len) == (4, 2, 0)
+    (d / "generation_config.json").unlink()
+    with pytest.raises(HFImportError, match="diversity_penalty"):
+        hf_decode_config(hf_generation_settings(d), cfg_model)
+    default = hf_decode_config({"num_beams": 2}, cfg_model)
+    assert (default.max_new_tokens, default.early_stopping) == (20, "false")
+    assert (
+        hf_decode_config({"num_beams": 2, "early_stopping": "never"}, cfg_model).early_stopping
+        == "never"
+    )
 
 
 def load_hf_config_model(d: Path):
@@ -349,8 +393,29 @@ def test_cli_translate_hf_token_ids(hand_built, tmp_path, capsys):
     # the same through the Python API
     tr = load_hf_translator(d)
     assert tr.decode_config.method == "greedy"  # no num_beams in config.json
-    cfg = dataclasses.replace(tr.decode_config, max_len=6)
+    # HF's default length is 20 new tokens (max_new_tokens, which max_len does not replace)
+    assert tr.decode_config.max_new_tokens == min(20, MAXPOS - 1)
+    cfg = dataclasses.replace(tr.decode_config, max_new_tokens=6)
     assert tr.translate([f"5 6 7 {eos}"], cfg) == [lines[0]]
+
+
+def test_cli_flags_replace_the_checkpoints_length_and_beam_rule(hand_built, tmp_path, capsys):
+    """--greedy drops the checkpoint's beam-only early_stopping, --max-len its
+    max_new_tokens (which would otherwise take precedence)."""
+    kind, _, tensors = hand_built
+    d = write_dir(tmp_path / "m", hf_config(kind), tensors)
+    (d / "generation_config.json").write_text(json.dumps({"num_beams": 3, "max_new_tokens": 9}))
+    assert (
+        hf_decode_config(hf_generation_settings(d), load_hf_config_model(d)).early_stopping
+        == "false"
+    )
+    eos = 0 if kind == "marian" else 2
+    inp = tmp_path / "in.txt"
+    inp.write_text(f"5 6 7 {eos}\n")
+    assert (
+        main(["translate", "--hf", str(d), "--input", str(inp), "--greedy", "--max-len", "2"]) == 0
+    )
+    assert 1 <= len(capsys.readouterr().out.split()) <= 2
 
 
 def test_cli_hf_errors_are_one_line(tmp_path, capsys):

@@ -191,6 +191,11 @@ def decode_config_from_args(
 ) -> DecodeConfig:
     """Decoding options: ``base`` (e.g. a checkpoint's own), then the TOML file, then flags."""
     values: dict[str, Any] = dict(base or {})
+    # the base's length and beam-only rule give way to a flag that replaces them
+    if args.max_len is not None:
+        values.pop("max_new_tokens", None)
+    if args.greedy or args.sample or args.contrastive:
+        values.pop("early_stopping", None)
     if args.decode_config:
         values.update(read_toml(args.decode_config).get("decode", {}))
     if args.greedy:

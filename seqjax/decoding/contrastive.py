@@ -8,9 +8,8 @@ import jax
 
 from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.beam_loop import check_beam_args, coverage_source_len, run_beam_loop
-from seqjax.decoding.logit_processors import make_controls
 from seqjax.decoding.outputs import check_outputs, output_widths
-from seqjax.decoding.prompt import plan_prompt, total_len
+from seqjax.decoding.prompt import prompt_controls, total_len
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import contrastive_scores
@@ -72,27 +71,15 @@ def contrastive(
     Static: both step functions, ``max_len``, ``beam_size``, ``n_best``,
     ``length_penalty``, ``no_repeat_ngram_size``, ``batch_size``, the token ids.
     ``params`` / ``amateur_params`` (traced) switch the matching step function to the
-    params form ``step(params, tokens, position, cache)``, as in ``greedy``.
+    params form ``step(params, tokens, position, cache)`` (``seqjax.decoding.prompt``).
     Traced: ``contrastive_lambda``, ``contrastive_alpha``, ``amateur_temperature``,
     ``alpha``, ``coverage``, ``min_len``, ``repetition_penalty``, the caches, ``src_mask``,
     ``prefix``.
 
-    ``convention`` (static): ``"seqjax"`` (default) or ``"hf"``, HuggingFace
-    ``generate()``'s (the decoder start token counts as history for the repetition
-    penalty and the n-gram ban; beam search penalises log-probs). ``forced_eos``
-    (static): EOS is forced at the last position, as HF's ``forced_eos_token_id``.
-
-    ``prefix [B, P]`` is a prompt (``seqjax.decoding.prompt``): row ``b`` forces its
-    non-PAD tokens first (prompts may differ in length), and is not scored unless
-    ``score_prompt=True`` (static). ``max_new_tokens`` (static; instead of ``max_len``)
-    and ``min_new_tokens`` (traced, scalar or ``[B]``) count generated tokens only.
-
-    ``processors`` (static): the user's logits processors
-    (``seqjax.decoding.processors``), run after the built-in bans. ``bad_words``
-    (static tuple of token-id tuples): sequences never generated (HF
-    ``bad_words_ids``); ``suppress_tokens`` / ``begin_suppress_tokens`` (static id
-    tuples): never emitted / not emitted first (HF's). ``eos_id`` may be several ids
-    (``eos_id=(1, 3)``): a row ends at any of them (its last token says which).
+    Shared with the other decoders (``seqjax.decoding.prompt`` describes them):
+    ``params``, ``convention``, ``forced_eos``, the prompt ``prefix`` with
+    ``score_prompt``, ``max_new_tokens`` and ``min_new_tokens``, ``processors``,
+    ``bad_words``, ``suppress_tokens``, ``begin_suppress_tokens`` and several ``eos_id``.
 
     ``outputs`` (static): optional extra results, ``("alignments", "step_log_probs")``
     or a subset (``seqjax.decoding.outputs``): the expert's cross-attention and its
@@ -129,20 +116,13 @@ def contrastive(
     check_outputs(outputs, source_len)
     check_stream(stream)
     widths = output_widths(outputs, vocab_size, source_len)
-    plan = plan_prompt(
-        prefix,
-        pad_id=pad_id,
-        max_new_tokens=max_new_tokens,
-        min_len=min_len,
-        min_new_tokens=min_new_tokens,
-    )
-    controls = make_controls(
-        eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=plan.min_len,
+    plan, controls = prompt_controls(
+        prefix, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, max_len=max_len,
+        max_new_tokens=max_new_tokens, min_len=min_len, min_new_tokens=min_new_tokens,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-        convention=convention, forced_eos=forced_eos, beam=beam_size > 1,
-        rows_per_source=beam_size, bad_words=bad_words, suppress_tokens=suppress_tokens,
-        begin_suppress_tokens=begin_suppress_tokens, processors=processors,
-        prompt_len=plan.prompt_len, last=plan.last,
+        convention=convention, forced_eos=forced_eos, bad_words=bad_words,
+        suppress_tokens=suppress_tokens, begin_suppress_tokens=begin_suppress_tokens,
+        processors=processors, beam=beam_size > 1, rows_per_source=beam_size,
     )  # fmt: skip
     score_fn = contrastive_scores(
         expert_step_fn,

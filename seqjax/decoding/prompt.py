@@ -13,6 +13,29 @@ rows hold the prompt followed by the generated tokens, and ``lengths`` count bot
   adds nothing to ``scores``, and beam search's length penalty counts generated
   tokens only. ``score_prompt=True`` scores and counts the prompt like any token.
 
+Options every decoder shares (``greedy``, ``sample``, ``beam_search`` and
+``contrastive`` refer here; ``prompt_controls`` turns them into a prompt plan and the
+loop's ``Controls``):
+
+- ``params`` (traced, any pytree) makes ``step_fn`` the params form
+  ``step_fn(params, tokens_B, position, cache)``: one compilation then serves every
+  set of weights (``greedy(model.step, cache, params=params, ...)``).
+- ``convention`` (static): ``"seqjax"`` (default) or ``"hf"``, HuggingFace
+  ``generate()``'s (the decoder start token counts as history for the repetition
+  penalty, the n-gram ban and bad words; beam search penalises log-probs).
+  ``forced_eos`` (static): EOS is forced at the last position, as HF's
+  ``forced_eos_token_id``.
+- ``prefix [B, P]`` is a prompt: row ``b`` forces its non-PAD tokens first (prompts may
+  differ in length), and is not scored unless ``score_prompt=True`` (static).
+  ``max_new_tokens`` (static; instead of ``max_len``) and ``min_new_tokens`` (traced,
+  scalar or ``[B]``) count generated tokens only.
+- ``processors`` (static): the user's logits processors
+  (``seqjax.decoding.processors``), run after the built-in bans. ``bad_words``
+  (static tuple of token-id tuples): sequences never generated (HF
+  ``bad_words_ids``); ``suppress_tokens`` / ``begin_suppress_tokens`` (static id
+  tuples): never emitted / not emitted first (HF's). ``eos_id`` may be several ids
+  (``eos_id=(1, 3)``): a row ends at any of them (its last token says which).
+
 >>> import jax.numpy as jnp
 >>> total_len(None, 3, jnp.zeros((2, 4), jnp.int32))
 7
@@ -30,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.decoding.logit_processors import prefix_lengths
+from seqjax.decoding.logit_processors import Controls, make_controls, prefix_lengths
 
 
 def total_len(max_len: int | None, max_new_tokens: int | None, prefix: Any) -> int:
@@ -75,6 +98,58 @@ def plan_prompt(
     if not (isinstance(min_new_tokens, int | np.integer) and min_new_tokens == 0):
         min_len = jnp.maximum(min_len, prompt_len + jnp.asarray(min_new_tokens, jnp.int32))
     return PromptPlan(prompt_len, last, min_len)
+
+
+def prompt_controls(
+    prefix: jax.Array | None,
+    *,
+    bos_id: int | jax.Array,
+    eos_id: int | jax.Array | tuple,
+    pad_id: int | jax.Array,
+    max_len: int,
+    max_new_tokens: int | None,
+    min_len: int | jax.Array,
+    min_new_tokens: int | jax.Array,
+    repetition_penalty: float | jax.Array,
+    no_repeat_ngram_size: int,
+    convention: str,
+    forced_eos: bool,
+    bad_words: tuple,
+    suppress_tokens: tuple,
+    begin_suppress_tokens: tuple,
+    processors: tuple,
+    beam: bool,
+    rows_per_source: int,
+) -> tuple[PromptPlan, Controls]:
+    """The prompt plan and the per-step ``Controls`` of a decoder call (after its checks),
+    from the options every decoder shares (see the module doc). ``beam``: beam search
+    (``convention="hf"`` penalises its log-probs); ``rows_per_source``: beams or samples.
+
+    >>> plan, controls = prompt_controls(
+    ...     jnp.array([[7, 0], [7, 8]]), bos_id=0, eos_id=1, pad_id=0, max_len=6,
+    ...     max_new_tokens=4, min_len=0, min_new_tokens=2, repetition_penalty=1.0,
+    ...     no_repeat_ngram_size=0, convention="seqjax", forced_eos=False, bad_words=(),
+    ...     suppress_tokens=(), begin_suppress_tokens=(), processors=(), beam=True,
+    ...     rows_per_source=2)
+    >>> plan.last.tolist(), controls.min_len[:, 0].tolist()  # each source's 2 beams
+    ([4, 5], [3, 3, 4, 4])
+    """
+    plan = plan_prompt(
+        prefix,
+        pad_id=pad_id,
+        max_new_tokens=max_new_tokens,
+        min_len=min_len,
+        min_new_tokens=min_new_tokens,
+    )
+    controls = make_controls(
+        eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=plan.min_len,
+        repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+        convention=convention, forced_eos=forced_eos, beam=beam,
+        rows_per_source=rows_per_source, bad_words=bad_words, suppress_tokens=suppress_tokens,
+        begin_suppress_tokens=begin_suppress_tokens, processors=processors,
+        prompt_len=plan.prompt_len, last=plan.last,
+    )  # fmt: skip
+    return plan, controls
 
 
 def rows(x_B: jax.Array | None, rows_per_source: int) -> jax.Array | None:

@@ -8,9 +8,8 @@ import jax
 
 from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.batch_tree import repeat_rows
-from seqjax.decoding.logit_processors import make_controls
 from seqjax.decoding.outputs import check_outputs, output_widths
-from seqjax.decoding.prompt import plan_prompt, prefill_prompt, rows, total_len
+from seqjax.decoding.prompt import prefill_prompt, prompt_controls, rows, total_len
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import sampling_scores
@@ -61,26 +60,11 @@ def sample(
     ``batch_size``, the token ids. Traced: ``key``, ``temperature``, ``top_k``,
     ``top_p``, ``min_len``, ``repetition_penalty``, ``cache``, ``prefix``.
 
-    ``params`` (traced, any pytree) makes ``step_fn`` the params form
-    ``step_fn(params, tokens_B, position, cache)``: one compilation then serves every
-    set of weights (``greedy(model.step, cache, params=params, ...)``).
+    Shared with the other decoders (``seqjax.decoding.prompt`` describes them):
+    ``params``, ``convention``, ``forced_eos``, the prompt ``prefix`` with
+    ``score_prompt``, ``max_new_tokens`` and ``min_new_tokens``, ``processors``,
+    ``bad_words``, ``suppress_tokens``, ``begin_suppress_tokens`` and several ``eos_id``.
 
-    ``convention`` (static): ``"seqjax"`` (default) or ``"hf"``, HuggingFace
-    ``generate()``'s (the decoder start token counts as history for the repetition
-    penalty and the n-gram ban; beam search penalises log-probs). ``forced_eos``
-    (static): EOS is forced at the last position, as HF's ``forced_eos_token_id``.
-
-    ``prefix [B, P]`` is a prompt (``seqjax.decoding.prompt``): row ``b`` forces its
-    non-PAD tokens first (prompts may differ in length), and is not scored unless
-    ``score_prompt=True`` (static). ``max_new_tokens`` (static; instead of ``max_len``)
-    and ``min_new_tokens`` (traced, scalar or ``[B]``) count generated tokens only.
-
-    ``processors`` (static): the user's logits processors
-    (``seqjax.decoding.processors``), run after the built-in bans. ``bad_words``
-    (static tuple of token-id tuples): sequences never generated (HF
-    ``bad_words_ids``); ``suppress_tokens`` / ``begin_suppress_tokens`` (static id
-    tuples): never emitted / not emitted first (HF's). ``eos_id`` may be several ids
-    (``eos_id=(1, 3)``): a row ends at any of them (its last token says which).
     ``outputs`` (static): optional extra results, ``("alignments", "step_log_probs")``
     or a subset (``seqjax.decoding.outputs``); off by default, and then free.
     ``stream`` (traced): a consumer ID from ``seqjax.decoding.streaming`` that receives
@@ -107,22 +91,15 @@ def sample(
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
         num_samples=num_samples, temperature=temperature, top_k=top_k, top_p=top_p,
     )  # fmt: skip
-    plan = plan_prompt(
-        prefix,
-        pad_id=pad_id,
-        max_new_tokens=max_new_tokens,
-        min_len=min_len,
-        min_new_tokens=min_new_tokens,
-    )
     check_outputs(outputs, source_len)
     check_stream(stream)
-    controls = make_controls(
-        eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=plan.min_len,
+    plan, controls = prompt_controls(
+        prefix, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, max_len=max_len,
+        max_new_tokens=max_new_tokens, min_len=min_len, min_new_tokens=min_new_tokens,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-        convention=convention, forced_eos=forced_eos, beam=False, rows_per_source=num_samples,
-        bad_words=bad_words, suppress_tokens=suppress_tokens,
-        begin_suppress_tokens=begin_suppress_tokens, processors=processors,
-        prompt_len=plan.prompt_len, last=plan.last,
+        convention=convention, forced_eos=forced_eos, bad_words=bad_words,
+        suppress_tokens=suppress_tokens, begin_suppress_tokens=begin_suppress_tokens,
+        processors=processors, beam=False, rows_per_source=num_samples,
     )  # fmt: skip
     score_fn = sampling_scores(step_fn, controls, temperature=temperature, top_k=top_k, top_p=top_p)
     start = prefill_prompt(step_fn, cache, prefix, bos_id=bos_id, pad_id=pad_id,

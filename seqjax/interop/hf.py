@@ -66,7 +66,8 @@ _FIXED_FIELDS: dict[str, Any] = {
     "is_encoder_decoder": True,
 }
 _BART_FIXED = {"normalize_embedding": True, "extra_pos_embeddings": 2}
-# Generation options: mapped by hf_decode_config, or refused there when unsupported.
+# HF GenerationConfig fields that hf_decode_config maps (or refuses, when set to a value
+# seqjax cannot reproduce).
 _GEN_FIELDS = (
     "num_beams",
     "length_penalty",
@@ -78,14 +79,50 @@ _GEN_FIELDS = (
     "no_repeat_ngram_size",
     "repetition_penalty",
     "bad_words_ids",
+    "suppress_tokens",
+    "begin_suppress_tokens",
     "forced_bos_token_id",
     "forced_eos_token_id",
     "do_sample",
     "num_return_sequences",
-    "temperature",
-    "top_k",
-    "top_p",
+    "decoder_start_token_id",
+    "eos_token_id",
 )
+# Fields that never change the tokens generate() returns: outputs, caching, compilation,
+# bookkeeping, assistant-model tuning, and the sampling options (HF reads them only with
+# do_sample, which is refused).
+_GEN_NEUTRAL = frozenset(
+    {
+        "temperature", "top_k", "top_p", "min_p", "top_h", "typical_p", "epsilon_cutoff",
+        "eta_cutoff", "pad_token_id", "bos_token_id", "output_attentions",
+        "output_hidden_states", "output_scores", "output_logits", "return_dict_in_generate",
+        "use_cache", "cache_implementation", "cache_config", "max_cache_len", "compile_config",
+        "disable_compile", "prefill_chunk_size", "continuous_batching_config", "low_memory",
+        "transformers_version", "is_assistant", "num_assistant_tokens",
+        "num_assistant_tokens_schedule", "assistant_confidence_threshold",
+        "assistant_lookbehind", "target_lookbehind", "max_matching_ngram_size",
+    }
+)  # fmt: skip
+# Other fields (group beam search, constraints, sequence bias, guidance, ...) are refused
+# unless they hold their "off" value: None, False, an empty list, or the value below.
+_GEN_OFF = {
+    "num_beam_groups": 1,
+    "diversity_penalty": 0.0,
+    "encoder_repetition_penalty": 1.0,
+    "encoder_no_repeat_ngram_size": 0,
+    "guidance_scale": 1.0,
+    "penalty_alpha": 0.0,
+}
+# Generation fields with no "off" value above that seqjax refuses when set (listed so that
+# ``hf_generation_settings`` reads them from an older checkpoint's config.json too).
+_GEN_REFUSED = (
+    "max_time", "stop_strings", "renormalize_logits", "remove_invalid_values",
+    "exponential_decay_length_penalty", "sequence_bias", "token_healing",
+    "watermarking_config", "force_words_ids", "constraints", "forced_decoder_ids",
+    "prompt_lookup_num_tokens", "assistant_early_exit", "dola_layers", "use_mtp",
+    "speculation_type",
+)  # fmt: skip
+_HF_DEFAULT_NEW_TOKENS = 20  # generate()'s new tokens without max_length / max_new_tokens
 
 
 class HFImportError(ConfigError):
@@ -402,57 +439,91 @@ def load_hf_translator(
 
 
 def hf_generation_settings(path: str | Path) -> dict[str, Any]:
-    """Generation options of a checkpoint: ``generation_config.json`` over ``config.json``."""
+    """Generation options of a checkpoint, as ``generate()`` reads them: every field of
+    ``generation_config.json`` when the file exists, else the generation fields of
+    ``config.json`` (those ``hf_decode_config`` maps and those it refuses)."""
     path = Path(path)
-    hf = read_hf_config(path)
-    settings = {k: hf[k] for k in _GEN_FIELDS if k in hf}
     gen_file = path / "generation_config.json"
     if gen_file.is_file():
+        read_hf_config(path)  # the directory is a checkpoint
         try:
             gen = json.loads(gen_file.read_text())
         except json.JSONDecodeError as e:
             raise HFImportError(f"{gen_file}: line {e.lineno}: invalid JSON ({e.msg})") from None
-        settings.update({k: gen[k] for k in _GEN_FIELDS if k in gen})
-    return settings
+        if not isinstance(gen, dict):
+            raise HFImportError(f"{gen_file}: expected a JSON object")
+        return gen
+    hf = read_hf_config(path)
+    known = (*_GEN_FIELDS, *_GEN_OFF, *_GEN_REFUSED)
+    return {k: hf[k] for k in known if k in hf}
 
 
 def hf_decode_config(
     settings: dict[str, Any], model_config: ModelConfig, **overrides: Any
 ) -> DecodeConfig:
-    """The ``DecodeConfig`` matching HF ``generate()`` for these generation settings.
+    """The ``DecodeConfig`` with which seqjax reproduces HF ``generate()`` token for token.
 
-    Maps ``num_beams`` (1: greedy), ``length_penalty`` (``length_penalty="hf"``),
-    ``max_length``/``max_new_tokens`` (HF's ``max_length`` counts the decoder start
-    token, so seqjax's ``max_len`` is one less), ``min_length``/``min_new_tokens``,
-    ``no_repeat_ngram_size``, ``repetition_penalty``, ``num_return_sequences``. Beam
-    results equal HF's with ``early_stopping="never"`` (seqjax stops only when no live
-    beam can win); HF's default heuristic may stop sooner. Refuses sampling,
-    ``bad_words_ids`` other than ``[[pad]]`` (seqjax never generates pad anyway) and a
-    ``forced_bos_token_id``. ``forced_eos_token_id`` (the model's EOS) is applied as
-    HF does (``forced_eos``): EOS is forced at the last position with log-prob 0, which
-    in beam search changes rankings and scores; another id is refused. The config uses
-    ``convention="hf"``: the decoder start token counts as history for
-    ``repetition_penalty`` and ``no_repeat_ngram_size``, and beam search applies the
-    repetition penalty to log-probs.
+    ``settings`` are HF generation options (a ``GenerationConfig`` as a dict, or
+    ``hf_generation_settings(path)``). Mapped, with HF's precedence rules:
+
+    - ``num_beams`` (1: greedy), ``length_penalty`` (``length_penalty="hf"``),
+      ``early_stopping`` (HF's default, unset, is its heuristic ``False``),
+      ``num_return_sequences`` (beam ``n_best``);
+    - ``max_new_tokens`` (over ``max_length``, which counts the decoder start token, so
+      seqjax's ``max_len`` is one less; neither: HF's 20 new tokens, within the
+      model's positions); ``min_new_tokens`` (over ``min_length``, likewise one less);
+      both ``*_new_tokens`` count tokens after a prompt (``prefix``), as in HF;
+    - ``no_repeat_ngram_size``, ``repetition_penalty`` (under ``convention="hf"``: the
+      decoder start token counts as history, and beam search penalises log-probs);
+    - ``bad_words_ids`` (``bad_words``; HF drops a lone ``[eos]``, and so does this),
+      ``suppress_tokens``, ``begin_suppress_tokens``;
+    - ``forced_eos_token_id`` (the model's EOS only: ``forced_eos``, EOS with log-prob
+      0 at the last position, which in beam search changes rankings and scores).
+
+    Settings that do not change the tokens (outputs, caching, the sampling options
+    without ``do_sample``) are ignored. Anything else seqjax cannot reproduce is refused
+    with a one-line ``HFImportError`` naming the setting: sampling (``do_sample``, HF's
+    torch random stream), ``forced_bos_token_id`` (pass the token as a ``prefix``), an
+    ``eos_token_id`` or ``decoder_start_token_id`` other than the model's, group and
+    constrained beam search, sequence bias, guidance and any unknown field set to
+    other than its "off" value. seqjax never generates PAD; HF 5 can, unless
+    ``bad_words_ids`` holds ``[pad]`` (opus-mt configs do). ``overrides`` replace
+    fields of the result.
+
+    >>> m = ModelConfig(family="transformer", vocab_size=8, pad_id=7, eos_id=0, bos_id=7)
+    >>> c = hf_decode_config({"num_beams": 4, "max_length": 10, "bad_words_ids": [[7], [0]],
+    ...                       "suppress_tokens": [3]}, m)
+    >>> c.method, c.max_len, c.bad_words, c.suppress_tokens, c.early_stopping
+    ('beam', 9, ((7,),), (3,), 'false')
+    >>> hf_decode_config({"diversity_penalty": 0.5}, m)
+    Traceback (most recent call last):
+    ...
+    seqjax.interop.hf.HFImportError: generation: diversity_penalty=0.5 is not supported by seqjax's HF mapping
     """
     s = dict(settings)
+    _refuse_unmapped(s)
     if s.get("do_sample"):
         raise HFImportError("generation: do_sample=true is not mapped; use seqjax's --sample")
-    bad = s.get("bad_words_ids")
-    if bad not in (None, [], [[model_config.pad_id]]):
-        raise HFImportError(
-            f"generation: bad_words_ids {bad} is not supported (only [[pad_token_id]])"
-        )
     if s.get("forced_bos_token_id") is not None:
         raise HFImportError(
             "generation: forced_bos_token_id is not supported; pass the token as a decoding "
             "prefix instead"
         )
+    eos = model_config.eos_id
+    for name, model_value in (
+        ("eos_token_id", eos),
+        ("decoder_start_token_id", model_config.bos_id),
+    ):
+        value = s.get(name)
+        if value is not None and value not in (model_value, [model_value]):
+            raise HFImportError(
+                f"generation: {name} {value} differs from the model's ({model_value}); "
+                "not supported"
+            )
     forced_eos = s.get("forced_eos_token_id")
-    if forced_eos is not None and forced_eos != model_config.eos_id:
+    if forced_eos is not None and forced_eos not in (eos, [eos]):
         raise HFImportError(
-            f"generation: forced_eos_token_id {forced_eos} is not supported (only the EOS id "
-            f"{model_config.eos_id})"
+            f"generation: forced_eos_token_id {forced_eos} is not supported (only the EOS id {eos})"
         )
     beams = int(s.get("num_beams") or 1)
     values: dict[str, Any] = {
@@ -463,29 +534,77 @@ def hf_decode_config(
         "alpha": float(s.get("length_penalty", 1.0)),
         "length_penalty": "hf",
         "max_len_a": 0.0,
+        "max_len_b": 1_000_000,  # max_len alone bounds the output, as HF's max_length
+        **_hf_lengths(s, model_config),
+        **_hf_token_bans(s, eos),
     }
-    if s.get("max_new_tokens"):
-        values["max_len"] = int(s["max_new_tokens"])
-    elif s.get("max_length"):
-        values["max_len"] = max(1, int(s["max_length"]) - 1)
-    else:
-        values["max_len"] = 19  # HF's default max_length 20, minus the start token
-    values["max_len_b"] = 1_000_000  # max_len alone bounds the output, as HF's max_length
-    if s.get("min_new_tokens"):
-        values["min_len"] = int(s["min_new_tokens"])
-    elif s.get("min_length"):
-        values["min_len"] = max(0, int(s["min_length"]) - 1)
+    if beams > 1:
+        stop = s.get("early_stopping")
+        values["early_stopping"] = "never" if stop == "never" else str(bool(stop)).lower()
+        if s.get("num_return_sequences"):
+            values["n_best"] = int(s["num_return_sequences"])
     if s.get("no_repeat_ngram_size"):
         values["no_repeat_ngram_size"] = int(s["no_repeat_ngram_size"])
     if s.get("repetition_penalty"):
         values["repetition_penalty"] = float(s["repetition_penalty"])
-    if s.get("num_return_sequences") and beams > 1:
-        values["n_best"] = int(s["num_return_sequences"])
     values.update(overrides)
     try:
         return DecodeConfig(**values)
     except (TypeError, ValueError) as e:
         raise HFImportError(f"generation: {e}") from None
+
+
+def _refuse_unmapped(s: dict[str, Any]) -> None:
+    """Refuse, naming it, a setting that changes HF's output and that seqjax does not map."""
+    for name, value in s.items():
+        if name in _GEN_FIELDS or name in _GEN_NEUTRAL or name.startswith("_"):
+            continue
+        off = value is None or value is False or value == [] or value == {}
+        if not off and not (name in _GEN_OFF and value == _GEN_OFF[name]):
+            raise HFImportError(
+                f"generation: {name}={value!r} is not supported by seqjax's HF mapping"
+            )
+
+
+def _hf_lengths(s: dict[str, Any], model_config: ModelConfig) -> dict[str, Any]:
+    """``max_len``/``max_new_tokens``/``min_len``/``min_new_tokens`` as HF resolves them."""
+    out: dict[str, Any] = {}
+    if s.get("max_new_tokens") is not None:  # HF: takes precedence over max_length
+        out["max_new_tokens"] = out["max_len"] = int(s["max_new_tokens"])
+    elif s.get("max_length") is not None:  # counts the decoder start token
+        out["max_len"] = max(1, int(s["max_length"]) - 1)
+    else:  # HF's default: 20 new tokens, within the model's positions
+        new = min(_HF_DEFAULT_NEW_TOKENS, model_config.max_len - 1)
+        out["max_new_tokens"] = out["max_len"] = new
+    if s.get("min_new_tokens") is not None:  # HF: replaces min_length
+        out["min_new_tokens"] = int(s["min_new_tokens"])
+    elif s.get("min_length"):
+        out["min_len"] = max(0, int(s["min_length"]) - 1)
+    return out
+
+
+def _hf_token_bans(s: dict[str, Any], eos: int) -> dict[str, Any]:
+    """``bad_words`` / ``suppress_tokens`` / ``begin_suppress_tokens`` from HF's lists."""
+
+    def ids(name: str, value: Any) -> tuple[int, ...]:
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value
+        ):
+            raise HFImportError(f"generation: {name} must be a list of token ids, got {value!r}")
+        return tuple(value)
+
+    out: dict[str, Any] = {}
+    bad = s.get("bad_words_ids")
+    if bad is not None:
+        if not isinstance(bad, list | tuple) or not all(isinstance(w, list | tuple) for w in bad):
+            raise HFImportError(f"generation: bad_words_ids must be a list of lists, got {bad!r}")
+        words = [ids("bad_words_ids", w) for w in bad]
+        # HF drops a lone EOS from the bad words (a model must be able to stop)
+        out["bad_words"] = tuple(w for w in words if w and w != (eos,))
+    for name in ("suppress_tokens", "begin_suppress_tokens"):
+        if s.get(name) is not None:
+            out[name] = ids(name, s[name])
+    return out
 
 
 __all__ = [
