@@ -457,7 +457,8 @@ class DecodeConfig:
     ``outputs`` (``("alignments", "step_log_probs")`` or a subset) fills those
     ``DecodeResult`` fields; ``stream=True`` compiles the decoder with its streaming
     callback and ``decode()`` then takes the consumer as ``stream=ID``
-    (``seqjax.decoding.streaming``).
+    (``seqjax.decoding.streaming``); tokens reach the host every ``stream_every``
+    positions (the consumer is still called once per position).
     Lexically constrained beam search is method ``beam`` given per-source phrases
     (``decode(..., constraints=...)``, ``seqjax translate --constraints FILE``): the
     phrases are data, one set per source, so they are not a field here.
@@ -505,6 +506,7 @@ class DecodeConfig:
     # stream: compile the decoder with its streaming callback (decode() then needs stream=ID).
     outputs: tuple[str, ...] = ()
     stream: bool = False
+    stream_every: int = 16  # positions per host callback when streaming (the decoders')
 
     def __post_init__(self) -> None:
         _check(
@@ -532,6 +534,12 @@ class DecodeConfig:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         _check(isinstance(self.stream, bool), f"stream must be true or false, got {self.stream!r}")
+        _check(
+            isinstance(self.stream_every, int)
+            and not isinstance(self.stream_every, bool)
+            and self.stream_every >= 1,
+            f"stream_every must be an integer >= 1, got {self.stream_every!r}",
+        )
 
     def _check_search_variants(self) -> None:
         _check(

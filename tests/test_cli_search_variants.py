@@ -13,7 +13,7 @@ from seqjax.config import ConfigError, DecodeConfig
 
 FLAGS = [
     "--early-stopping", "--diverse-groups", "--diversity-penalty", "--beam-sample", "--stream",
-    "--ensemble", "--constraints",
+    "--ensemble", "--constraints", "--stream-every",
 ]  # fmt: skip
 
 
@@ -40,6 +40,8 @@ def test_stream_prints_what_translate_prints(trained, toy_corpus, tmp_path, caps
     assert main([*base, "--greedy", "--stream"]) == 0
     streamed = capsys.readouterr().out
     assert streamed == plain and len(plain.splitlines()) == 5
+    assert main([*base, "--greedy", "--stream", "--stream-every", "1"]) == 0
+    assert capsys.readouterr().out == plain  # a host call per token: the same text
 
 
 @pytest.mark.parametrize(
@@ -66,6 +68,8 @@ def test_variants_translate_line_aligned(trained, toy_corpus, tmp_path, capsys, 
     [
         (["--greedy", "--stream", "--beam", "2"], None),
         (["--stream"], "--stream needs --greedy or --sample"),
+        (["--greedy", "--stream-every", "2"], "--stream-every needs --stream"),
+        (["--greedy", "--stream", "--stream-every", "0"], "stream_every must be an integer >= 1"),
         (["--diversity-penalty", "0.5"], "--diversity-penalty needs --diverse-groups"),
         (["--beam", "4", "--diverse-groups", "3"], "diverse_groups (3) must divide beam_size (4)"),
         (["--greedy", "--beam-sample"], "need method beam"),

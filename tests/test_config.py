@@ -42,6 +42,7 @@ from seqjax.config import (
         ({"outputs": ("alignments", "alignments")}, "outputs: each name at most once"),
         ({"outputs": ["alignments"]}, "outputs must be a tuple"),
         ({"stream": 1}, "stream must be true or false"),
+        ({"stream_every": 0}, "stream_every must be an integer >= 1"),
     ],
 )
 def test_decode_config_rejects_bad_values(kwargs, field):

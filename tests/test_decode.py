@@ -103,7 +103,7 @@ def test_decode_outputs_and_stream_run_as_the_decoder_does(cache3, rnn_greedy):
     cfg = DecodeConfig(method="greedy", outputs=("alignments",), stream=True)
     events = []
     with consumer(lambda t, tokens: events.append(tokens.copy())) as sid:
-        r = decode(rnn_step, cache3, cfg, stream=sid, max_len=6, **IDS)
+        r = jax.block_until_ready(decode(rnn_step, cache3, cfg, stream=sid, max_len=6, **IDS))
     assert_same_result(r._replace(alignments=None), rnn_greedy)
     direct = jitted(greedy)(rnn_step, cache3, outputs=("alignments",), **RNN_STATIC)
     np.testing.assert_array_equal(r.alignments, direct.alignments)

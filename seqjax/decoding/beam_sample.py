@@ -97,13 +97,14 @@ def beam_sample(
     early_stopping: bool | str = "never",
     outputs: tuple[str, ...] = (),
     stream: int | jax.Array | None = None,
+    stream_every: int = 16,
 ) -> DecodeResult:
     """Beam search over drawn candidates (see the module docstring), ``n_best`` per source.
 
     ``scores`` are the length-penalised sums of the temperature-scaled step scores (what
     the search ranks, as HuggingFace reports them); ``log_probs`` are the model's.
     ``params``, ``convention``, ``forced_eos``, ``early_stopping``, ``outputs`` and
-    ``stream`` as in ``beam_search``.
+    ``stream`` and ``stream_every`` as in ``beam_search``.
     """
     check_beam_args(beam_size, n_best, length_penalty)
     check_early_stopping(early_stopping)
@@ -115,7 +116,7 @@ def beam_sample(
         alpha=alpha, temperature=temperature, top_k=top_k, top_p=top_p,
     )  # fmt: skip
     check_outputs(outputs, source_len)
-    check_stream(stream)
+    check_stream(stream, stream_every)
     controls = make_controls(
         eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -143,6 +144,6 @@ def beam_sample(
         early_stopping=early_stopping,
         select_fn=draw_candidates(key, 2 * beam_size),
         output_widths=output_widths(outputs, vocab_size, source_len),
-        emit=emitter(stream),
+        emit=emitter(stream, stream_every),
     )
     return result if pool == n_best else jax.tree.map(lambda x: x[:, :n_best], result)

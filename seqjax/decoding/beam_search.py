@@ -57,6 +57,7 @@ def beam_search(
     early_stopping: bool | str = "never",
     outputs: tuple[str, ...] = (),
     stream: int | jax.Array | None = None,
+    stream_every: int = 16,
 ) -> DecodeResult:
     """Beam search; returns the ``n_best`` finished hypotheses per source, best first.
 
@@ -92,7 +93,9 @@ def beam_search(
     ``outputs`` (static): optional extra results, ``("alignments", "step_log_probs")``
     or a subset (``seqjax.decoding.outputs``); off by default, and then free.
     ``stream`` (traced): a consumer ID from ``seqjax.decoding.streaming`` that receives
-    each source's best live hypothesis at every position from inside the compiled loop; ``None`` (default) = no callback.
+    each source's best live hypothesis at every position from inside the compiled
+    loop; ``None`` (default) = no callback. ``stream_every`` (static, default 16):
+    positions per host call (the consumer still gets one call per position, in bursts).
 
     Example (a 1-token vocabulary model plus EOS)::
 
@@ -118,7 +121,7 @@ def beam_search(
         alpha=alpha, coverage=coverage,
     )  # fmt: skip
     check_outputs(outputs, source_len)
-    check_stream(stream)
+    check_stream(stream, stream_every)
     plan, controls = prompt_controls(
         prefix, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, max_len=max_len,
         max_new_tokens=max_new_tokens, min_len=min_len, min_new_tokens=min_new_tokens,
@@ -156,6 +159,6 @@ def beam_search(
         start=start,
         early_stopping=early_stopping,
         output_widths=output_widths(outputs, vocab_size, source_len),
-        emit=emitter(stream),
+        emit=emitter(stream, stream_every),
     )
     return result if pool == n_best else jax.tree.map(lambda x: x[:, :n_best], result)

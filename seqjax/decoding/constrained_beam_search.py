@@ -38,7 +38,7 @@ slots (score ``-inf``, length 0).
 
 Static: ``step_fn``, ``max_len``, ``beam_size``, ``n_best``, ``length_penalty``,
 ``early_stopping``, ``no_repeat_ngram_size``, ``batch_size``, ``convention``,
-``forced_eos``, ``processors``, ``bad_words``, ``suppress_tokens``,
+``forced_eos``, ``stream_every``, ``processors``, ``bad_words``, ``suppress_tokens``,
 ``begin_suppress_tokens``, ``outputs``, the token ids and the *shape* of
 ``constraints``. Traced (change freely, no recompile): the constraint token ids,
 ``alpha``, ``coverage``, ``min_len``, ``repetition_penalty``, ``cache``, ``src_mask``,
@@ -269,6 +269,7 @@ def constrained_beam_search(
     early_stopping: bool | str = "never",
     outputs: tuple[str, ...] = (),
     stream: int | jax.Array | None = None,
+    stream_every: int = 16,
 ) -> DecodeResult:
     """Beam search whose hypotheses contain every phrase of ``constraints`` (see the module).
 
@@ -294,7 +295,7 @@ def constrained_beam_search(
         constraints = jnp.full((B, 1, 1), CONSTRAINT_PAD, jnp.int32)
     check_constraints(constraints, B, vocab_size, max_len, eos_id=eos_id, pad_id=pad_id)
     check_outputs(outputs, source_len)
-    check_stream(stream)
+    check_stream(stream, stream_every)
     controls = make_controls(
         eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -328,7 +329,7 @@ def constrained_beam_search(
         prefix_BxP=None,
         early_stopping=early_stopping,
         output_widths=output_widths(outputs, vocab_size, source_len),
-        emit=emitter(stream),
+        emit=emitter(stream, stream_every),
         rank_fn=rank_fn,
     )
     return result if pool == n_best else jax.tree.map(lambda x: x[:, :n_best], result)

@@ -54,6 +54,7 @@ def contrastive(
     amateur_params: Any = None,
     outputs: tuple[str, ...] = (),
     stream: int | jax.Array | None = None,
+    stream_every: int = 16,
 ) -> DecodeResult:
     """Maximise ``log p_expert - contrastive_lambda * log p_amateur`` over plausible tokens.
 
@@ -86,7 +87,8 @@ def contrastive(
     unmodified distribution at each token; off by default, and then free. ``stream``
     (traced): a consumer ID (``seqjax.decoding.streaming``) that receives each row's new
     token (greedy) or each source's best hypothesis so far (``beam_size > 1``) at every
-    position; ``None`` (default) = no callback.
+    position; ``None`` (default) = no callback. ``stream_every`` (static, default 16):
+    positions per host call (the consumer still gets one call per position, in bursts).
 
     Example (the amateur over-rates token 2, so the expert's runner-up 3 wins)::
 
@@ -114,7 +116,7 @@ def contrastive(
         contrastive_alpha=contrastive_alpha,
     )  # fmt: skip
     check_outputs(outputs, source_len)
-    check_stream(stream)
+    check_stream(stream, stream_every)
     widths = output_widths(outputs, vocab_size, source_len)
     plan, controls = prompt_controls(
         prefix, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, max_len=max_len,
@@ -136,14 +138,14 @@ def contrastive(
     if beam_size == 1:
         return argmax_loop(
             score_fn, cache, B, max_len, bos_id, eos_id, pad_id, prefix, score_prompt, plan.last,
-            output_widths=widths, emit=emitter(stream),
+            output_widths=widths, emit=emitter(stream, stream_every),
         )  # fmt: skip
     return run_beam_loop(
         score_fn, cache, batch_size=B, beam_size=beam_size, n_best=n_best, max_len=max_len,
         vocab_size=vocab_size, source_len=coverage_source_len(source_len, coverage),
         alpha=alpha, length_penalty_kind=length_penalty, coverage=coverage, src_mask_BxS=src_mask,
         monotone=False, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, prefix_BxP=prefix,
-        score_prompt=score_prompt, last_B=plan.last, output_widths=widths, emit=emitter(stream),
+        score_prompt=score_prompt, last_B=plan.last, output_widths=widths, emit=emitter(stream, stream_every),
     )  # fmt: skip
 
 

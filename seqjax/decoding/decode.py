@@ -180,7 +180,7 @@ def decode(
         raise ValueError("stream: the config streams; pass the consumer as decode(stream=ID)")
     if c.outputs:  # left out when empty: the call (and jit's cache key) stays as before
         common["outputs"] = c.outputs
-    streamed = {} if stream is None else {"stream": stream}
+    streamed = {} if stream is None else {"stream": stream, "stream_every": c.stream_every}
     if constraints is not None and (c.method != "beam" or c.diverse_groups > 1 or c.beam_sample):
         raise ValueError(
             "constraints need method 'beam' (constrained beam search), without "

@@ -34,7 +34,6 @@ Example (one token plus EOS: group 1 is pushed off the token group 0 took)::
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -63,7 +62,7 @@ from seqjax.decoding.outputs import check_outputs, output_widths
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import ScoreFn, StepScores, log_prob_scores
-from seqjax.decoding.streaming import check_stream, emitter
+from seqjax.decoding.streaming import Emitter, check_stream, emitter
 
 
 def _group(s: _State, g: int, G: int) -> _State:
@@ -73,7 +72,9 @@ def _group(s: _State, g: int, G: int) -> _State:
         return x.reshape(x.shape[0] // G, G, *x.shape[1:])[:, g]
 
     fields = {
-        f: jax.tree.map(take, v) for f, v in s._asdict().items() if f not in ("position", "cache")
+        f: jax.tree.map(take, v)
+        for f, v in s._asdict().items()
+        if f not in ("position", "cache", "stream")
     }
     return _State(position=s.position, cache=None, **fields)
 
@@ -89,9 +90,9 @@ def _ungroup(groups: list[_State], cache: Any) -> _State:
     fields = {
         f: jax.tree.map(stack, *(getattr(gs, f) for gs in groups))
         for f in first._fields
-        if f not in ("position", "cache")
+        if f not in ("position", "cache", "stream")
     }
-    return _State(position=first.position, cache=cache, **fields)
+    return _State(position=first.position, cache=cache, **fields)  # no stream: the loop's
 
 
 def _token_counts(s: _State, V: int) -> jax.Array:
@@ -142,14 +143,14 @@ def run_diverse_loop(
     pad_id: int | jax.Array,
     prefix_BxP: jax.Array | None,
     output_widths: dict[str, int] | None = None,
-    emit: Callable[[jax.Array, jax.Array], None] | None = None,
+    emit: Emitter | None = None,
 ) -> DecodeResult:
     """The compiled group loop; returns every group's pool, ``[B, G * G_k, ...]``.
 
     ``q`` describes one group (``B`` sources, ``K = M = G_k``); ``cache`` has ``B`` rows.
     Hypotheses ``g * G_k ... (g + 1) * G_k - 1`` of a source are group ``g``'s, best first.
-    ``emit(t, best_BxL)`` (optional, ``seqjax.decoding.streaming``): called in the loop
-    with each source's best hypothesis over all groups (``_best_so_far``).
+    ``emit`` (optional, ``seqjax.decoding.streaming.Emitter``): receives in the loop
+    each source's best hypothesis over all groups (``_best_so_far``).
     """
     B, Kg, L, G = q.B, q.K, q.L, num_groups
     K = G * Kg
@@ -169,7 +170,8 @@ def run_diverse_loop(
         step_NxV = selection_scores((step.scores, step.allowed), forced)
         new = _advance_groups(q, s, step, step_NxV, G, diversity_penalty)
         if emit is not None:
-            emit(t, _best_so_far(q, new, G))
+            stream, ack = emit.push(s.stream, t, _best_so_far(q, new, G), ~cond(new))
+            new = new._replace(stream=stream, position=new.position + ack)  # ack = 0
         return new
 
     extras = None
@@ -177,7 +179,10 @@ def run_diverse_loop(
         zeros = lambda x: jnp.zeros((B, Kg, L, x), jnp.float32)  # noqa: E731
         extras = {n: (zeros(x), zeros(x)) for n, x in output_widths.items()}
     groups = [_initial_state(q, None, pad_id)._replace(extras=extras) for _ in range(G)]
-    s = lax.while_loop(cond, body, _ungroup(groups, repeat_rows(cache, K)))
+    init = _ungroup(groups, repeat_rows(cache, K))
+    if emit is not None:
+        init = init._replace(stream=emit.init(jnp.zeros((B, L), jnp.int32)))
+    s = lax.while_loop(cond, body, init)
 
     def per_source(x: jax.Array) -> jax.Array:  # [B * G, Kg, ...] -> [B, G * Kg, ...]
         return x.reshape(B, G * Kg, *x.shape[2:])
@@ -257,6 +262,7 @@ def diverse_beam_search(
     per_group: bool = False,
     outputs: tuple[str, ...] = (),
     stream: int | jax.Array | None = None,
+    stream_every: int = 16,
 ) -> DecodeResult:
     """Group beam search (see the module docstring); the ``n_best`` best of all groups.
 
@@ -274,7 +280,7 @@ def diverse_beam_search(
     best live one of the groups still running (columns ``0..t``), the best finished one
     once the source is done, so the last call holds the result's ``tokens[:, 0]`` (with
     ``per_group=True``, the best of the groups' hypotheses). ``None`` (default) = no
-    callback.
+    callback. ``stream_every`` (static) as in ``beam_search``.
     """
     check_beam_args(beam_size, n_best, length_penalty)
     check_groups(beam_size, num_groups)
@@ -287,7 +293,7 @@ def diverse_beam_search(
         no_repeat_ngram_size=no_repeat_ngram_size, alpha=alpha, coverage=coverage,
     )  # fmt: skip
     check_outputs(outputs, source_len)
-    check_stream(stream)
+    check_stream(stream, stream_every)
     controls = make_controls(
         eos_id=eos_id, pad_id=pad_id, bos_id=bos_id, max_len=max_len, min_len=min_len,
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -313,6 +319,6 @@ def diverse_beam_search(
         pad_id=pad_id,
         prefix_BxP=prefix,
         output_widths=output_widths(outputs, V, source_len),
-        emit=emitter(stream),
+        emit=emitter(stream, stream_every),
     )
     return pools if per_group else best_of_groups(pools, n_best)

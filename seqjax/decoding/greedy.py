@@ -41,6 +41,7 @@ def greedy(
     begin_suppress_tokens: tuple = (),
     outputs: tuple[str, ...] = (),
     stream: int | jax.Array | None = None,
+    stream_every: int = 16,
 ) -> DecodeResult:
     """Argmax decoding until EOS or ``max_len``; ``K = 1``, score = summed log-prob.
 
@@ -57,7 +58,9 @@ def greedy(
     ``outputs`` (static): optional extra results, ``("alignments", "step_log_probs")``
     or a subset (``seqjax.decoding.outputs``); off by default, and then free.
     ``stream`` (traced): a consumer ID from ``seqjax.decoding.streaming`` that receives
-    each row's new token at every position from inside the compiled loop; ``None`` (default) = no callback.
+    each row's new token at every position from inside the compiled loop; ``None``
+    (default) = no callback. ``stream_every`` (static, default 16): positions per host
+    call (the consumer still gets one call per position, in bursts).
 
     Example (a bigram table: always prefer token ``prev + 1``, EOS = 3)::
 
@@ -80,7 +83,7 @@ def greedy(
         repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
     )  # fmt: skip
     check_outputs(outputs, source_len)
-    check_stream(stream)
+    check_stream(stream, stream_every)
     plan, controls = prompt_controls(
         prefix, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, max_len=max_len,
         max_new_tokens=max_new_tokens, min_len=min_len, min_new_tokens=min_new_tokens,
@@ -94,5 +97,5 @@ def greedy(
     return argmax_loop(
         log_prob_scores(step_fn, controls), cache, B, max_len, bos_id, eos_id, pad_id, prefix,
         score_prompt, plan.last, start,
-        output_widths(outputs, vocab_size, source_len), emitter(stream),
+        output_widths(outputs, vocab_size, source_len), emitter(stream, stream_every),
     )  # fmt: skip

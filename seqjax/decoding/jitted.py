@@ -32,6 +32,7 @@ _BASE_STATIC = (
     "batch_size",
     "convention",
     "forced_eos",
+    "stream_every",
 )
 # Processors, token bans and prompt lengths (issue 14): not yet taken by the issue-15
 # searches diverse_beam_search and beam_sample, which use _BASE_STATIC.

@@ -47,6 +47,7 @@ def sample(
     begin_suppress_tokens: tuple = (),
     outputs: tuple[str, ...] = (),
     stream: int | jax.Array | None = None,
+    stream_every: int = 16,
 ) -> DecodeResult:
     """Draw ``num_samples`` sequences per source (``K = num_samples``), in draw order.
 
@@ -68,7 +69,9 @@ def sample(
     ``outputs`` (static): optional extra results, ``("alignments", "step_log_probs")``
     or a subset (``seqjax.decoding.outputs``); off by default, and then free.
     ``stream`` (traced): a consumer ID from ``seqjax.decoding.streaming`` that receives
-    each row's new token at every position from inside the compiled loop; ``None`` (default) = no callback.
+    each row's new token at every position from inside the compiled loop; ``None``
+    (default) = no callback. ``stream_every`` (static, default 16): positions per host
+    call (the consumer still gets one call per position, in bursts).
 
     Example::
 
@@ -92,7 +95,7 @@ def sample(
         num_samples=num_samples, temperature=temperature, top_k=top_k, top_p=top_p,
     )  # fmt: skip
     check_outputs(outputs, source_len)
-    check_stream(stream)
+    check_stream(stream, stream_every)
     plan, controls = prompt_controls(
         prefix, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, max_len=max_len,
         max_new_tokens=max_new_tokens, min_len=min_len, min_new_tokens=min_new_tokens,
@@ -119,6 +122,6 @@ def sample(
         start=None if start is None else repeat_rows(start, num_samples),
         key=key,
         output_widths=output_widths(outputs, vocab_size, source_len),
-        emit=emitter(stream),
+        emit=emitter(stream, stream_every),
     )
     return loop_result(out, B, num_samples)

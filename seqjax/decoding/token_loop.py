@@ -38,6 +38,7 @@ from seqjax.decoding.outputs import empty_buffers, result_fields, step_values
 from seqjax.decoding.processors import id_tuple, is_any
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step_scores import ScoreFn, StepScores
+from seqjax.decoding.streaming import Emitter
 
 # choose_fn(scores_NxV, key or None) -> tokens int32[N]; banned tokens are -inf in scores.
 ChooseFn = Callable[[jax.Array, jax.Array | None], jax.Array]
@@ -78,6 +79,7 @@ class _State(NamedTuple):
     done: jax.Array  # bool[N]
     cache: Any
     extras: Any = None  # optional outputs {name: float32[N, L, X]}; None = off
+    stream: Any = None  # streaming.StreamState of int32[N] items; None = not streaming
 
 
 def run_token_loop(
@@ -96,7 +98,7 @@ def run_token_loop(
     last_N: jax.Array | None = None,
     start: Any = None,
     output_widths: dict[str, int] | None = None,
-    emit: Callable[[jax.Array, jax.Array], None] | None = None,
+    emit: Emitter | None = None,
 ) -> TokenLoopOutput:
     """Generate one sequence per row of ``cache`` (``num_rows`` rows, static ``max_len``).
 
@@ -108,8 +110,8 @@ def run_token_loop(
     ``start`` (a ``seqjax.decoding.prompt.PromptStart`` of ``N`` rows): begin after a
     prefilled prompt instead of at position 0.
     ``output_widths`` (static): optional outputs (``seqjax.decoding.outputs``).
-    ``emit(t, tokens_N)`` (optional): called in the loop with each position's tokens
-    (``seqjax.decoding.streaming``).
+    ``emit`` (optional, ``seqjax.decoding.streaming.Emitter``): receives each position's
+    tokens ``int32[N]`` in the loop.
     """
     forced_len_N = None if prefix_NxP is None else prefix_lengths(prefix_NxP, pad_id)
     eos_ids = id_tuple(eos_id)  # several EOS ids: any ends a row
@@ -139,16 +141,19 @@ def run_token_loop(
             lp = jnp.where(forced[0], 0.0, lp)
         if last_N is not None:
             done = done | (t >= last_N)
-        if emit is not None:
-            emit(t, token)
+        stream, ack = s.stream, 0
+        if emit is not None:  # the loop ends after t: the buffered tokens go out now
+            last = (t + 1 >= max_len) | jnp.all(done)
+            stream, ack = emit.push(s.stream, t, token, last)
         return _State(
-            position=t + 1,
+            position=t + 1 + ack,  # ack = 0 (see Emitter.push)
             tokens=lax.dynamic_update_index_in_dim(s.tokens, token, t, axis=1),
             log_probs=lax.dynamic_update_index_in_dim(s.log_probs, lp, t, axis=1),
             lengths=s.lengths + (~s.done).astype(jnp.int32),
             done=done,
             cache=step.cache,
             extras=_write_extras(s, step),
+            stream=stream,
         )
 
     init = _State(
@@ -159,6 +164,7 @@ def run_token_loop(
         done=jnp.zeros((num_rows,), bool),
         cache=cache,
         extras=empty_buffers(output_widths or {}, (num_rows,), max_len),
+        stream=None if emit is None else emit.init(jnp.zeros((num_rows,), jnp.int32)),
     )
     if start is not None:
         init = init._replace(
@@ -211,7 +217,7 @@ def argmax_loop(
     last_N: jax.Array | None = None,
     start: Any = None,
     output_widths: dict[str, int] | None = None,
-    emit: Callable[[jax.Array, jax.Array], None] | None = None,
+    emit: Emitter | None = None,
 ) -> DecodeResult:
     """Pick the best-scoring token at every step (greedy, and greedy contrastive)."""
     out = run_token_loop(
