@@ -17,7 +17,13 @@ import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
-from seqjax.decode_checks import RULES, check_options, check_output_names, check_token_lists
+from seqjax.decode_checks import (
+    RULES,
+    check_options,
+    check_output_names,
+    check_stream_every,
+    check_token_lists,
+)
 
 T = TypeVar("T")
 
@@ -534,12 +540,10 @@ class DecodeConfig:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         _check(isinstance(self.stream, bool), f"stream must be true or false, got {self.stream!r}")
-        _check(
-            isinstance(self.stream_every, int)
-            and not isinstance(self.stream_every, bool)
-            and self.stream_every >= 1,
-            f"stream_every must be an integer >= 1, got {self.stream_every!r}",
-        )
+        try:
+            check_stream_every(self.stream_every)  # the decoders' own check
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     def _check_search_variants(self) -> None:
         _check(

@@ -124,5 +124,17 @@ def check_output_names(outputs: Any) -> None:
         raise ValueError(f"outputs: each name at most once, got {tuple(outputs)!r}")
 
 
+def check_stream_every(stream_every: Any) -> None:
+    """``stream_every`` (positions per streaming host call) is a Python integer >= 1.
+
+    >>> check_stream_every(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: stream_every must be an integer >= 1, got 0
+    """
+    if isinstance(stream_every, bool) or not isinstance(stream_every, int) or stream_every < 1:
+        raise ValueError(f"stream_every must be an integer >= 1, got {stream_every!r}")
+
+
 def _first(v: np.ndarray, bad: np.ndarray) -> Any:
     return v.item() if v.ndim == 0 else v[bad].flat[0].item()

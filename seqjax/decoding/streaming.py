@@ -67,6 +67,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from seqjax.decode_checks import check_stream_every
+
 Consumer = Callable[[int, np.ndarray], Any]
 
 _CONSUMERS: dict[int, Consumer] = {}
@@ -131,12 +133,6 @@ def check_stream(stream: Any, stream_every: Any = 16) -> None:
         )
 
 
-def check_stream_every(stream_every: Any) -> None:
-    """``stream_every`` is a static integer >= 1."""
-    if isinstance(stream_every, bool) or not isinstance(stream_every, int) or stream_every < 1:
-        raise ValueError(f"stream_every must be an integer >= 1, got {stream_every!r}")
-
-
 class StreamState(NamedTuple):
     """Loop-carried buffer of the positions not yet sent to the host."""
 
@@ -178,8 +174,8 @@ class Emitter:
 
 
 def emitter(stream: Any, every: int = 16) -> Emitter | None:
-    """The in-loop hook for consumer ``stream`` (``None``: no hook, no callback)."""
+    """The in-loop hook for consumer ``stream`` (``None``: no hook, no callback); the
+    decoders have checked both arguments (``check_stream``)."""
     if stream is None:
         return None
-    check_stream_every(every)
     return Emitter(jnp.asarray(stream, jnp.int32), every)

@@ -141,20 +141,19 @@ def run_token_loop(
             lp = jnp.where(forced[0], 0.0, lp)
         if last_N is not None:
             done = done | (t >= last_N)
-        stream, ack = s.stream, 0
-        if emit is not None:  # the loop ends after t: the buffered tokens go out now
-            last = (t + 1 >= max_len) | jnp.all(done)
-            stream, ack = emit.push(s.stream, t, token, last)
-        return _State(
-            position=t + 1 + ack,  # ack = 0 (see Emitter.push)
+        new = _State(
+            position=t + 1,
             tokens=lax.dynamic_update_index_in_dim(s.tokens, token, t, axis=1),
             log_probs=lax.dynamic_update_index_in_dim(s.log_probs, lp, t, axis=1),
             lengths=s.lengths + (~s.done).astype(jnp.int32),
             done=done,
             cache=step.cache,
             extras=_write_extras(s, step),
-            stream=stream,
         )
+        if emit is not None:  # the buffered tokens go out when the loop ends after t
+            stream, ack = emit.push(s.stream, t, token, ~cond(new))
+            new = new._replace(stream=stream, position=new.position + ack)  # ack = 0
+        return new
 
     init = _State(
         position=jnp.zeros((), jnp.int32),
