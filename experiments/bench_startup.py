@@ -10,11 +10,16 @@ validation sentences:
 3. with ``--no-compile-cache`` (every run pays the compilation).
 
 Each run is timed from process start to the first output line and to exit. Results go
-to ``--out`` as JSON and Markdown.
+to ``--out`` as JSON and Markdown. ``--python LABEL=PATH`` (repeatable) times other
+interpreters too, e.g. another checkout's virtual environment, interleaved with this one
+round by round (each with its own cache directories), so a before/after comparison
+shares the machine's load.
 
 Example::
 
     python experiments/bench_startup.py --preset small --repeats 3
+    python experiments/bench_startup.py --checkpoint RUN --repeats 5 \
+        --python before=../before/.venv/bin/python
 """
 
 from __future__ import annotations
@@ -44,11 +49,12 @@ def make_checkpoint(run: Path, preset: str, work: Path) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
 
-def time_translate(run: Path, lines: str, cache: Path, *flags: str) -> dict:
+def time_translate(run: Path, lines: str, cache: Path, *flags: str, python: str = "") -> dict:
     """Wall seconds from start to the first output line and to exit of one translate process."""
     env = {**os.environ, "SEQJAX_CACHE_DIR": str(cache)}
     env.pop("SEQJAX_NO_COMPILE_CACHE", None)
-    cmd = [sys.executable, "-m", "seqjax.app.cli", "translate", "--checkpoint", str(run), *flags]
+    cmd = [python or sys.executable, "-m", "seqjax.app.cli", "translate", "--checkpoint",
+           str(run), *flags]  # fmt: skip
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -76,26 +82,40 @@ def main(argv=None) -> None:
     p.add_argument(
         "--out", default="experiments/results/bench_startup", help="writes STEM.json and STEM.md"
     )
+    p.add_argument(
+        "--python", action="append", default=[], metavar="LABEL=PATH",
+        help="also time this interpreter (another checkout's venv), interleaved; repeatable",
+    )  # fmt: skip
     args = p.parse_args(argv)
+    pythons = {"this": sys.executable}
+    for item in args.python:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not Path(path).is_file():
+            p.error(f"--python {item!r}: expected LABEL=PATH of a Python interpreter")
+        pythons[label] = path
     from seqjax.data import load_bundled
 
     lines = "\n".join(load_bundled("bible_en_fr", "valid").src[: args.sentences]) + "\n"
-    rows: dict[str, list[dict]] = {"first run (empty cache)": [], "second run (cache)": [],
-                                   "--no-compile-cache": []}  # fmt: skip
+    kinds = ("first run (empty cache)", "second run (cache)", "--no-compile-cache")
+    rows: dict[str, list[dict]] = {f"{who}: {k}": [] for who in pythons for k in kinds}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         run = Path(args.checkpoint) if args.checkpoint else work / "run"
         if not args.checkpoint:
             make_checkpoint(run, args.preset, work)
         for r in range(args.repeats):
-            cache = work / f"cache{r}"
-            rows["first run (empty cache)"].append(time_translate(run, lines, cache))
-            rows["second run (cache)"].append(time_translate(run, lines, cache))
-            rows["--no-compile-cache"].append(
-                time_translate(run, lines, work / "unused", "--no-compile-cache")
-            )
-            print({k: v[-1] for k, v in rows.items()}, flush=True)
-        cache_mb = sum(f.stat().st_size for f in (work / "cache0").rglob("*") if f.is_file()) / 1e6
+            for who, py in pythons.items():
+                cache = work / f"cache_{who}_{r}"
+                timed = [
+                    time_translate(run, lines, cache, python=py),
+                    time_translate(run, lines, cache, python=py),
+                    time_translate(run, lines, work / "unused", "--no-compile-cache", python=py),
+                ]
+                for kind, t in zip(kinds, timed, strict=True):
+                    rows[f"{who}: {kind}"].append(t)
+                print(who, dict(zip(kinds, timed, strict=True)), flush=True)
+        cache0 = work / "cache_this_0"
+        cache_mb = sum(f.stat().st_size for f in cache0.rglob("*") if f.is_file()) / 1e6
     summary = {
         k: {m: statistics.median(x[m] for x in v) for m in ("first_line_s", "total_s")}
         for k, v in rows.items()
@@ -107,6 +127,7 @@ def main(argv=None) -> None:
         "decoding": "default (beam 4, GNMT alpha 0.6)",
         "cache_mb": cache_mb,
         "platform": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "pythons": pythons,
         "load": list(os.getloadavg()),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -114,7 +135,8 @@ def main(argv=None) -> None:
         f"# `seqjax translate` start-up: {args.preset} checkpoint, {args.sentences} sentences",
         "",
         f"{meta['platform']}, load {meta['load'][0]:.1f}; median of {args.repeats} rounds; "
-        f"cache size after one run {cache_mb:.1f} MB. {meta['time_utc']}.",
+        f"cache size after one run {cache_mb:.1f} MB. {meta['time_utc']}. Interpreters "
+        f"(interleaved per round): {', '.join(f'{k} = `{v}`' for k, v in pythons.items())}.",
         "",
         "| run | to first output line (s) | to exit (s) |",
         "|---|---:|---:|",

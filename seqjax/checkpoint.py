@@ -67,7 +67,7 @@ def _dtype(x: Any) -> np.dtype:
     return np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype
 
 
-def _array_specs(tree: PyTree) -> dict[str, list]:
+def array_specs(tree: PyTree) -> dict[str, list]:
     """``{"decoder/layer_0/kernel": [[64, 16], "float32"], ...}``: a pytree's JSON twin."""
     leaves = tree_flatten_with_path(tree)[0]
     return {_path_str(p): [list(np.shape(x)), _dtype(x).name] for p, x in leaves}
@@ -75,7 +75,7 @@ def _array_specs(tree: PyTree) -> dict[str, list]:
 
 def _check_specs(item: str, target: PyTree, stored: dict[str, list], where: Path) -> None:
     """Raise ``CheckpointError`` unless ``target`` has the same leaves and shapes as ``stored``."""
-    want = {p: tuple(s) for p, (s, _) in _array_specs(target).items()}
+    want = {p: tuple(s) for p, (s, _) in array_specs(target).items()}
     have = {p: tuple(s) for p, (s, _) in stored.items()}
     fix = "build the model from this run's config.json"
     missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
@@ -114,7 +114,7 @@ def _abstract(tree: PyTree) -> PyTree:
     return jax.tree.map(one, tree)
 
 
-def _target_from_specs(specs: dict[str, list]) -> dict[str, Any]:
+def target_from_specs(specs: dict[str, list]) -> dict[str, Any]:
     """Nested-dict abstract target (Flax params layout) rebuilt from recorded specs."""
     default = _local_sharding()
     tree: dict[str, Any] = {}
@@ -345,8 +345,8 @@ class Checkpointer:
             record["valid_score"] = score
         if tie_break is not None:
             record["tie_break"] = float(tie_break)
-        params_specs = _array_specs(params)
-        specs = {"params": params_specs, "opt_state": _array_specs(opt_state)}
+        params_specs = array_specs(params)
+        specs = {"params": params_specs, "opt_state": array_specs(opt_state)}
 
         # An unreadable step is rewritten; a good one is kept (Orbax skips the save), so the
         # directory never loses a complete checkpoint to a repeated save.
@@ -444,7 +444,7 @@ class Checkpointer:
                     _check_specs("params", params_target, specs, self._step_dir(manager, s))
                 target = _abstract(params_target)
             else:
-                target = None if specs is None else _target_from_specs(specs)
+                target = None if specs is None else target_from_specs(specs)
             args = ocp.args.Composite(params=ocp.args.StandardRestore(target))
             return manager.restore(s, args=args)["params"], meta
 

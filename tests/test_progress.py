@@ -35,3 +35,20 @@ def test_log_lines_are_rate_limited_and_disable_is_silent():
     off.update(3)
     off.close()
     assert quiet.getvalue() == "" and off.n == 3
+
+
+def test_log_shows_time_remaining_for_sparse_updates_and_whole_counts():
+    """A train loop updates every ``log_every`` steps, often > 30 s apart: the log still
+    shows a time remaining from the rate (not "-:--:--"), and long counts are not cut."""
+    buf = io.StringIO()
+    bar = Progress(6000, "train", unit="steps", stream=buf, log_interval=0.0)
+    now = [bar._bar.get_time()]
+    bar._bar.get_time = lambda: now[0]  # a clock that 45 s pass on between updates
+    for _ in range(3):
+        now[0] += 45.0
+        bar.update(50, loss=3.14159, tok_s=1500, epoch=1, min=12.5)
+    bar.close()
+    last = buf.getvalue().splitlines()[-1]
+    assert "150/6000 steps" in last and "…" not in last, last
+    # 100 steps per 90 s leave 5,850 steps: 5,265 s = 1:27:45.
+    assert last.endswith("1:27:45"), last

@@ -108,6 +108,42 @@ def test_load_model_by_best_latest_and_step(trained):
         run_dir.load_model(trained, which=10**6)
 
 
+def test_param_shapes_are_cached_beside_the_compile_cache(trained, tmp_path, monkeypatch):
+    """With a compile cache, the second load restores without tracing ``model.init`` (issue
+    19's start-up) and gives the same params; a torn cache file is traced and rewritten; an
+    edited config.json is still caught by the shape check, and keyed apart."""
+    _, plain = run_dir.load_model(trained)  # no compile cache: the trace, nothing written
+    monkeypatch.setattr(run_dir, "_compile_cache_dir", lambda: str(tmp_path / "cache"))
+    _, first = run_dir.load_model(trained)
+    files = list((tmp_path / "cache" / run_dir.PARAM_SPECS_DIR).glob("*.json"))
+    assert len(files) == 1
+
+    def no_trace(*args, **kw):
+        raise AssertionError("model.init was traced although its shapes are cached")
+
+    with monkeypatch.context() as m:
+        m.setattr(jax, "eval_shape", no_trace)
+        _, second = run_dir.load_model(trained)
+    for other in (first, second):
+        assert jax.tree.structure(other) == jax.tree.structure(plain)
+        jax.tree.map(np.testing.assert_array_equal, other, plain)
+
+    files[0].write_text('{"params/x": [[2')  # torn by a crash
+    _, again = run_dir.load_model(trained)
+    jax.tree.map(np.testing.assert_array_equal, again, plain)
+    assert json.loads(files[0].read_text())  # rewritten whole
+
+    edited = tmp_path / "edited"
+    shutil.copytree(trained, edited)
+    doc = json.loads((edited / CONFIG_FILE).read_text())
+    doc["model"]["d_model"] *= 2
+    (edited / CONFIG_FILE).write_text(json.dumps(doc))
+    for _ in range(2):  # traced, then from the cache: the same one-line error
+        with pytest.raises(CheckpointError, match="model expects"):
+            run_dir.load_model(edited)
+    assert len(list(files[0].parent.glob("*.json"))) == 2
+
+
 def test_tokenizers_of_a_run(trained):
     src_tok, tgt_tok = run_dir.read_tokenizers(trained)
     assert src_tok.vocab_size == tgt_tok.vocab_size == read_run_config(trained)[0].vocab_size

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -212,6 +213,12 @@ def test_translate_fills_the_compile_cache_unless_opted_out(toy_corpus, tmp_path
     log: dict = {}
     assert translate(on, log=log) == out_on
     assert "Persistent compilation cache hit" in log["stderr"], log["stderr"][-2000:]
+    # ... without tracing the decoder or the model's init again (issue 19's start-up): the
+    # lowered decoder and the param shapes were kept beside the compiled programs.
+    assert list((on / "seqjax-exported").glob("*.jaxexport"))
+    assert list((on / "seqjax-param-specs").glob("*.json"))
+    traced = re.findall(r"Finished tracing (\S+) for jit", log["stderr"])
+    assert traced and not {"_decode_batch", "fn", "init"} & set(traced), traced
     assert translate(off, "--no-compile-cache") == out_on
     assert not off.exists() or not any(off.rglob("*"))
     # A float32 checkpoint decodes in bfloat16 too (same params, bfloat16 activations).

@@ -26,6 +26,8 @@ from rich.progress import (
 from rich.progress import Progress as _RichProgress
 
 LOG_INTERVAL = 10.0  # seconds between progress lines in a log
+LOG_WIDTH = 200  # characters a progress line in a log may take before rich shortens it
+SPEED_WINDOW = 3600.0  # seconds of updates the rate (and the time remaining) averages
 
 
 def _format(value: object) -> str:
@@ -55,6 +57,9 @@ class Progress:
         self.live = (self.console.is_terminal and not self.console.is_dumb_terminal) or (
             self.console.is_jupyter
         )
+        if not self.live:
+            # A log has no width; rich's default (80) would cut columns ("1100/6… steps").
+            self.console.width = LOG_WIDTH
         self.disabled = disable
         self.unit = unit
         self.log_interval = log_interval
@@ -62,6 +67,10 @@ class Progress:
             *self._columns(),
             console=self.console,
             disable=disable or not self.live,
+            # The speed (for the time remaining) averages the updates of the last
+            # SPEED_WINDOW seconds; rich's 30 s would leave none between a train loop's
+            # updates (every log_every steps) and show "-:--:--" all run long.
+            speed_estimate_period=SPEED_WINDOW,
         )
         self._task = self._bar.add_task(desc, total=total, completed=initial, fields="")
         self._last_line = time.monotonic()

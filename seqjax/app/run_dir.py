@@ -30,6 +30,8 @@ from typing import Any
 
 import jax
 
+import seqjax.models
+from seqjax import checkpoint
 from seqjax.checkpoint import BEST_DIR, LATEST_DIR, Checkpointer, CheckpointError, no_run_dir
 from seqjax.config import (
     MODEL_FIELDS_V1,
@@ -333,13 +335,72 @@ def load_model(run_dir: str | Path, *, which: str | int = "best") -> tuple[Any, 
     """
     model_cfg, _ = read_run_config(run_dir)
     model = build_model(model_cfg)
-    target = jax.eval_shape(model.init, jax.random.key(0))
+    target = param_target(model, model_cfg)
     ckpt = Checkpointer(run_dir, async_save=False)
     try:
         params, _ = ckpt.restore_params(target, which=which)
     finally:
         ckpt.close()
     return model, params
+
+
+PARAM_SPECS_DIR = "seqjax-param-specs"  # inside JAX's compile cache directory
+
+
+def _param_specs_file(model_cfg: ModelConfig) -> Path | None:
+    """Where the param shapes of ``model_cfg`` are cached; ``None`` without a compile cache.
+
+    The key covers everything the shapes depend on: the model config, the versions of
+    seqjax, Flax and JAX, and the source of ``seqjax/models`` (a model edited in a checkout
+    gets a new entry, not stale shapes).
+    """
+    cache = _compile_cache_dir()
+    if not cache:
+        return None
+    models = Path(seqjax.models.__file__).parent
+    h = hashlib.sha256(json.dumps(to_dict(model_cfg), sort_keys=True).encode())
+    for dist in ("seqjax", "flax", "jax"):
+        h.update(_dist_version(dist).encode())
+    for f in sorted(models.glob("*.py")):
+        h.update(f.name.encode() + f.read_bytes())
+    return Path(cache) / PARAM_SPECS_DIR / f"{h.hexdigest()[:32]}.json"
+
+
+def _compile_cache_dir() -> str | None:
+    """JAX's persistent compile cache directory, if one is on (``seqjax`` commands turn it on)."""
+    return jax.config.jax_compilation_cache_dir
+
+
+def _dist_version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def param_target(model: Any, model_cfg: ModelConfig) -> Any:
+    """Abstract params (``jax.ShapeDtypeStruct`` leaves) of ``model``, to restore into.
+
+    Tracing ``model.init`` for its shapes costs ~0.6 s of a ~3 s ``seqjax translate``
+    start-up (issue 19), so with a compile cache on the shapes are kept beside it as JSON,
+    keyed by ``_param_specs_file``, and later loads skip the trace. Same result either way.
+    """
+    path = _param_specs_file(model_cfg)
+    if path is not None:
+        try:
+            return checkpoint.target_from_specs(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            pass  # absent, or torn by a crash: trace and rewrite it
+    target = jax.eval_shape(model.init, jax.random.key(0))
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(checkpoint.array_specs(target)))
+            os.replace(tmp, path)  # atomic: a concurrent reader sees all of it or nothing
+        except OSError:
+            pass  # a read-only cache: the trace is only slower
+    return target
 
 
 # -- the corpus a run trains on --------------------------------------------------------------

@@ -35,7 +35,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from seqjax import sharding
-from seqjax.app import run_dir
+from seqjax.app import export_cache, run_dir
 from seqjax.app.progress import Progress
 from seqjax.config import ConfigError, DecodeConfig, ModelConfig
 from seqjax.data import Tokenizer, decode_lines, pad_batch
@@ -309,7 +309,6 @@ class Translator:
             (i for i, x in enumerate(ids) if x and not blank[i]), key=lambda i: -len(ids[i])
         )
         bar = Progress(len(todo), "translate", unit="sent") if progress and todo else None
-        key = jax.random.key(cfg.seed)
         amateur: tuple[Any, ...] = ()
         if cfg.method == "contrastive":
             if self.amateur is None:
@@ -329,22 +328,25 @@ class Translator:
                 batch["constraints"] = constraint_array(rows_ids, src.shape[0])
                 need = max(sum(len(p) for p in r) for r in rows_ids)
                 max_len = max(max_len, min(need + 1, self.config.max_len))  # room for EOS
-            if self.mesh is None:
-                dev = {k: jnp.asarray(v) for k, v in batch.items()}
-            else:
-                dev = sharding.shard_rows(batch, self.mesh)
-            src_dev = dev["src"]
-            res = _decode_batch(
-                self.model,
-                self.params,
-                src_dev,
-                jax.random.fold_in(key, start),
-                numeric_options(cfg),
-                static_part(cfg),
-                max_len,
-                *amateur,
-                **({"constraints": dev["constraints"]} if "constraints" in dev else {}),
-            )
+            res = None
+            if self.mesh is None and not amateur and "constraints" not in batch:
+                res = self._exported_decode(static_part(cfg), max_len, batch["src"], cfg, start)
+            if res is None:
+                if self.mesh is None:
+                    dev = {k: jnp.asarray(v) for k, v in batch.items()}
+                else:
+                    dev = sharding.shard_rows(batch, self.mesh)
+                res = _decode_batch(
+                    self.model,
+                    self.params,
+                    dev["src"],
+                    jax.random.fold_in(jax.random.key(cfg.seed), start),
+                    numeric_options(cfg),
+                    static_part(cfg),
+                    max_len,
+                    *amateur,
+                    **({"constraints": dev["constraints"]} if "constraints" in dev else {}),
+                )
             tokens = sharding.to_host(res.tokens)[:n]
             scores = sharding.to_host(res.scores)[:n]
             keep = cfg.n_best if cfg.method == "beam" else tokens.shape[1]
@@ -363,6 +365,30 @@ class Translator:
         if bar:
             bar.close()
         return out, aligned
+
+    def _exported_decode(
+        self, static_cfg: DecodeConfig, max_len: int, src_BxS: np.ndarray, cfg: DecodeConfig,
+        start: int,
+    ) -> DecodeResult | None:  # fmt: skip
+        """``_decode_batch`` through ``export_cache``; None where that cannot serve it.
+
+        Host values go in as numpy arrays and the PRNG key is made inside the program (the
+        same bits as ``fold_in(key(seed), start)`` outside it), so a new process compiles
+        no small programs before the decoder (~0.1 s of start-up).
+        """
+        model = self.model
+        if isinstance(model, tuple) or not 0 <= cfg.seed < 2**31:  # ensembles; int32 seeds
+            return None
+
+        def fn(params: Any, src: Any, seed_start: Any, numerics: Any) -> DecodeResult:
+            key = jax.random.fold_in(jax.random.key(seed_start[0]), seed_start[1])
+            return _decode_batch(model, params, src, key, numerics, static_cfg, max_len)
+
+        args = (self.params, src_BxS, np.array([cfg.seed, start], np.int32), numeric_options(cfg))
+        what = getattr(model, "config", None)
+        static = f"_decode_batch {type(model).__qualname__} {what!r} {static_cfg!r} {max_len}"
+        call = export_cache.exported(fn, static, args)
+        return None if call is None else call(*args)
 
     def _constraint_ids(
         self, sentences: Sequence[str], constraints: Sequence[Sequence[str]] | None

@@ -10,7 +10,7 @@ import dataclasses
 from typing import Any
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 
 from seqjax.config import DecodeConfig
 from seqjax.decoding.batch_tree import infer_batch_size
@@ -42,10 +42,14 @@ NUMERIC_FIELDS: dict[str, type] = {
 }
 
 
-def numeric_options(config: DecodeConfig) -> dict[str, jax.Array]:
-    """The traced options of ``config`` as arrays, for passing through an outer ``jax.jit``."""
+def numeric_options(config: DecodeConfig) -> dict[str, np.ndarray]:
+    """The traced options of ``config`` as arrays, for passing through an outer ``jax.jit``.
+
+    Host (numpy) scalars: a jitted call takes them as it takes device arrays, and making
+    them compiles nothing (``jnp.asarray`` would compile a conversion per dtype).
+    """
     return {
-        name: jnp.asarray(getattr(config, name), jnp.int32 if kind is int else jnp.float32)
+        name: np.asarray(getattr(config, name), np.int32 if kind is int else np.float32)
         for name, kind in NUMERIC_FIELDS.items()
     }
 
