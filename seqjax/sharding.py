@@ -303,3 +303,13 @@ def enable_compile_cache(
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
+
+
+def compile_cache_dir() -> Path | None:
+    """The persistent compile cache directory in use, or None when the cache is off.
+
+    Things derived once and reusable by the next process (``seqjax.app.export_cache``'s
+    lowered decoders, ``run_dir.param_target``'s shapes) are kept in folders of it.
+    """
+    path = jax.config.jax_compilation_cache_dir
+    return Path(path) if path else None

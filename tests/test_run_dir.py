@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import seqjax
+from seqjax import sharding
 from seqjax.app import run_dir
 from seqjax.app.cli import main
 from seqjax.app.run_dir import CONFIG_FILE, read_run_config, write_run_files
@@ -113,7 +114,7 @@ def test_param_shapes_are_cached_beside_the_compile_cache(trained, tmp_path, mon
     19's start-up) and gives the same params; a torn cache file is traced and rewritten; an
     edited config.json is still caught by the shape check, and keyed apart."""
     _, plain = run_dir.load_model(trained)  # no compile cache: the trace, nothing written
-    monkeypatch.setattr(run_dir, "_compile_cache_dir", lambda: str(tmp_path / "cache"))
+    monkeypatch.setattr(sharding, "compile_cache_dir", lambda: tmp_path / "cache")
     _, first = run_dir.load_model(trained)
     files = list((tmp_path / "cache" / run_dir.PARAM_SPECS_DIR).glob("*.json"))
     assert len(files) == 1

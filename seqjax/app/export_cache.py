@@ -17,17 +17,15 @@ missing) takes the ordinary ``jax.jit`` path.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib.metadata
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 
-import seqjax
+from seqjax import sharding
+from seqjax.app import run_dir
 from seqjax.decoding import DecodeResult
 from seqjax.models.quantize import QuantizedArray
 
@@ -49,25 +47,8 @@ jax.export.register_pytree_node_serialization(
 
 def cache_dir() -> Path | None:
     """Where exported programs live: a folder of JAX's compile cache, if one is on."""
-    root = jax.config.jax_compilation_cache_dir
-    return Path(root) / EXPORT_DIR if root else None
-
-
-@functools.cache
-def _source_digest() -> str:
-    """Hash of seqjax's Python source: an edited checkout never reuses a stale program."""
-    h = hashlib.sha256()
-    root = Path(seqjax.__file__).parent
-    for f in sorted(root.rglob("*.py")):
-        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
-
-
-def _dist_version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
+    root = sharding.compile_cache_dir()
+    return None if root is None else root / EXPORT_DIR
 
 
 def cache_key(static: str, args: tuple[Any, ...]) -> str:
@@ -80,8 +61,8 @@ def cache_key(static: str, args: tuple[Any, ...]) -> str:
         str(tree),
         repr(avals),
         jax.__version__,
-        _dist_version("jaxlib"),
-        _source_digest(),
+        run_dir.dist_version("jaxlib"),
+        run_dir.source_digest(),
         device.platform,
         getattr(device, "device_kind", ""),
         repr(
@@ -126,9 +107,7 @@ def exported(fn: Callable[..., Any], static: str, args: tuple[Any, ...]) -> Call
             return None
         try:
             root.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)  # atomic: readers see a whole file or none
+            run_dir.write_atomic(path, bytes(data))
         except OSError:
             pass  # a read-only cache: this process still uses the program
     call = _LOADED[key] = _without_lapack_setup(jax.jit(exp.call))

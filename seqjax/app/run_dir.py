@@ -18,6 +18,7 @@ user's files).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -30,8 +31,8 @@ from typing import Any
 
 import jax
 
-import seqjax.models
-from seqjax import checkpoint
+import seqjax
+from seqjax import checkpoint, sharding
 from seqjax.checkpoint import BEST_DIR, LATEST_DIR, Checkpointer, CheckpointError, no_run_dir
 from seqjax.config import (
     MODEL_FIELDS_V1,
@@ -86,10 +87,37 @@ __all__ = [
 
 
 def _version() -> str:
+    return dist_version("seqjax", missing="unknown")
+
+
+def dist_version(dist: str, missing: str = "?") -> str:
+    """Installed version of distribution ``dist``; ``missing`` if it is not installed."""
     try:
-        return importlib.metadata.version("seqjax")
+        return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+        return missing
+
+
+@functools.cache
+def source_digest(subpackage: str = "") -> str:
+    """SHA-256 of seqjax's Python source (under ``subpackage``, e.g. ``"models"``).
+
+    Part of the keys of what is kept beside the compile cache: an edited checkout never
+    reuses shapes or programs derived from the code before the edit.
+    """
+    h = hashlib.sha256()
+    root = Path(seqjax.__file__).parent
+    for f in sorted((root / subpackage).rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``path`` through a temporary file and a rename: a reader (or a crash) never
+    sees half of it."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def exists(run_dir: str | Path) -> bool:
@@ -239,9 +267,7 @@ def write_run_files(
     if data is not None:
         doc["data"] = data  # data_record(): what resume compares the given files with
     path = run_dir / CONFIG_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written config.json
+    write_atomic(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
     if tokenizer_dir is not None:
         _copy_tokenizer(Path(tokenizer_dir), run_dir / TOKENIZER_DIR)
     return run_dir
@@ -354,28 +380,14 @@ def _param_specs_file(model_cfg: ModelConfig) -> Path | None:
     seqjax, Flax and JAX, and the source of ``seqjax/models`` (a model edited in a checkout
     gets a new entry, not stale shapes).
     """
-    cache = _compile_cache_dir()
-    if not cache:
+    cache = sharding.compile_cache_dir()
+    if cache is None:
         return None
-    models = Path(seqjax.models.__file__).parent
     h = hashlib.sha256(json.dumps(to_dict(model_cfg), sort_keys=True).encode())
     for dist in ("seqjax", "flax", "jax"):
-        h.update(_dist_version(dist).encode())
-    for f in sorted(models.glob("*.py")):
-        h.update(f.name.encode() + f.read_bytes())
-    return Path(cache) / PARAM_SPECS_DIR / f"{h.hexdigest()[:32]}.json"
-
-
-def _compile_cache_dir() -> str | None:
-    """JAX's persistent compile cache directory, if one is on (``seqjax`` commands turn it on)."""
-    return jax.config.jax_compilation_cache_dir
-
-
-def _dist_version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
+        h.update(dist_version(dist).encode())
+    h.update(source_digest("models").encode())
+    return cache / PARAM_SPECS_DIR / f"{h.hexdigest()[:32]}.json"
 
 
 def param_target(model: Any, model_cfg: ModelConfig) -> Any:
@@ -395,9 +407,7 @@ def param_target(model: Any, model_cfg: ModelConfig) -> Any:
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(checkpoint.array_specs(target)))
-            os.replace(tmp, path)  # atomic: a concurrent reader sees all of it or nothing
+            write_atomic(path, json.dumps(checkpoint.array_specs(target)).encode())
         except OSError:
             pass  # a read-only cache: the trace is only slower
     return target

@@ -330,7 +330,7 @@ class Translator:
                 max_len = max(max_len, min(need + 1, self.config.max_len))  # room for EOS
             res = None
             if self.mesh is None and not amateur and "constraints" not in batch:
-                res = self._exported_decode(static_part(cfg), max_len, batch["src"], cfg, start)
+                res = self._exported_decode(cfg, max_len, batch["src"], start)
             if res is None:
                 if self.mesh is None:
                     dev = {k: jnp.asarray(v) for k, v in batch.items()}
@@ -367,9 +367,8 @@ class Translator:
         return out, aligned
 
     def _exported_decode(
-        self, static_cfg: DecodeConfig, max_len: int, src_BxS: np.ndarray, cfg: DecodeConfig,
-        start: int,
-    ) -> DecodeResult | None:  # fmt: skip
+        self, cfg: DecodeConfig, max_len: int, src_BxS: np.ndarray, start: int
+    ) -> DecodeResult | None:
         """``_decode_batch`` through ``export_cache``; None where that cannot serve it.
 
         Host values go in as numpy arrays and the PRNG key is made inside the program (the
@@ -379,6 +378,7 @@ class Translator:
         model = self.model
         if isinstance(model, tuple) or not 0 <= cfg.seed < 2**31:  # ensembles; int32 seeds
             return None
+        static_cfg = static_part(cfg)
 
         def fn(params: Any, src: Any, seed_start: Any, numerics: Any) -> DecodeResult:
             key = jax.random.fold_in(jax.random.key(seed_start[0]), seed_start[1])
