@@ -18,6 +18,7 @@ length buckets without opening a single record.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -112,9 +113,15 @@ class PairSource:
         self.paths = [str(p) for p in paths]
         self.per_shard, self.n_pairs = per_shard, n_pairs
         self._readers: dict[int, ArrayRecordReader] = {}
+        # A reader's seek + read is one step: Grain's prefetch threads share this source,
+        # and interleaved seeks handed a batch another batch's records.
+        self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_readers": {}}
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"} | {"_readers": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
 
     def __len__(self) -> int:
         return self.n_pairs
@@ -135,17 +142,19 @@ class PairSource:
         if ids_N.size and (ids_N.min() < 0 or ids_N.max() >= self.n_pairs):
             raise IndexError(f"pair ids must be in [0, {self.n_pairs})")
         out: list[bytes] = [b""] * len(ids_N)
-        for k in np.argsort(ids_N, kind="stable").tolist():
-            shard, pos = divmod(int(ids_N[k]), self.per_shard)
-            reader = self._reader(shard)
-            reader.seek(pos)
-            out[k] = reader.read()
+        with self._lock:
+            for k in np.argsort(ids_N, kind="stable").tolist():
+                shard, pos = divmod(int(ids_N[k]), self.per_shard)
+                reader = self._reader(shard)
+                reader.seek(pos)
+                out[k] = reader.read()
         return out
 
     def close(self) -> None:
-        for r in self._readers.values():
-            r.close()
-        self._readers = {}
+        with self._lock:
+            for r in self._readers.values():
+                r.close()
+            self._readers = {}
 
 
 def open_split(data_dir: str | Path, split: str) -> PairSource:
