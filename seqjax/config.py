@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from seqjax.decode_checks import (
     RULES,
+    STREAM_EVERY,
     check_options,
     check_output_names,
     check_stream_every,
@@ -512,7 +513,7 @@ class DecodeConfig:
     # stream: compile the decoder with its streaming callback (decode() then needs stream=ID).
     outputs: tuple[str, ...] = ()
     stream: bool = False
-    stream_every: int = 16  # positions per host callback when streaming (the decoders')
+    stream_every: int = STREAM_EVERY  # positions per host callback when streaming
 
     def __post_init__(self) -> None:
         _check(

@@ -124,6 +124,9 @@ def check_output_names(outputs: Any) -> None:
         raise ValueError(f"outputs: each name at most once, got {tuple(outputs)!r}")
 
 
+STREAM_EVERY = 16  # default positions per streaming host call (decoders, DecodeConfig, CLI)
+
+
 def check_stream_every(stream_every: Any) -> None:
     """``stream_every`` (positions per streaming host call) is a Python integer >= 1.
 

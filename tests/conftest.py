@@ -39,6 +39,44 @@ def mapping_count() -> int | None:
         return None
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_compile_cache(tmp_path_factory):
+    """One persistent compile cache for the whole run, in a temporary folder.
+
+    Most test programs are compiled many times over: every in-process ``seqjax train`` of the
+    tiny flags builds the same train and validation programs, and modules drop compiled
+    programs (below). A cache shared by the run turns those recompiles into disk reads
+    without touching the user's cache. ``SEQJAX_TEST_COMPILE_CACHE=0`` turns it off.
+
+    Only JAX's cache: seqjax's own uses of it (the exported decoders, the param shapes) stay
+    off, as with ``--no-compile-cache``, so that tests which watch ``_decode_batch`` or
+    ``model.init`` see them called; ``test_export_cache``/``test_run_dir`` turn them on.
+    """
+    if os.environ.get("SEQJAX_TEST_COMPILE_CACHE", "1") in ("", "0"):
+        yield None
+        return
+    import jax
+
+    from seqjax import sharding
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(sharding, "compile_cache_dir", lambda: None)
+    path = tmp_path_factory.mktemp("compile_cache")
+    old = (
+        jax.config.jax_compilation_cache_dir,
+        jax.config.jax_persistent_cache_min_compile_time_secs,
+        jax.config.jax_persistent_cache_min_entry_size_bytes,
+    )
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.05)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    yield path
+    jax.config.update("jax_compilation_cache_dir", old[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", old[2])
+    patch.undo()
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     yield

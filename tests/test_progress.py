@@ -41,9 +41,8 @@ def test_log_shows_time_remaining_for_sparse_updates_and_whole_counts():
     """A train loop updates every ``log_every`` steps, often > 30 s apart: the log still
     shows a time remaining from the rate (not "-:--:--"), and long counts are not cut."""
     buf = io.StringIO()
-    bar = Progress(6000, "train", unit="steps", stream=buf, log_interval=0.0)
-    now = [bar._bar.get_time()]
-    bar._bar.get_time = lambda: now[0]  # a clock that 45 s pass on between updates
+    now = [0.0]  # a clock that 45 s pass on between updates
+    bar = Progress(6000, "train", unit="steps", stream=buf, log_interval=0.0, clock=lambda: now[0])
     for _ in range(3):
         now[0] += 45.0
         bar.update(50, loss=3.14159, tok_s=1500, epoch=1, min=12.5)
@@ -52,3 +51,22 @@ def test_log_shows_time_remaining_for_sparse_updates_and_whole_counts():
     assert "150/6000 steps" in last and "…" not in last, last
     # 100 steps per 90 s leave 5,850 steps: 5,265 s = 1:27:45.
     assert last.endswith("1:27:45"), last
+
+
+def test_resumed_loop_shows_time_remaining_from_its_first_update():
+    """A resumed fine-tune logs every 50 steps: its first line already has a time left,
+    from this process's steps only (not the 100 restored ones)."""
+    buf = io.StringIO()
+    now = [0.0]
+    bar = Progress(
+        400, "train", unit="steps", stream=buf, initial=100, log_interval=0.0, clock=lambda: now[0]
+    )
+    now[0] += 60.0
+    bar.update(50)
+    first = buf.getvalue().splitlines()[0]
+    # 50 steps per 60 s leave 250 steps: 300 s.
+    assert "150/400 steps" in first and first.endswith("0:05:00"), first
+    now[0] += 60.0
+    bar.update(250)
+    bar.close()
+    assert buf.getvalue().splitlines()[-1].endswith("0:00:00")

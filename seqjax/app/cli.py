@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from seqjax.app.errors import TrainingDiverged
 from seqjax.config import (
     MODEL_PRESETS,
     ConfigError,
@@ -27,6 +28,7 @@ from seqjax.config import (
     read_toml,
     to_dict,
 )
+from seqjax.decode_checks import STREAM_EVERY
 
 DEFAULT_RUN = "runs/default"
 FAMILY_PRESETS = {"transformer": "small", "rnn": "rnn_small"}  # --model picks the CPU default
@@ -896,7 +898,8 @@ def _add_translate_parser(sub: Any) -> None:
         "--stream-every",
         type=int,
         metavar="N",
-        help="with --stream: tokens leave the compiled loop every N positions (default 16; "
+        help="with --stream: tokens leave the compiled loop every N positions (default "
+        f"{STREAM_EVERY}; "
         "1 = each token at once, which can triple the time of a small model's decode: "
         "each host call costs about 0.1-0.3 ms)",
     )
@@ -958,14 +961,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except Exception as e:
-        # Only `train` raises TrainingDiverged; the other commands do not import it, which
-        # keeps optax, grain and the training code out of `translate`'s start-up (~0.3 s).
-        trainer = sys.modules.get("seqjax.app.train")
-        if trainer is not None and isinstance(e, trainer.TrainingDiverged):
-            print(f"seqjax: error: {e}", file=sys.stderr)
-            return 1
-        raise
+    except TrainingDiverged as e:
+        print(f"seqjax: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

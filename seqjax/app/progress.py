@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from rich.console import Console
@@ -18,20 +19,40 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     ProgressColumn,
+    Task,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.progress import Progress as _RichProgress
+from rich.text import Text
 
 LOG_INTERVAL = 10.0  # seconds between progress lines in a log
 LOG_WIDTH = 200  # characters a progress line in a log may take before rich shortens it
-SPEED_WINDOW = 3600.0  # seconds of updates the rate (and the time remaining) averages
 
 
 def _format(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class _TimeRemaining(ProgressColumn):
+    """Time left at the average rate since the loop (re)started: ``H:MM:SS``.
+
+    rich's own column needs two updates inside its speed window; a train loop updates
+    every ``log_every`` steps (minutes apart in a fine-tune) and a resumed one has had a
+    single update at its first line, so it would show ``-:--:--``. The rate here counts
+    only this process's steps (``task.fields["initial"]`` are the resumed ones).
+    """
+
+    def render(self, task: Task) -> Text:
+        done = task.completed - task.fields.get("initial", 0)
+        elapsed = task.elapsed
+        if task.total is None or not elapsed or done <= 0:
+            return Text("-:--:--", style="progress.remaining")
+        left = max(task.total - task.completed, 0) * elapsed / done
+        minutes, seconds = divmod(int(round(left)), 60)
+        hours, minutes = divmod(minutes, 60)
+        return Text(f"{hours}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
 
 
 class Progress:
@@ -39,7 +60,8 @@ class Progress:
 
     ``total`` None means an unknown length (e.g. a time budget). ``fields`` (loss, ...) are
     shown after the counts. ``initial`` is where a resumed loop starts counting;
-    ``disable`` turns it off (e.g. on every process but the first).
+    ``disable`` turns it off (e.g. on every process but the first); ``clock`` (seconds,
+    default ``time.monotonic``) is for tests.
     """
 
     def __init__(
@@ -52,6 +74,7 @@ class Progress:
         initial: int = 0,
         disable: bool = False,
         log_interval: float = LOG_INTERVAL,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.console = Console(file=stream or sys.stderr, highlight=False)
         self.live = (self.console.is_terminal and not self.console.is_dumb_terminal) or (
@@ -67,12 +90,11 @@ class Progress:
             *self._columns(),
             console=self.console,
             disable=disable or not self.live,
-            # The speed (for the time remaining) averages the updates of the last
-            # SPEED_WINDOW seconds; rich's 30 s would leave none between a train loop's
-            # updates (every log_every steps) and show "-:--:--" all run long.
-            speed_estimate_period=SPEED_WINDOW,
+            get_time=clock,
         )
-        self._task = self._bar.add_task(desc, total=total, completed=initial, fields="")
+        self._task = self._bar.add_task(
+            desc, total=total, completed=initial, fields="", initial=initial
+        )
         self._last_line = time.monotonic()
         self._printed: int | None = None  # count shown by the last log line
         self._bar.start()
@@ -87,7 +109,7 @@ class Progress:
             TaskProgressColumn(),
             TextColumn("{task.fields[fields]}"),
             TimeElapsedColumn(),
-            TimeRemainingColumn(),
+            _TimeRemaining(),
         ]
 
     @property

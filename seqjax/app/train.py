@@ -32,6 +32,7 @@ from jax.sharding import Mesh
 
 from seqjax import checkpoint, sharding
 from seqjax.app import run_dir, train_data
+from seqjax.app.errors import TrainingDiverged
 from seqjax.app.progress import Progress
 from seqjax.app.translate import Translator
 from seqjax.config import DecodeConfig, ModelConfig, TrainConfig, to_dict
@@ -70,10 +71,6 @@ Log = Callable[[str], None]
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-class TrainingDiverged(RuntimeError):
-    """Too many consecutive non-finite steps; the last good checkpoint is left as it was."""
 
 
 @dataclasses.dataclass

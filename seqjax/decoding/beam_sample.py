@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from seqjax.decode_checks import STREAM_EVERY
 from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.beam_loop import (
     SelectFn,
@@ -97,7 +98,7 @@ def beam_sample(
     early_stopping: bool | str = "never",
     outputs: tuple[str, ...] = (),
     stream: int | jax.Array | None = None,
-    stream_every: int = 16,
+    stream_every: int = STREAM_EVERY,
 ) -> DecodeResult:
     """Beam search over drawn candidates (see the module docstring), ``n_best`` per source.
 

@@ -64,6 +64,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from seqjax.decode_checks import STREAM_EVERY
 from seqjax.decoding.arg_checks import CONSTRAINT_PAD, check_constraints, check_decoder_call
 from seqjax.decoding.batch_tree import repeat_rows
 from seqjax.decoding.beam_loop import (
@@ -269,7 +270,7 @@ def constrained_beam_search(
     early_stopping: bool | str = "never",
     outputs: tuple[str, ...] = (),
     stream: int | jax.Array | None = None,
-    stream_every: int = 16,
+    stream_every: int = STREAM_EVERY,
 ) -> DecodeResult:
     """Beam search whose hypotheses contain every phrase of ``constraints`` (see the module).
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 
+from seqjax.decode_checks import STREAM_EVERY
 from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.beam_loop import check_beam_args, coverage_source_len, run_beam_loop
 from seqjax.decoding.outputs import check_outputs, output_widths
@@ -54,7 +55,7 @@ def contrastive(
     amateur_params: Any = None,
     outputs: tuple[str, ...] = (),
     stream: int | jax.Array | None = None,
-    stream_every: int = 16,
+    stream_every: int = STREAM_EVERY,
 ) -> DecodeResult:
     """Maximise ``log p_expert - contrastive_lambda * log p_amateur`` over plausible tokens.
 

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from seqjax.decode_checks import STREAM_EVERY
 from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.batch_tree import repeat_rows
 from seqjax.decoding.beam_loop import (
@@ -262,7 +263,7 @@ def diverse_beam_search(
     per_group: bool = False,
     outputs: tuple[str, ...] = (),
     stream: int | jax.Array | None = None,
-    stream_every: int = 16,
+    stream_every: int = STREAM_EVERY,
 ) -> DecodeResult:
     """Group beam search (see the module docstring); the ``n_best`` best of all groups.
 

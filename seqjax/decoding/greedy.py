@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 
+from seqjax.decode_checks import STREAM_EVERY
 from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.outputs import check_outputs, output_widths
 from seqjax.decoding.prompt import prefill_prompt, prompt_controls, total_len
@@ -41,7 +42,7 @@ def greedy(
     begin_suppress_tokens: tuple = (),
     outputs: tuple[str, ...] = (),
     stream: int | jax.Array | None = None,
-    stream_every: int = 16,
+    stream_every: int = STREAM_EVERY,
 ) -> DecodeResult:
     """Argmax decoding until EOS or ``max_len``; ``K = 1``, score = summed log-prob.
 

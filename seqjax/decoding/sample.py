@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 
+from seqjax.decode_checks import STREAM_EVERY
 from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.batch_tree import repeat_rows
 from seqjax.decoding.outputs import check_outputs, output_widths
@@ -47,7 +48,7 @@ def sample(
     begin_suppress_tokens: tuple = (),
     outputs: tuple[str, ...] = (),
     stream: int | jax.Array | None = None,
-    stream_every: int = 16,
+    stream_every: int = STREAM_EVERY,
 ) -> DecodeResult:
     """Draw ``num_samples`` sequences per source (``K = num_samples``), in draw order.
 

@@ -67,7 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from seqjax.decode_checks import check_stream_every
+from seqjax.decode_checks import STREAM_EVERY, check_stream_every
 
 Consumer = Callable[[int, np.ndarray], Any]
 
@@ -117,7 +117,7 @@ def _dispatch(sid: np.ndarray, last: np.ndarray, count: np.ndarray, items: np.nd
     return np.zeros((), np.int32)
 
 
-def check_stream(stream: Any, stream_every: Any = 16) -> None:
+def check_stream(stream: Any, stream_every: Any = STREAM_EVERY) -> None:
     """``stream`` is ``None`` or a scalar integer (a registered ID); ``stream_every`` an
     integer >= 1."""
     check_stream_every(stream_every)
@@ -173,7 +173,7 @@ class Emitter:
         return StreamState(items, jnp.where(send, 0, count)), ack
 
 
-def emitter(stream: Any, every: int = 16) -> Emitter | None:
+def emitter(stream: Any, every: int = STREAM_EVERY) -> Emitter | None:
     """The in-loop hook for consumer ``stream`` (``None``: no hook, no callback); the
     decoders have checked both arguments (``check_stream``)."""
     if stream is None:
