@@ -100,9 +100,9 @@ class SeqjaxRunner:
 
     def __init__(self, hf_dir: Path, new_tokens: int, quantize: str | None = None) -> None:
         self.model, self.params, _ = load_hf(hf_dir)
-        if quantize is not None:  # weight-only int8, per output channel (models/quantize.py)
+        if quantize is not None:  # int8 weights, per output channel (models/quantize.py)
             self.params = quantize_params(self.params, quantize)
-            self.name = f"seqjax_{quantize}"
+            self.name = "seqjax_int8"  # whichever mode: the results' key for seqjax's int8
         self.n = new_tokens
         self.fns: dict[tuple[str, int], Any] = {}
         self.traces = 0
@@ -262,10 +262,15 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"{r['seqjax_first_call_s']:.1f} | {r['seqjax_compile_s']:.1f} |"
         )
     if any("seqjax_int8" in r["tokens_per_s"] for r in rows):
+        how = {
+            "w8a8": "`--quantize w8a8`: int8 weights with per-output-channel scales and "
+            "per-row dynamically quantised activations, int8 x int8 -> int32 dots",
+            "int8": "`--quantize int8`: weight-only int8, per-output-channel scales, "
+            "dequantised inside the matmul",
+        }[meta.get("seqjax_int8_mode", "int8")]
         lines += [
             "",
-            "int8 weights (seqjax: weight-only int8, per-output-channel scales, dequantised "
-            "inside the matmul; CT2: `compute_type=int8`, its int8 GEMMs on quantised "
+            f"int8 (seqjax: {how}; CT2: `compute_type=int8`, its int8 GEMMs on quantised "
             "activations), same interleaved rounds:",
             "",
             "| method | batch | seqjax int8 tok/s | CT2 int8 tok/s | seqjax int8/CT2 int8 | "
@@ -283,7 +288,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
             )
     lines += [
         "",
-        "Targets: seqjax >= 3x HF PyTorch and >= 1x CTranslate2 in every cell. "
+        "Targets (issue 19): seqjax >= 3x HF PyTorch and >= 1.3x CTranslate2 fp32 in every "
+        "cell; seqjax int8 >= 1.3x CTranslate2 int8. "
         f"Greedy outputs identical across systems (batch 1): {meta['greedy_agreement']}.",
     ]
     return "\n".join(lines) + "\n"
@@ -311,7 +317,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--int8",
         action="store_true",
-        help="also time seqjax with --quantize int8 weights and CT2 with compute_type int8",
+        help="also time seqjax with int8 weights (--int8-mode) and CT2 with compute_type int8",
+    )
+    p.add_argument(
+        "--int8-mode",
+        choices=("w8a8", "int8"),
+        default="w8a8",
+        help="seqjax's --quantize mode for --int8: w8a8 (int8 activations too, like CT2's "
+        "int8; default) or int8 (weight-only)",
     )
     p.add_argument("--workdir", help="where to keep the model dirs (default: a temp dir)")
     p.add_argument("--out", default="experiments/results/bench_vs_peers")
@@ -332,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print("CTranslate2 sees no CUDA device: CT2 is left out of this run", flush=True)
     if args.int8:
-        peers.append(SeqjaxRunner(hf_dir, args.new_tokens, "int8"))
+        peers.append(SeqjaxRunner(hf_dir, args.new_tokens, args.int8_mode))
         if args.device == "cpu" or ct2_sees_gpu():
             peers.append(CT2Runner(ct2_dir, args.new_tokens, args.threads, args.device, "int8"))
     systems = [sj, *peers]
@@ -405,6 +418,7 @@ def main(argv: list[str] | None = None) -> None:
         "uptime_after": uptime(),
         "greedy_agreement": agree,
         "seqjax_traces": sj.traces,
+        "seqjax_int8_mode": args.int8_mode if args.int8 else None,
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_results(args.out, meta, rows, markdown(rows, meta))

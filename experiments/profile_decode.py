@@ -331,6 +331,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--top", type=int, default=15, help="ops listed per case")
     p.add_argument("--hf", help="a HF Marian dir (default: the random Marian-base config)")
+    p.add_argument(
+        "--quantize", choices=("int8", "w8a8"), help="int8 weights (models/quantize.py modes)"
+    )
     p.add_argument("--out", default="experiments/results/profile_decode")
     args = p.parse_args(argv)
     flags = set_xla_flags(args.isa, args.threads)
@@ -342,6 +345,10 @@ def main(argv: list[str] | None = None) -> None:
     check = isa_check()
     print("ISA check:", check, flush=True)
     model, params = build(args.hf)
+    if args.quantize:
+        from seqjax.models.quantize import quantize_params
+
+        params = quantize_params(params, args.quantize)
     cases = []
     for case in args.cases.split(","):
         method, batch = case.split(":")
@@ -353,7 +360,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         cases.append(c)
     meta = {
-        "label": f"ISA cap {args.isa}" if args.isa else "native ISA",
+        "label": (f"ISA cap {args.isa}" if args.isa else "native ISA")
+        + (f", --quantize {args.quantize}" if args.quantize else ""),
         "xla_flags": flags,
         "isa_check": check,
         "new_tokens": args.new_tokens,

@@ -93,10 +93,11 @@ def test_keys_keep_programs_apart(translator, cache):
     assert len(list(cache.glob("*.jaxexport"))) == 2 * n
 
 
-def test_int8_weights_go_through_the_export(translator, cache, monkeypatch):
+@pytest.mark.parametrize("mode", ["int8", "w8a8"])
+def test_int8_weights_go_through_the_export(translator, cache, monkeypatch, mode):
     q = translate.Translator(
         translator.model,
-        quantize_params(translator.params, "int8"),
+        quantize_params(translator.params, mode),
         translator.src_tokenizer,
         translator.tgt_tokenizer,
         translator.config,

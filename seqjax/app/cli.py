@@ -279,9 +279,13 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
 def add_quantize_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quantize",
-        choices=["int8"],
-        help="int8: weight-only int8 with per-output-channel scales for the big matrices "
-        "(dequantised inside the compiled matmuls; 4x smaller weights)",
+        choices=["int8", "w8a8"],  # models.quantize.QUANT_MODES (not imported: start-up)
+        help="int8 weights with per-output-channel scales for the big matrices (4x smaller). "
+        "int8: weight-only, dequantised inside the compiled matmuls (the same outputs as "
+        "float weights of those values; no faster on CPU); w8a8: the Transformer also "
+        "quantises its activations per row and runs int8 x int8 -> int32 GEMMs "
+        "(like CTranslate2's int8: faster on CPUs with VNNI/AMX, small extra rounding; "
+        "the RNN runs it as int8)",
     )
 
 

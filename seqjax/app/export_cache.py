@@ -18,6 +18,7 @@ missing) takes the ordinary ``jax.jit`` path.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,10 @@ _LOADED: dict[str, Callable[..., Any] | None] = {}
 # Custom pytree nodes in a program's inputs or outputs need a name to be serialised.
 jax.export.register_namedtuple_serialization(DecodeResult, serialized_name="seqjax.DecodeResult")
 jax.export.register_pytree_node_serialization(
-    QuantizedArray,  # int8 weights (`--quantize int8`): no static fields
-    serialized_name="seqjax.QuantizedArray",
-    serialize_auxdata=lambda aux: b"",
-    deserialize_auxdata=lambda data: (),
+    QuantizedArray,  # int8 weights (`--quantize`): the static field is ``act``, a str
+    serialized_name="seqjax.QuantizedArray.v2",
+    serialize_auxdata=lambda aux: json.dumps(list(aux)).encode(),
+    deserialize_auxdata=lambda data: tuple(json.loads(data)),
 )
 
 

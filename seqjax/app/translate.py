@@ -532,7 +532,8 @@ def load(
     in (e.g. ``"bfloat16"``; params stay float32), instead of the one trained with.
     ``amateur``: run directory of the small model for contrastive decoding (its best params;
     it must share the target tokenizer).
-    ``quantize``: ``"int8"`` stores the big matrices as int8 with per-channel scales
+    ``quantize``: ``"int8"`` stores the big matrices as int8 with per-channel scales,
+    ``"w8a8"`` also quantises the Transformer decode step's activations
     (``seqjax.models.quantize``); None keeps float32.
     """
     model, params = run_dir.load_model(path, which=which)

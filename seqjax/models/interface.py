@@ -53,6 +53,10 @@ class EncoderDecoder:
 
     config: ModelConfig
     net_class: ClassVar[type[nn.Module]]
+    # Whether the net's modules take int8 ``QuantizedArray`` leaves as they are (their
+    # matmuls then run the quantisation mode's dots); otherwise the int8 weights are
+    # dequantised at the start of each jitted function.
+    takes_int8: ClassVar[bool] = False
 
     @property
     def net(self) -> nn.Module:
@@ -70,13 +74,17 @@ class EncoderDecoder:
             return self._init_eager(key)
         return _jitted_init(self, key)
 
+    def _float_unless_taken(self, params: Params) -> Params:
+        """int8 weights: converted inside the caller's program unless ``takes_int8``."""
+        return params if self.takes_int8 else dequantize(params)
+
     def _init_eager(self, key: jax.Array) -> Params:
         src = jnp.ones((1, 4), jnp.int32)
         return self.net.init(key, src, src > 0, src)
 
     def encode(self, params: Params, src_BxS: jax.Array, src_mask_BxS: jax.Array) -> jax.Array:
         """Encoder output ``memory [B, S, ...]`` (padding positions are masked downstream)."""
-        params = dequantize(params)  # int8 weights: converted inside the caller's program
+        params = self._float_unless_taken(params)
         return self.net.apply(params, src_BxS, src_mask_BxS, method="encode")
 
     def init_cache(
@@ -87,7 +95,7 @@ class EncoderDecoder:
         if not 1 <= max_len <= (max_len if limit is None else limit):
             bound = "" if limit is None else f", <= {limit} (the model's max_len)"
             raise ValueError(f"init_cache: max_len must be >= 1{bound}, got {max_len}")
-        params = dequantize(params)
+        params = self._float_unless_taken(params)
         return self.net.apply(params, memory, src_mask_BxS, max_len, method="init_cache")
 
     def decode_step(
@@ -159,7 +167,7 @@ class EncoderDecoder:
     ) -> jax.Array:
         """Teacher-forced logits ``[B, T, V]``; dropout is on iff ``dropout_rng`` is given."""
         train = dropout_rng is not None
-        params = dequantize(params)
+        params = self._float_unless_taken(params)
         return self.net.apply(
             params,
             src_BxS,

@@ -1,13 +1,23 @@
-"""Weight-only int8: per-output-channel symmetric quantisation of a params pytree.
+"""int8 weights: per-output-channel symmetric quantisation of a params pytree.
 
-``quantize_params(params)`` returns the same pytree with the big matrices replaced by
+``quantize_params(params, mode)`` returns the same pytree with the big matrices replaced by
 ``QuantizedArray`` leaves (``q`` int8 of the original shape, ``scale`` float32 with the
 contracted axes kept as size 1); everything else stays float32. The int8 values are what
 the decoders receive as traced weights: the conversion happens inside the compiled program,
 
-- in the Transformer's decode step, inside each matmul: ``x @ w`` on a ``QuantizedArray``
-  is ``dot_general(x, q) * scale`` (the scale is per output column, so it factors out of
-  the sum), and the embedding lookup converts only the looked-up rows;
+- in the Transformer's decode step, inside each matmul. Two modes (``QUANT_MODES``):
+
+  - ``int8`` (weight-only): ``x @ w`` is ``dot_general(x, q) * scale`` (the scale is per
+    output column, so it factors out of the sum). Exactly the float model whose weights
+    are ``dequantize(q)``, but no faster on XLA:CPU, which converts ``q`` to a float
+    temporary before its float GEMM.
+  - ``w8a8`` (int8 weights and activations, as CTranslate2's ``int8`` and PyTorch's
+    dynamic quantisation): each row of ``x`` is quantised on the fly with its own scale
+    (``max|x_row| / 127``), the dot runs int8 x int8 -> int32 (XLA's integer GEMMs, VNNI/AMX
+    where the CPU has them), and ``acc * row_scale * col_scale`` restores the float result.
+    Adds an activation rounding error of ``max|x_row| / 254`` per element.
+
+  The embedding lookup converts only the looked-up rows (both modes);
 - everywhere else (encoders, ``init_cache``, the RNN step, ``forward``) ``dequantize``
   at the start of the jitted function (the model interface does it), so a float copy
   exists only as a temporary of that program.
@@ -49,13 +59,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-QUANT_MODES = ("int8",)
+QUANT_MODES = ("int8", "w8a8")
 _MATRIX_NAMES = ("kernel", "w_x", "w_h", "w_k", "w_q")
 _EMBED_MODULES = ("src_embed", "tgt_embed")
 _HEAD_SPLIT_OUT = ("out", "self_out", "cross_out")  # kernels [H, Dh, D]
 
 
-@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class QuantizedArray:
     """An int8 array with float scales: ``value = q * scale`` (``scale`` broadcasts).
@@ -63,11 +72,14 @@ class QuantizedArray:
     ``scale`` has ``q``'s rank, size 1 on the contracted (input) axes. Behaves like the
     float array it stands for where the decode step needs it: ``shape``, ``dtype`` (the
     scale's), ``astype`` (of the scale), ``reshape(rows, -1)``, ``.T``, ``x @ w`` and
-    row slicing; anything else should ``dequantize()`` first.
+    row slicing; anything else should ``dequantize()`` first. ``act`` (static, part of
+    the pytree's structure): ``"float"`` multiplies ``x @ w`` in ``x``'s dtype,
+    ``"int8"`` quantises ``x`` per row first (the ``w8a8`` mode).
     """
 
     q: jax.Array  # int8, the array's shape
     scale: jax.Array  # float, q's rank, 1 on the contracted axes
+    act: str = "float"  # static: "float" | "int8" (activations of x @ w)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -85,7 +97,7 @@ class QuantizedArray:
         return self.q.astype(self.scale.dtype) * self.scale
 
     def astype(self, dtype: Any) -> QuantizedArray:
-        return QuantizedArray(self.q, self.scale.astype(dtype))
+        return QuantizedArray(self.q, self.scale.astype(dtype), self.act)
 
     def reshape(self, rows: int, cols: int = -1) -> QuantizedArray:
         """``[rows, cols]``: the leading size-1 scale axes become the rows (input axes)."""
@@ -94,34 +106,68 @@ class QuantizedArray:
             lead += 1
         if math.prod(self.shape[:lead]) != rows:
             raise ValueError(f"reshape: rows must be {math.prod(self.shape[:lead])}, got {rows}")
-        return QuantizedArray(self.q.reshape(rows, cols), self.scale.reshape(1, -1))
+        return QuantizedArray(self.q.reshape(rows, cols), self.scale.reshape(1, -1), self.act)
 
     @property
     def T(self) -> QuantizedArray:  # noqa: N802 (the array attribute's name)
-        return QuantizedArray(self.q.T, self.scale.T)
+        return QuantizedArray(self.q.T, self.scale.T, self.act)
 
     def __getitem__(self, index: Any) -> QuantizedArray:
         if self.scale.shape[0] != 1:
             raise ValueError("QuantizedArray: only input rows (scale size 1) can be sliced")
-        return QuantizedArray(self.q[index], self.scale)
+        return QuantizedArray(self.q[index], self.scale, self.act)
 
     def __rmatmul__(self, x: jax.Array) -> jax.Array:
         """``x [..., K] @ w [K, N]``: int8 operand into the dot, per-column scale after."""
         if self.ndim != 2 or self.scale.shape[0] != 1:
             return x @ self.dequantize()  # per-row scales do not factor out of the sum
-        y = lax.dot_general(
-            x, self.q, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=x.dtype
-        )
+        if self.act == "int8":
+            return self._w8a8_matmul(x)
+        dims = (((x.ndim - 1,), (0,)), ((), ()))
+        y = lax.dot_general(x, self.q, dims, preferred_element_type=x.dtype)
         return y * self.scale[0].astype(x.dtype)
 
+    def _w8a8_matmul(self, x: jax.Array) -> jax.Array:
+        """``x @ w`` with ``x`` quantised per row: int8 x int8 -> int32, both scales after."""
+        lead = x.shape[:-1]
+        x_MxK = x.reshape(-1, x.shape[-1])
+        if x_MxK.shape[0] == 1:
+            # XLA:CPU runs a one-row int8 dot (a GEMV) in a slow generic loop, 3-20x slower
+            # than a two-row one (its GEMM kernels); the zero row costs next to nothing.
+            x_MxK = jnp.concatenate([x_MxK, jnp.zeros_like(x_MxK)])
+        xq, x_scale = quantize_rows(x_MxK)
+        dims = (((1,), (0,)), ((), ()))
+        acc = lax.dot_general(xq, self.q, dims, preferred_element_type=jnp.int32)
+        y = acc.astype(jnp.float32) * x_scale * self.scale[0].astype(jnp.float32)
+        return y[: math.prod(lead)].reshape(*lead, -1).astype(x.dtype)
 
-def quantize_array(w: Any, contract_axes: Sequence[int]) -> QuantizedArray:
-    """Symmetric int8 with one scale per slice over ``contract_axes`` (NumPy, on the host)."""
+
+jax.tree_util.register_dataclass(QuantizedArray, data_fields=["q", "scale"], meta_fields=["act"])
+
+
+def quantize_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Symmetric int8 per row of ``x [..., K]`` (traced): ``(xq int8 [..., K], scale
+    float32 [..., 1])`` with ``x ~= xq * scale``; an all-zero row gets scale 1.
+
+    >>> xq, s = quantize_rows(jnp.array([[0.5, -1.0], [0.0, 0.0]]))
+    >>> xq.tolist(), s[:, 0].tolist()
+    ([[64, -127], [0, 0]], [0.007874015718698502, 1.0])
+    """
+    xf = x.astype(jnp.float32)
+    amax = jnp.max(jnp.abs(xf), axis=-1, keepdims=True)
+    scale = jnp.where(amax > 0, amax / 127.0, 1.0)
+    inverse = jnp.where(amax > 0, 127.0 / amax, 1.0)  # a multiply per element, not a divide
+    return jnp.clip(jnp.round(xf * inverse), -127, 127).astype(jnp.int8), scale
+
+
+def quantize_array(w: Any, contract_axes: Sequence[int], act: str = "float") -> QuantizedArray:
+    """Symmetric int8 with one scale per slice over ``contract_axes`` (NumPy, on the host);
+    ``act`` as ``QuantizedArray.act``."""
     w = np.asarray(w, np.float32)
     amax = np.max(np.abs(w), axis=tuple(contract_axes), keepdims=True)
     scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
     q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
-    return QuantizedArray(jnp.asarray(q), jnp.asarray(scale))
+    return QuantizedArray(jnp.asarray(q), jnp.asarray(scale), act)
 
 
 def quantize_rule(path: tuple[str, ...], shape: tuple[int, ...], min_size: int):
@@ -139,14 +185,16 @@ def quantize_rule(path: tuple[str, ...], shape: tuple[int, ...], min_size: int):
 
 
 def quantize_params(params: Any, mode: str = "int8", *, min_size: int = 1024) -> Any:
-    """``params`` with the matrices ``quantize_rule`` selects as int8 ``QuantizedArray``."""
+    """``params`` with the matrices ``quantize_rule`` selects as int8 ``QuantizedArray``;
+    ``mode`` is one of ``QUANT_MODES`` (see the module docstring)."""
     if mode not in QUANT_MODES:
         raise ValueError(f"quantize: mode must be one of {', '.join(QUANT_MODES)}, got {mode!r}")
+    act = "int8" if mode == "w8a8" else "float"
 
     def one(path: tuple[Any, ...], leaf: Any) -> Any:
         keys = tuple(str(getattr(k, "key", k)) for k in path)
         axes = quantize_rule(keys, tuple(np.shape(leaf)), min_size)
-        return leaf if axes is None else quantize_array(leaf, axes)
+        return leaf if axes is None else quantize_array(leaf, axes, act)
 
     return jax.tree_util.tree_map_with_path(one, params)
 

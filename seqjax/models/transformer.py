@@ -32,6 +32,7 @@ import numpy as np
 from seqjax.config import ModelConfig
 from seqjax.models import initializers, transformer_step
 from seqjax.models.interface import Cache, EncoderDecoder, EncoderDecoderNet, Params
+from seqjax.models.quantize import QuantizedArray, take_rows
 from seqjax.models.transformer_ops import (
     activation_fn,
     attention,
@@ -85,7 +86,13 @@ class MultiHeadProjection(nn.Module):
             _dense_init(),
             (x_BxTxD.shape[-1], self.n, self.num_heads, self.head_dim),
         )
-        y = jnp.einsum("btd,dnhk->nbhtk", x_BxTxD.astype(self.dtype), kernel.astype(self.dtype))
+        x = x_BxTxD.astype(self.dtype)
+        if isinstance(kernel, QuantizedArray):  # int8 weights: the matmul takes them as int8
+            (b, t, d), shape = x.shape, (self.n, self.num_heads, self.head_dim)
+            y_BxTxN = x @ kernel.astype(self.dtype).reshape(d, -1)
+            y = y_BxTxN.reshape(b, t, *shape).transpose(2, 0, 3, 1, 4)
+        else:
+            y = jnp.einsum("btd,dnhk->nbhtk", x, kernel.astype(self.dtype))
         if self.use_bias:
             bias = self.param(
                 "bias", nn.initializers.zeros, (self.n, self.num_heads, self.head_dim)
@@ -105,8 +112,42 @@ class OutputProjection(nn.Module):
         _, h, _, dh = x_BxHxTxDh.shape
         kernel = self.param("kernel", _dense_init(), (h, dh, self.d_model))
         bias = self.param("bias", nn.initializers.zeros, (self.d_model,))
-        y = jnp.einsum("bhtk,hkd->btd", x_BxHxTxDh, kernel.astype(self.dtype))
+        if isinstance(kernel, QuantizedArray):
+            b, _, t, _ = x_BxHxTxDh.shape
+            x_BxTxHD = x_BxHxTxDh.transpose(0, 2, 1, 3).reshape(b, t, h * dh)
+            y = x_BxTxHD @ kernel.astype(self.dtype).reshape(h * dh, -1)
+        else:
+            y = jnp.einsum("bhtk,hkd->btd", x_BxHxTxDh, kernel.astype(self.dtype))
         return y + bias.astype(self.dtype)
+
+
+class Dense(nn.Dense):
+    """``nn.Dense`` (same parameters and float arithmetic) that also takes an int8
+    ``QuantizedArray`` kernel (``x @ kernel``: the quantisation mode's matmul)."""
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        kernel = self.get_variable("params", "kernel")
+        if not isinstance(kernel, QuantizedArray):
+            return super().__call__(inputs)
+        y = inputs.astype(self.dtype) @ kernel.astype(self.dtype)
+        bias = self.get_variable("params", "bias") if self.use_bias else None
+        return y if bias is None else y + bias.astype(self.dtype)
+
+
+class Embed(nn.Embed):
+    """``nn.Embed`` that also takes an int8 ``QuantizedArray`` table (one scale per row):
+    a lookup converts only the rows it reads; ``attend`` is ``x @ table.T``."""
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        if isinstance(self.embedding, QuantizedArray):
+            return take_rows(self.embedding, inputs)
+        return super().__call__(inputs)
+
+    def attend(self, query: jax.Array) -> jax.Array:
+        if isinstance(self.embedding, QuantizedArray):
+            return query @ self.embedding.T
+        return super().attend(query)
 
 
 class FeedForward(nn.Module):
@@ -118,10 +159,10 @@ class FeedForward(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-        h = nn.Dense(self.d_ff, dtype=self.dtype, kernel_init=_dense_init(), name="wi")(x)
+        h = Dense(self.d_ff, dtype=self.dtype, kernel_init=_dense_init(), name="wi")(x)
         h = activation_fn(self.activation)(h)
         h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
-        return nn.Dense(self.d_model, dtype=self.dtype, kernel_init=_dense_init(), name="wo")(h)
+        return Dense(self.d_model, dtype=self.dtype, kernel_init=_dense_init(), name="wo")(h)
 
 
 def _attend(
@@ -250,11 +291,11 @@ class TransformerNet(EncoderDecoderNet):
     def setup(self) -> None:
         c = self.cfg
         emb_init = initializers.normal(c.d_model**-0.5)
-        self.tgt_embed = nn.Embed(c.vocab_size, c.d_model, embedding_init=emb_init)
+        self.tgt_embed = Embed(c.vocab_size, c.d_model, embedding_init=emb_init)
         if not c.share_embeddings:
-            self.src_embed = nn.Embed(c.vocab_size, c.d_model, embedding_init=emb_init)
+            self.src_embed = Embed(c.vocab_size, c.d_model, embedding_init=emb_init)
         if not c.tie_output:
-            self.logits_dense = nn.Dense(c.vocab_size, dtype=_dtype(c), kernel_init=_dense_init())
+            self.logits_dense = Dense(c.vocab_size, dtype=_dtype(c), kernel_init=_dense_init())
         self.encoder_layers = [EncoderLayer(c) for _ in range(c.num_encoder_layers)]
         self.decoder_layers = [DecoderLayer(c) for _ in range(c.num_decoder_layers)]
         if c.pre_ln:
@@ -352,6 +393,7 @@ class Transformer(EncoderDecoder):
     """The Transformer on the shared interface; ``decode_step`` runs ``transformer_step``."""
 
     net_class = TransformerNet
+    takes_int8 = True  # Dense/Embed/projections handle QuantizedArray kernels
 
     def decode_step(
         self, params: Params, cache: Cache, token_B: jax.Array, position: jax.Array
