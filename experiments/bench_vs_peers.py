@@ -44,7 +44,7 @@ from results_io import write_results
 
 from seqjax.decoding import beam_search, greedy
 from seqjax.interop.hf import load_hf
-from seqjax.models.quantize import quantize_params
+from seqjax.models.quantize import QUANT_MODES, quantize_params
 
 VOCAB, PAD, EOS, UNK = 8000, 7999, 0, 1  # opus-mt layout: </s> 0, <unk> 1, <pad> last
 
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument(
         "--int8-mode",
-        choices=("w8a8", "int8"),
+        choices=QUANT_MODES,
         default="w8a8",
         help="seqjax's --quantize mode for --int8: w8a8 (int8 activations too, like CT2's "
         "int8; default) or int8 (weight-only)",

@@ -5,7 +5,9 @@
 contracted axes kept as size 1); everything else stays float32. The int8 values are what
 the decoders receive as traced weights: the conversion happens inside the compiled program,
 
-- in the Transformer's decode step, inside each matmul. Two modes (``QUANT_MODES``):
+- in the Transformer (decode step, encoder, ``init_cache``, ``forward``: its modules take
+  ``QuantizedArray`` leaves, ``EncoderDecoder.takes_int8``), inside each matmul. Two modes
+  (``QUANT_MODES``):
 
   - ``int8`` (weight-only): ``x @ w`` is ``dot_general(x, q) * scale`` (the scale is per
     output column, so it factors out of the sum). Exactly the float model whose weights
@@ -18,9 +20,9 @@ the decoders receive as traced weights: the conversion happens inside the compil
     Adds an activation rounding error of ``max|x_row| / 254`` per element.
 
   The embedding lookup converts only the looked-up rows (both modes);
-- everywhere else (encoders, ``init_cache``, the RNN step, ``forward``) ``dequantize``
-  at the start of the jitted function (the model interface does it), so a float copy
-  exists only as a temporary of that program.
+- in the RNN (every entry point, so ``w8a8`` runs as ``int8`` there) ``dequantize`` at
+  the start of the jitted function (the model interface does it), so a float copy exists
+  only as a temporary of that program.
 
 Which leaves, and why (``quantize_rule``):
 
