@@ -51,6 +51,7 @@ from seqjax.decoding.batch_tree import gather_rows, repeat_rows
 from seqjax.decoding.logit_processors import forced_tokens, prefix_lengths, selection_scores
 from seqjax.decoding.outputs import step_values
 from seqjax.decoding.penalties import LENGTH_PENALTIES, coverage_penalty, length_penalty
+from seqjax.decoding.phases import Resize, run_phases
 from seqjax.decoding.processors import id_tuple, is_any
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step_scores import ScoreFn, StepScores
@@ -452,6 +453,7 @@ def run_beam_loop(
     output_widths: dict[str, int] | None = None,
     emit: Emitter | None = None,
     rank_fn: RankFn | None = None,
+    resize: Resize | None = None,
 ) -> DecodeResult:
     """The compiled beam loop over a score function (``cache`` has ``B`` rows).
 
@@ -470,7 +472,10 @@ def run_beam_loop(
     hypothesis after position ``t``, or its best finished one once the source is done
     or ``t`` is the last position (``seqjax.decoding.streaming``). ``rank_fn`` (static,
     optional, see ``RankFn``) chooses the live and finishing candidates (constrained beam
-    search's bank allocation); without it the K best raw totals stay live.
+    search's bank allocation); without it the K best raw totals stay live. ``resize``
+    (static, the step's optional ``resize``): run the loop in phases of growing cache
+    length, so attention and the per-step cache reorder read only the prefix a phase
+    can have filled (``seqjax.decoding.phases``).
     """
     B, K, L = batch_size, beam_size, max_len
     S = source_len or 0
@@ -538,7 +543,7 @@ def run_beam_loop(
         init = init._replace(extras=extras)
     if emit is not None:
         init = init._replace(stream=emit.init(jnp.zeros((B, L), jnp.int32)))
-    s = lax.while_loop(cond, body, init)
+    s = run_phases(cond, body, init, max_len=L, resize=resize, from_start=start is None)
     return DecodeResult(
         tokens=s.finished_tokens,
         lengths=s.finished_lengths,

@@ -43,6 +43,7 @@ from seqjax.decoding.beam_loop import (
 )
 from seqjax.decoding.logit_processors import make_controls
 from seqjax.decoding.outputs import check_outputs, output_widths
+from seqjax.decoding.phases import cache_resizer
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
 from seqjax.decoding.step_scores import sampling_scores
@@ -146,5 +147,6 @@ def beam_sample(
         select_fn=draw_candidates(key, 2 * beam_size),
         output_widths=output_widths(outputs, vocab_size, source_len),
         emit=emitter(stream, stream_every),
+        resize=cache_resizer(step_fn),
     )
     return result if pool == n_best else jax.tree.map(lambda x: x[:, :n_best], result)

@@ -19,6 +19,7 @@ from seqjax.decoding.beam_loop import (
     run_beam_loop,
 )
 from seqjax.decoding.outputs import check_outputs, output_widths
+from seqjax.decoding.phases import cache_resizer
 from seqjax.decoding.prompt import prefill_prompt, prompt_controls, total_len
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
@@ -161,5 +162,6 @@ def beam_search(
         early_stopping=early_stopping,
         output_widths=output_widths(outputs, vocab_size, source_len),
         emit=emitter(stream, stream_every),
+        resize=cache_resizer(step_fn),
     )
     return result if pool == n_best else jax.tree.map(lambda x: x[:, :n_best], result)

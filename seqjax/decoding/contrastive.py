@@ -10,6 +10,7 @@ from seqjax.decode_checks import STREAM_EVERY
 from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.beam_loop import check_beam_args, coverage_source_len, run_beam_loop
 from seqjax.decoding.outputs import check_outputs, output_widths
+from seqjax.decoding.phases import tuple_resizer
 from seqjax.decoding.prompt import prompt_controls, total_len
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
@@ -136,10 +137,11 @@ def contrastive(
         amateur_temperature=amateur_temperature,
     )
     cache = (expert_cache, amateur_cache)
+    resize = tuple_resizer((expert_step_fn, amateur_step_fn))
     if beam_size == 1:
         return argmax_loop(
             score_fn, cache, B, max_len, bos_id, eos_id, pad_id, prefix, score_prompt, plan.last,
-            output_widths=widths, emit=emitter(stream, stream_every),
+            output_widths=widths, emit=emitter(stream, stream_every), resize=resize,
         )  # fmt: skip
     return run_beam_loop(
         score_fn, cache, batch_size=B, beam_size=beam_size, n_best=n_best, max_len=max_len,
@@ -147,6 +149,7 @@ def contrastive(
         alpha=alpha, length_penalty_kind=length_penalty, coverage=coverage, src_mask_BxS=src_mask,
         monotone=False, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, prefix_BxP=prefix,
         score_prompt=score_prompt, last_B=plan.last, output_widths=widths, emit=emitter(stream, stream_every),
+        resize=resize,
     )  # fmt: skip
 
 

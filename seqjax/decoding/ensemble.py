@@ -41,11 +41,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from seqjax.decoding.phases import tuple_resizer
 from seqjax.decoding.step import StepFn, call_step
 
 ENSEMBLE_MODES = ("prob", "log_prob")
@@ -108,6 +110,11 @@ class Ensemble:
         ]
         found = [f for f in found if f is not None]
         return min(found) if found else None
+
+    @property
+    def resize(self) -> Callable | None:
+        """The members' ``resize`` over the cache tuple (``seqjax.decoding.phases``)."""
+        return tuple_resizer(self.members)
 
     def _check_tuple(self, name: str, value: Any) -> None:
         if not isinstance(value, tuple | list) or len(value) != len(self.members):

@@ -9,6 +9,7 @@ import jax
 from seqjax.decode_checks import STREAM_EVERY
 from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.outputs import check_outputs, output_widths
+from seqjax.decoding.phases import cache_resizer
 from seqjax.decoding.prompt import prefill_prompt, prompt_controls, total_len
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
@@ -99,4 +100,5 @@ def greedy(
         log_prob_scores(step_fn, controls), cache, B, max_len, bos_id, eos_id, pad_id, prefix,
         score_prompt, plan.last, start,
         output_widths(outputs, vocab_size, source_len), emitter(stream, stream_every),
+        cache_resizer(step_fn),
     )  # fmt: skip

@@ -10,6 +10,7 @@ from seqjax.decode_checks import STREAM_EVERY
 from seqjax.decoding.arg_checks import check_decoder_call
 from seqjax.decoding.batch_tree import repeat_rows
 from seqjax.decoding.outputs import check_outputs, output_widths
+from seqjax.decoding.phases import cache_resizer
 from seqjax.decoding.prompt import prefill_prompt, prompt_controls, rows, total_len
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step import StepFn, bind_params
@@ -124,5 +125,6 @@ def sample(
         key=key,
         output_widths=output_widths(outputs, vocab_size, source_len),
         emit=emitter(stream, stream_every),
+        resize=cache_resizer(step_fn),
     )
     return loop_result(out, B, num_samples)

@@ -20,7 +20,9 @@ program (``model.step_fn(params)``: a recompile per set of weights).
 Optional: a step may offer ``prefill(tokens_BxP, cache) -> (logits_BxPxV, cache)``
 (params form: ``prefill(params, tokens_BxP, cache)``), positions ``0 .. P-1`` in one
 pass; decoders then feed a prompt through it instead of one position per step.
-``model.step`` offers it (the Transformer in one forward pass).
+``model.step`` offers it (the Transformer in one forward pass). It may also offer
+``resize(cache, length) -> cache`` (the same in both forms: no params), which lets
+the decoders run in phases of growing cache length (``seqjax.decoding.phases``).
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ def bind_params(step_fn: Any, params: Any) -> StepFn:
 
     if hasattr(step_fn, "capacity"):  # the cache-capacity check reads it
         step.capacity = step_fn.capacity
+    if getattr(step_fn, "resize", None) is not None:  # decoding in phases (phases.py)
+        step.resize = step_fn.resize
     if (
         getattr(step_fn, "prefill", None) is not None
     ):  # prompts in one pass (seqjax.decoding.prompt)

@@ -35,6 +35,7 @@ from jax import lax
 
 from seqjax.decoding.logit_processors import forced_tokens, prefix_lengths, selection_scores
 from seqjax.decoding.outputs import empty_buffers, result_fields, step_values
+from seqjax.decoding.phases import Resize, run_phases
 from seqjax.decoding.processors import id_tuple, is_any
 from seqjax.decoding.result import DecodeResult
 from seqjax.decoding.step_scores import ScoreFn, StepScores
@@ -99,6 +100,7 @@ def run_token_loop(
     start: Any = None,
     output_widths: dict[str, int] | None = None,
     emit: Emitter | None = None,
+    resize: Resize | None = None,
 ) -> TokenLoopOutput:
     """Generate one sequence per row of ``cache`` (``num_rows`` rows, static ``max_len``).
 
@@ -111,7 +113,9 @@ def run_token_loop(
     prefilled prompt instead of at position 0.
     ``output_widths`` (static): optional outputs (``seqjax.decoding.outputs``).
     ``emit`` (optional, ``seqjax.decoding.streaming.Emitter``): receives each position's
-    tokens ``int32[N]`` in the loop.
+    tokens ``int32[N]`` in the loop. ``resize`` (static, the step's optional
+    ``resize``): run the loop in phases of growing cache length
+    (``seqjax.decoding.phases``).
     """
     forced_len_N = None if prefix_NxP is None else prefix_lengths(prefix_NxP, pad_id)
     eos_ids = id_tuple(eos_id)  # several EOS ids: any ends a row
@@ -173,7 +177,8 @@ def run_token_loop(
             lengths=jnp.full((num_rows,), start.position, jnp.int32),
             cache=start.cache,
         )
-    final = lax.while_loop(cond, body, init)
+    final = run_phases(cond, body, init, max_len=max_len, resize=resize,
+                       from_start=start is None)  # fmt: skip
     return TokenLoopOutput(final.tokens, final.lengths, final.log_probs, final.extras)
 
 
@@ -217,6 +222,7 @@ def argmax_loop(
     start: Any = None,
     output_widths: dict[str, int] | None = None,
     emit: Emitter | None = None,
+    resize: Resize | None = None,
 ) -> DecodeResult:
     """Pick the best-scoring token at every step (greedy, and greedy contrastive)."""
     out = run_token_loop(
@@ -234,5 +240,6 @@ def argmax_loop(
         start=start,
         output_widths=output_widths,
         emit=emit,
+        resize=resize,
     )
     return loop_result(out, batch_size, 1)

@@ -121,6 +121,11 @@ class EncoderDecoder:
     # (a row's positions beyond its own prompt are rewritten as decoding reaches them).
     # None: the decoders feed a prompt token by token (the RNN: its state is not).
     prepared_prefill: ClassVar[Callable | None] = None
+    # ``resize_cache(cache, length) -> cache`` with room for exactly ``length`` positions
+    # (earlier positions kept), for a family whose cache grows with the positions
+    # decoded; decoders then run in phases of growing cache length
+    # (``seqjax.decoding.phases``). None: the cache has no time axis (the RNN).
+    resize_cache: ClassVar[Callable | None] = None
 
     @property
     def step(self) -> ModelStep:
@@ -145,6 +150,8 @@ class EncoderDecoder:
         step.capacity = self.cache_capacity  # decoders check max_len against it
         if self.prepared_prefill is not None:
             step.prefill = lambda tokens, cache: self.prepared_prefill(weights, cache, tokens)
+        if self.resize_cache is not None:
+            step.resize = self.resize_cache  # decoding in phases (seqjax.decoding.phases)
         return step
 
     def cache_capacity(self, cache: Cache) -> int | None:
@@ -194,6 +201,12 @@ class ModelStep:
 
     def capacity(self, cache: Cache) -> int | None:
         return self.model.cache_capacity(cache)
+
+    @property
+    def resize(self) -> Callable | None:
+        """``resize(cache, length)``: the cache with room for ``length`` positions, where
+        the model offers it (``resize_cache``); None otherwise."""
+        return self.model.resize_cache
 
     @property
     def prefill(self) -> Callable | None:

@@ -414,6 +414,11 @@ class Transformer(EncoderDecoder):
     def max_decode_len(self) -> int | None:
         return self.config.max_len  # rows of the position table
 
+    def resize_cache(self, cache: Cache, length: int) -> Cache:
+        """The self-attention cache cut or padded to ``length`` positions (decoding in
+        phases, ``seqjax.decoding.phases``; layout in ``transformer_step``)."""
+        return transformer_step.resize_cache(cache, length)
+
     def prepared_step(
         self, weights: Params, cache: Cache, token_B: jax.Array, position: jax.Array
     ) -> tuple[jax.Array, Cache, jax.Array]:

@@ -298,3 +298,21 @@ def prefill(
         x, lc = _prefill_layer(cfg, w, lc, x, causal, src)
         new_layers += (lc,)
     return output_logits(cfg, weights, x), {"layers": new_layers, "src_mask": cache["src_mask"]}
+
+
+def resize_cache(cache: Cache, length: int) -> Cache:
+    """The cache with room for exactly ``length`` self-attention positions (static int).
+
+    Positions ``< min(T, length)`` keep their keys/values; new ones are zeros (masked
+    until written). The memory's cross-attention keys/values are passed through as
+    the same arrays, so beam search still skips reordering them.
+    """
+
+    def fit(x_BxHxTxD: jax.Array) -> jax.Array:
+        t = x_BxHxTxD.shape[2]
+        if length <= t:
+            return x_BxHxTxD[:, :, :length]
+        return jnp.pad(x_BxHxTxD, ((0, 0), (0, 0), (0, length - t), (0, 0)))
+
+    layers = tuple({**lc, "k": fit(lc["k"]), "v": fit(lc["v"])} for lc in cache["layers"])
+    return {**cache, "layers": layers}
