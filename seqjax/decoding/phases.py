@@ -9,9 +9,9 @@ Transformer) lets the decoders run the loop in phases instead: positions
 is compiled once per phase; a phase whose first position is never reached costs one
 resize (a copy of the cache) and an immediately false loop condition.
 
-Results are those of the one-loop program: the rows' masks hide the unfilled
-positions either way, so only the arithmetic over masked-out (zero-weight) positions
-changes. Phases apply when the step offers ``resize``, ``max_len > FIRST_PHASE``
+Results are those of the one-loop program up to float rounding: the rows' masks give
+the unfilled positions zero weight either way, and only the length of the reductions
+over them changes (tests/test_phases.py: same tokens, scores within 1e-5). Phases apply when the step offers ``resize``, ``max_len > FIRST_PHASE``
 and the loop starts at position 0 (a prefilled prompt keeps the single loop).
 
 ``resize`` contract (static, a method of the step object): return the cache with room
