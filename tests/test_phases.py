@@ -5,36 +5,18 @@ same scores up to float rounding), for every decoder that runs the model's step,
 rows ending inside a phase, between phases and never.
 """
 
-import dataclasses
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import JIT, model_and_params, model_inputs
+from toy_models import BareStep
 
 from seqjax.decoding import beam_search, contrastive, ensemble, greedy, sample
 from seqjax.decoding.phases import FIRST_PHASE, phase_lengths, run_phases, tuple_resizer
 from seqjax.models import transformer_step
 
 MAX_LEN = 40  # phases of 16, 32 and 40 positions
-
-
-@dataclasses.dataclass(frozen=True)
-class SingleLoop:
-    """``model.step`` without ``resize``: the decoders keep the one-loop program."""
-
-    step: Any
-
-    def prepare(self, params):
-        return self.step.prepare(params)
-
-    def capacity(self, cache):
-        return self.step.capacity(cache)
-
-    def __call__(self, *args):
-        return self.step(*args)
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +31,7 @@ def _straddling_eos(model, params, cache) -> int:
     """A token the one-loop greedy emits within the first phase in some rows and only
     later (or never) in others: as EOS, rows end inside and after the first phase."""
     ids = dict(bos_id=model.config.bos_id, eos_id=model.config.eos_id, pad_id=0)
-    r = greedy(
-        SingleLoop(model.step), cache, params=params, max_len=MAX_LEN, min_len=MAX_LEN, **ids
-    )
+    r = greedy(BareStep(model.step), cache, params=params, max_len=MAX_LEN, min_len=MAX_LEN, **ids)
     rows = np.asarray(r.tokens[:, 0])
     for token in np.unique(rows):
         first = [list(row).index(token) if token in row else MAX_LEN for row in rows]
@@ -88,7 +68,7 @@ def test_phased_equals_one_loop(setup, decoder, ends_early):
     else:  # every row runs to max_len: every phase is used
         run = _decoders(None)[decoder]
     phased = run(model, model.step, cache, params)
-    single = run(model, SingleLoop(model.step), cache, params)
+    single = run(model, BareStep(model.step), cache, params)
     np.testing.assert_array_equal(phased.tokens, single.tokens)
     np.testing.assert_array_equal(phased.lengths, single.lengths)
     np.testing.assert_allclose(phased.scores, single.scores, rtol=1e-5, atol=1e-5)
@@ -112,7 +92,7 @@ def test_one_loop_per_phase_and_only_where_it_applies(setup):
         lambda: beam_search(st, cache, params=params, beam_size=2, **{**ids, **kw})
     )
     assert count(model.step, max_len=MAX_LEN) == phases
-    assert count(SingleLoop(model.step), max_len=MAX_LEN) == 1
+    assert count(BareStep(model.step), max_len=MAX_LEN) == 1
     assert count(model.step, max_len=FIRST_PHASE) == 1  # short outputs: one loop
     # a prefilled prompt starts mid-cache: the single loop keeps it
     prefix = jnp.full((3, 4), 7, jnp.int32)
@@ -145,7 +125,7 @@ def test_contrastive_and_ensemble_resize_their_cache_tuples(setup):
     ids = dict(bos_id=model.config.bos_id, eos_id=model.config.eos_id, pad_id=0, max_len=MAX_LEN)
     amateur_params = JIT["init"](model, jax.random.key(5))
     out = {}
-    for name, st in (("phased", model.step), ("single", SingleLoop(model.step))):
+    for name, st in (("phased", model.step), ("single", BareStep(model.step))):
         out[name] = contrastive(
             st, cache, st, cache, params=params, amateur_params=amateur_params,
             contrastive_lambda=0.5, beam_size=2, **ids,
@@ -153,15 +133,15 @@ def test_contrastive_and_ensemble_resize_their_cache_tuples(setup):
     np.testing.assert_array_equal(out["phased"].tokens, out["single"].tokens)
     both = ensemble(model.step, model.step)
     assert both.resize is not None
-    assert ensemble(SingleLoop(model.step)).resize is None
+    assert ensemble(BareStep(model.step)).resize is None
     r = greedy(both, (cache, cache), params=(params, params), **ids)
-    single = greedy(SingleLoop(model.step), cache, params=params, **ids)
+    single = greedy(BareStep(model.step), cache, params=params, **ids)
     np.testing.assert_array_equal(r.tokens, single.tokens)
 
 
 def test_tuple_resizer_passes_through_members_without_resize():
     resize = tuple_resizer(
-        (SingleLoop(None), type("S", (), {"resize": staticmethod(lambda c, n: n)})())
+        (BareStep(None), type("S", (), {"resize": staticmethod(lambda c, n: n)})())
     )
     assert resize(("state", 3), 16) == ("state", 16)
 

@@ -8,9 +8,6 @@ the continuations with the length penalty on generated tokens only; output lengt
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +19,7 @@ from toy_models import (
     EXPERT_W,
     IDS,
     PAD,
+    BareStep,
     C,
     V,
     bigram_step,
@@ -175,22 +173,6 @@ def test_prompt_refusals(kw, message):
 # -- prefill: the prompt in one forward pass ------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class NoPrefill:
-    """``model.step`` without its ``prefill``: the prompt goes token by token."""
-
-    step: Any
-
-    def prepare(self, params):
-        return self.step.prepare(params)
-
-    def capacity(self, cache):
-        return self.step.capacity(cache)
-
-    def __call__(self, weights, tokens, position, cache):
-        return self.step(weights, tokens, position, cache)
-
-
 @pytest.fixture(scope="module", params=["transformer_bart", "rnn_luong"])
 def model_problem(request):
     from conftest import JIT, model_and_params, model_inputs
@@ -236,7 +218,7 @@ def test_prefilled_prompt_equals_token_by_token(model_problem, method):
     else:
         run = lambda step, **o: jitted(beam_search)(step, cache, beam_size=3, n_best=2, **kw, **o)  # noqa: E731, E501
     for extra in ({}, {"score_prompt": True}):
-        fast, slow = run(model.step, **extra), run(NoPrefill(model.step), **extra)
+        fast, slow = run(model.step, **extra), run(BareStep(model.step), **extra)
         np.testing.assert_array_equal(fast.tokens, slow.tokens)
         np.testing.assert_array_equal(fast.lengths, slow.lengths)
         np.testing.assert_allclose(fast.log_probs, slow.log_probs, atol=2e-4)

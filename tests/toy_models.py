@@ -10,6 +10,9 @@ decoder compiles once per static variant across all test modules.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +23,24 @@ PAD, BOS, EOS = 0, 1, 2
 
 
 IDS = dict(bos_id=BOS, eos_id=EOS, pad_id=PAD)
+
+
+@dataclasses.dataclass(frozen=True)
+class BareStep:
+    """A params-form ``model.step`` without its optional ``prefill`` and ``resize``:
+    the decoders feed a prompt token by token and keep one loop over the full cache."""
+
+    step: Any
+
+    def prepare(self, params):
+        return self.step.prepare(params)
+
+    def capacity(self, cache):
+        return self.step.capacity(cache)
+
+    def __call__(self, weights, tokens, position, cache):
+        return self.step(weights, tokens, position, cache)
+
 
 # ---------------------------------------------------------------- toy RNN + NumPy twin
 
