@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eos-bias", type=float, default=0.7, help="added to EOS's output bias")
     p.add_argument("--quantize", choices=QUANT_MODES, help="int8 weights (default float32)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds per cell")
+    p.add_argument("--memory", action="store_true",
+                   help="also report each compiled program's temporary buffers (XLA's "
+                        "memory analysis; deterministic, unlike the times)")  # fmt: skip
     p.add_argument("--out", default="experiments/results/bench_phases")
     args = p.parse_args(argv)
 
@@ -120,6 +123,11 @@ def main(argv: list[str] | None = None) -> None:
                     jax.block_until_ready(fn(params, src))
                     times[name].append(time.perf_counter() - t0)
             med = {name: statistics.median(v) for name, v in times.items()}
+            temp_mb = {}
+            if args.memory:  # compiles again: the jit cache does not expose the executable
+                for name, fn in fns.items():
+                    analysis = fn.lower(params, src).compile().memory_analysis()
+                    temp_mb[name] = analysis.temp_size_in_bytes / 2**20
             lengths = (outs["phased"][:, 0] != cfg.pad_id).sum(-1)
             row = {
                 "regime": regime, "method": method, "batch": batch,
@@ -128,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
                 "first_call_s": first,
                 "same_tokens": bool(np.array_equal(outs["phased"], outs["one_loop"])),
                 "mean_len": float(lengths.mean()),
+                "temp_mb": temp_mb,
             }  # fmt: skip
             print(row, flush=True)
             rows.append(row)
@@ -151,14 +160,20 @@ def main(argv: list[str] | None = None) -> None:
         f"Load before `{before}`, after `{meta['uptime_after']}`. Command: `{meta['command']}`.",
         "",
         "| regime | method | batch | mean length | phased ms | one loop ms | speed-up | "
-        "first call phased / one loop s | same tokens |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "first call phased / one loop s | same tokens |"
+        + (" temp MiB phased / one loop |" if args.memory else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|---|" + ("---:|" if args.memory else ""),
     ]
     lines += [
         f"| {r['regime']} | {r['method']} | {r['batch']} | {r['mean_len']:.1f} | "
         f"{r['ms']['phased']:.0f} | {r['ms']['one_loop']:.0f} | {r['speedup']:.2f}x | "
         f"{r['first_call_s']['phased']:.1f} / {r['first_call_s']['one_loop']:.1f} | "
         f"{r['same_tokens']} |"
+        + (
+            f" {r['temp_mb']['phased']:.1f} / {r['temp_mb']['one_loop']:.1f} |"
+            if r["temp_mb"]
+            else ""
+        )
         for r in rows
     ]
     write_results(args.out, meta, rows, "\n".join(lines) + "\n")
