@@ -13,6 +13,30 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("SEQJAX_NO_COMPILE_CACHE", "1")
 
 
+# -- compile level --
+#
+# The default suite's programs are tiny, so XLA's compile time dominates it; LLVM at -O0
+# without its expensive passes cuts the suite by ~22% (tests/test_train.py's fine-tunes 107 s
+# -> 81 s, test_quantize + test_interop_hf + test_prompt 257 s -> 201 s, jax 0.10.2). Only
+# for the default selection: `pytest -m slow` trains the README's main job in process and
+# must compile as users do. Set before any backend starts (XLA reads XLA_FLAGS then);
+# SEQJAX_TEST_FAST_COMPILE=0 turns it off.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def pytest_configure(config):
+    if os.environ.get("SEQJAX_TEST_FAST_COMPILE", "1") in ("", "0"):
+        return
+    if "slow" in (config.getoption("markexpr", "") or "").replace("not slow", ""):
+        return
+    from jax._src import xla_bridge
+
+    assert not xla_bridge._backends, "a JAX backend started before conftest set XLA_FLAGS"
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_backend_optimization_level" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {FAST_COMPILE_FLAGS}".strip()
+
+
 # -- the process's memory mappings --
 #
 # XLA:CPU keeps every compiled program in its own memory mappings (~6 per small program,
