@@ -51,3 +51,29 @@ def test_every_variant_and_sweep_config_is_a_valid_train_config():
             assert (name == "ss-par") <= (family == "transformer")
     for over in eb.mrt_sweep_configs(eb.STANDARD).values():
         TrainConfig(**over)
+
+
+def _write_hyps(where: Path, lines: list[str]) -> Path:
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "hyps_greedy_test.txt").write_text("".join(f"{h}\n" for h in lines))
+    return where
+
+
+def test_compare_checks_the_control_against_the_base(tmp_path):
+    ref = ["the cat sat on the mat", "a dog ran in the park", "it is raining today"]
+    worse = ["the cat sat", "a dog", "it is"]
+    base = _write_hyps(tmp_path / "base_eval", worse)
+    runs = {
+        ("tf", 0): _write_hyps(tmp_path / "tf-s0", ref),  # the control improved on the base
+        ("tf", 1): _write_hyps(tmp_path / "tf-s1", ref),
+        ("ss", 0): _write_hyps(tmp_path / "ss-s0", ref),  # identical to its control
+        ("ss", 1): _write_hyps(tmp_path / "ss-s1", ref),
+    }
+    rows = eb.compare(runs, "greedy", ref, base)
+    first = rows[0]
+    assert (first["method"], first["seed"]) == ("tf vs base", "pooled 0,1")
+    assert first["d_bleu"] > 0
+    same = [r for r in rows if r["method"] == "ss"]
+    assert [r["seed"] for r in same] == [0, 1, "pooled 0,1"]
+    assert all(r["d_bleu"] == 0 and r["d_chrf"] == 0 for r in same)
+    assert [r["method"] for r in eb.compare(runs, "greedy", ref)] == ["ss"] * 3  # no base given
