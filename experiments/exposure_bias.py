@@ -36,8 +36,10 @@ Budget of the standard mode on a quiet 2-core CPU (base given): teacher forcing 
 0.44 s per update (the main job: 1,500 updates in 11 min) and, per update, sequential SS
 costs 1.24x, self-distillation 2.6x and MRT (S=8) 11.5x that (CPU seconds,
 experiments/bench_objectives.py), so the 12 fine-tunes of 150 updates take about 58 min
-(MRT 38 of them) and the 13 greedy test evaluations about 15 min: about 75 minutes. The
-base (6,000 updates) takes about 45 more minutes when trained here.
+(MRT 38 of them) and the 13 greedy test evaluations about 15 min: about 75 minutes
+(measured in session 12: tf + ss + distill, fine-tune and evaluation, about 12 min per seed).
+The base (6,000 updates) takes about 65 more minutes when trained here (0.64 s per update
+on a 2-core Intel Xeon VM).
 
 Writes ``exposure_bias{,_quick,_full}.{md,csv,png}`` (+ ``_buckets.png``, ``_accuracy.png``,
 ``_base_curve.png``, ``_runs.csv``) to ``--out``. Runs live in ``--work``: a finished
@@ -45,7 +47,7 @@ fine-tune or evaluation is never redone, so an interrupted run resumes with the 
 The base run directory is only read.
 
     python experiments/exposure_bias.py --base runs/eb_rnn_base   # standard: <= 90 min, 2 CPUs
-    python experiments/exposure_bias.py                           # + trains the base (~45 min)
+    python experiments/exposure_bias.py                           # + trains the base (~65 min)
     python experiments/exposure_bias.py --quick                   # smoke test, <= 10 min
     python experiments/exposure_bias.py --full                    # one GPU
     python experiments/exposure_bias.py --full --preset small --work runs/eb_full_small  # Transformer
