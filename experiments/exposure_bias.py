@@ -550,8 +550,10 @@ def plots(out: Path, stem: str, rows, comps, curve, kinds) -> None:
             ax.annotate(f"p={c['p_bleu']}", (i, hi), ha="center", va="bottom", fontsize=8)
         ax.axhline(0, color="gray", ls="--")
         ax.set_xticks(range(len(pooled)), [f"{c['method']}\n{c['seed']}" for c in pooled])
-        ax.set_ylabel(f"test BLEU - control ({kind})")
-        ax.set_title(f"Remedy vs TF control, {kind}, 95% CI")
+        ax.set_ylabel(f"test BLEU difference ({kind})")
+        ax.set_title(
+            f"Remedy - TF control (tf vs base: control - base), {kind}, 95% CI", fontsize=9
+        )
     fig.tight_layout()
     fig.savefig(out / f"{stem}.png", dpi=80)
     plt.close(fig)
