@@ -2,8 +2,9 @@
 
 One teacher-forced base model, trained to convergence (``--base RUN_DIR``, or trained here
 with exactly ``seqjax train --steps BASE_STEPS --set train.schedule=cosine``: the learning
-rate anneals to 1/100 of its peak, so the base converges within its budget), is fine-tuned from its best checkpoint by
-each objective for the **same number of updates on the same batches** (same batch size,
+rate anneals to 1/100 of its peak, so the curve flattens by the end of the budget; whether it
+has plateaued is judged and reported, see ``plateau_judgment``), is fine-tuned from its best
+checkpoint by each objective for the **same number of updates on the same batches** (same batch size,
 learning-rate schedule and seed, hence the same data order) as a teacher-forcing
 continuation, the control:
 
@@ -108,8 +109,8 @@ class Plan:
     eval_sentences: int  # 0 = the whole test set
     beam: int  # 0 = greedy only
     sweep_steps: int  # MRT sweep: updates per configuration (validation only)
-    # The base's lr schedule: cosine anneals to lr/100 at base_steps, so the base converges
-    # within its budget (with the default inverse square root the validation BLEU was still
+    # The base's lr schedule: cosine anneals to lr/100 at base_steps, so the curve flattens
+    # within the budget (with the default inverse square root the validation BLEU was still
     # rising by ~0.5 per 1,000 updates at 11,000 updates).
     base_schedule: str = "cosine"
 
