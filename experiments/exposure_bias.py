@@ -4,9 +4,9 @@ One teacher-forced base model, trained to convergence (``--base RUN_DIR``, or tr
 with exactly ``seqjax train --steps BASE_STEPS --set train.schedule=cosine``: the learning
 rate anneals to 1/100 of its peak, so the curve flattens by the end of the budget; whether it
 has plateaued is judged and reported, see ``plateau_judgment``), is fine-tuned from its best
-checkpoint by each objective for the **same number of updates on the same batches** (same batch size,
-learning-rate schedule and seed, hence the same data order) as a teacher-forcing
-continuation, the control:
+checkpoint by each objective for the **same number of updates on the same batches** (same
+batch size, learning-rate schedule and seed, hence the same data order) as a
+teacher-forcing continuation, the control:
 
 - ``tf``: more teacher forcing (the control: same extra updates, no remedy);
 - ``ss``: scheduled sampling, *sequential* (exact: each position is fed the gold token with
@@ -380,8 +380,8 @@ def read_hyps(where: Path, kind: str, split: str) -> list[str]:
 def train_base(work: Path, plan: Plan) -> str:
     """``seqjax train --steps BASE_STEPS --set train.schedule=cosine --out WORK/base``.
 
-    Every other option is its default. ``--no-test`` skips only the final test decoding (this script evaluates the base itself);
-    the model is the same.
+    Every other option is its default. ``--no-test`` skips only the final test decoding (this
+    script evaluates the base itself); the model is the same.
     """
     run = work / "base"
     ckpts = run / "checkpoints"
@@ -466,8 +466,7 @@ def compare(
     """
     out = []
     ctl_seeds = sorted(s for v, s in runs if v == "tf")
-    base_hyps = base_eval / f"hyps_{kind}_test.txt" if base_eval else None
-    if ctl_seeds and base_hyps and base_hyps.exists():
+    if ctl_seeds and base_eval and (base_eval / f"hyps_{kind}_test.txt").exists():
         ctl = [h for s in ctl_seeds for h in read_hyps(runs[("tf", s)], kind, "test")]
         row = _bs_row(
             ctl, read_hyps(base_eval, kind, "test") * len(ctl_seeds), ref * len(ctl_seeds)
@@ -656,7 +655,8 @@ def run_table(args: argparse.Namespace, plan: Plan, mode: str, base: str, work: 
     n = plan.eval_sentences or len(test.src)
     ref = test.tgt[:n]
     t_start = time.monotonic()
-    base_eval = evaluate(Path(base), "best", work / "base_eval", "test", n, plan.beam)
+    base_dir = work / "base_eval"
+    base_eval = evaluate(Path(base), "best", base_dir, "test", n, plan.beam)
     rows = [{"method": "base", "seed": "-", **base_eval}]
     runs: dict[tuple[str, int], Path] = {}
     for seed in plan.seeds:
@@ -667,17 +667,17 @@ def run_table(args: argparse.Namespace, plan: Plan, mode: str, base: str, work: 
             print(f"[{name}-s{seed}] {row}", flush=True)
             rows.append({"method": name, "seed": seed, **row, **info})
             runs[(name, seed)] = run
-            write_all(args, plan, mode, stem, out, base, rows, runs, ref, t_start, work)
+            write_all(args, plan, mode, stem, out, base, rows, runs, ref, t_start, base_dir)
     print(f"done in {(time.monotonic() - t_start) / 60:.1f} min; wrote {out}/{stem}.*")
 
 
-def write_all(args, plan, mode, stem, out, base, rows, runs, ref, t_start, work) -> None:
+def write_all(args, plan, mode, stem, out, base, rows, runs, ref, t_start, base_dir) -> None:
     kinds = ["greedy"] + ([f"beam{plan.beam}"] if plan.beam else [])
     for r in rows:  # column names by decoder
         for k in list(r):
             if k.startswith("beam_"):
                 r[f"beam{plan.beam}_" + k[5:]] = r.pop(k)
-    comps = {kind: compare(runs, kind, ref, work / "base_eval") for kind in kinds}
+    comps = {kind: compare(runs, kind, ref, base_dir) for kind in kinds}
     curve = base_curve(base)
     write_csv(out / f"{stem}_runs.csv", rows)
     flat = [{"decoder": k, **c} for k in kinds for c in comps[k]]
