@@ -133,7 +133,7 @@ def random_batch(cfg: ModelConfig, rows: int, src_len: int, tgt_len: int, rng) -
 class TorchPeer:
     """seqjax's Transformer preset as a PyTorch model with the same train step."""
 
-    def __init__(self, cfg: ModelConfig, threads: int) -> None:
+    def __init__(self, cfg: ModelConfig, threads: int, device: str = "cpu") -> None:
         import torch
         from torch import nn
 
@@ -157,8 +157,11 @@ class TorchPeer:
         pos = np.arange(cfg.max_len)[:, None] / 10000 ** (np.arange(0, d, 2) / d)
         table = np.zeros((cfg.max_len, d), np.float32)
         table[:, 0::2], table[:, 1::2] = np.sin(pos), np.cos(pos)
-        self.pos = torch.tensor(table)
-        self.modules = nn.ModuleList([self.embed, self.core])
+        self.device = torch.device(device)
+        self.pos = torch.tensor(table, device=self.device)
+        self.modules = nn.ModuleList([self.embed, self.core]).to(self.device)
+        # bfloat16 as seqjax runs it: float32 master weights, bf16 matmuls (autocast on CUDA).
+        self.autocast = device == "cuda" and cfg.dtype == "bfloat16"
         self.opt = torch.optim.AdamW(self.modules.parameters(), lr=1e-4, weight_decay=0.0)
         self.loss = nn.CrossEntropyLoss(ignore_index=cfg.pad_id, label_smoothing=0.1)
 
@@ -168,25 +171,26 @@ class TorchPeer:
 
     def step(self, batch: dict) -> float:
         torch = self.torch
-        src, tgt_in, tgt_out = (torch.from_numpy(np.asarray(batch[k])).long() for k in
-                                ("src", "tgt_in", "tgt_out"))  # fmt: skip
+        src, tgt_in, tgt_out = (torch.from_numpy(np.array(batch[k])).long().to(self.device)
+                                for k in ("src", "tgt_in", "tgt_out"))  # fmt: skip
         t = tgt_in.shape[1]
-        causal = torch.triu(torch.full((t, t), float("-inf")), diagonal=1)
+        causal = torch.triu(torch.full((t, t), float("-inf"), device=self.device), diagonal=1)
         self.modules.train()
-        h = self.core(
-            self._in(src),
-            self._in(tgt_in),
-            tgt_mask=causal,
-            src_key_padding_mask=src == self.cfg.pad_id,
-            memory_key_padding_mask=src == self.cfg.pad_id,
-        )
-        logits = h @ self.embed.weight.T  # tied output projection
-        loss = self.loss(logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1))
+        with torch.autocast("cuda", torch.bfloat16, enabled=self.autocast):
+            h = self.core(
+                self._in(src),
+                self._in(tgt_in),
+                tgt_mask=causal,
+                src_key_padding_mask=src == self.cfg.pad_id,
+                memory_key_padding_mask=src == self.cfg.pad_id,
+            )
+            logits = h @ self.embed.weight.T  # tied output projection
+        loss = self.loss(logits.float().reshape(-1, logits.shape[-1]), tgt_out.reshape(-1))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.modules.parameters(), 1.0)
         self.opt.step()
-        return loss.item()
+        return loss.item()  # the copy back also waits for the GPU
 
 
 def bench_cell(preset: str, rows: int, args, rng) -> dict:
@@ -207,7 +211,7 @@ def bench_cell(preset: str, rows: int, args, rng) -> dict:
     for _ in range(args.warmup):
         state, m = step(state, batch, key)
     jax.block_until_ready(m)
-    peer = TorchPeer(cfg, os.cpu_count() or 1) if args.torch else None
+    peer = TorchPeer(cfg, os.cpu_count() or 1, args.torch_device) if args.torch else None
     if peer is not None:
         for _ in range(1 + args.warmup):
             peer.step(batch)
@@ -335,6 +339,12 @@ def main(argv=None) -> None:
         "--gemm-repeats", type=int, default=3, help="matmul calls per GEMM timing (median)"
     )
     p.add_argument("--torch", action="store_true", help="also time the PyTorch training peer")
+    p.add_argument(
+        "--torch-device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the PyTorch peer runs (cuda: on the GPU, bf16 autocast with --dtype bfloat16)",
+    )
     p.add_argument(
         "--out", default="experiments/results/bench_train", help="writes STEM.json and STEM.md"
     )

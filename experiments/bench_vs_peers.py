@@ -32,6 +32,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -195,13 +196,30 @@ class CT2Runner:
         return np.array(ids)
 
 
-def ct2_sees_gpu() -> bool:
-    import ctranslate2
-
+def ct2_runs_on_gpu(ct2_dir: Path) -> bool:
+    """Whether CT2 can translate on CUDA here: its wheel may see the GPU (its CUDA runtime is
+    linked in) yet lack the cuBLAS/cuDNN of its CUDA major version, which only shows at the
+    first translation. Tried in a child process, so a failed library load cannot take this
+    run down with it."""
+    probe = (
+        "import ctranslate2, sys\n"
+        "if ctranslate2.get_cuda_device_count() < 1: sys.exit(3)\n"
+        f"tr = ctranslate2.Translator({str(ct2_dir)!r}, device='cuda')\n"
+        "tr.translate_batch([['w5', '</s>']], max_decoding_length=2)\n"
+    )
     try:
-        return ctranslate2.get_cuda_device_count() > 0
-    except RuntimeError:
+        proc = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+        )
+    except subprocess.TimeoutExpired:
         return False
+    if proc.returncode != 0:
+        print("CTranslate2 on CUDA:", (proc.stderr.strip().splitlines() or ["no GPU"])[-1])
+    return proc.returncode == 0
+
+
+def _tps(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0f}"
 
 
 def _ratio(x: float | None) -> str:
@@ -257,7 +275,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         t = r["tokens_per_s"]
         lines.append(
             f"| {r['method']} | {r['batch']} | {t['seqjax']:.0f} | {t['hf_pytorch']:.0f} | "
-            f"{t.get('ctranslate2', float('nan')):.0f} | {r['ratio_vs_hf']:.2f}x | "
+            f"{_tps(t.get('ctranslate2'))} | {r['ratio_vs_hf']:.2f}x | "
             f"{_ratio(r['ratio_vs_ct2'])} | "
             f"{r['seqjax_first_call_s']:.1f} | {r['seqjax_compile_s']:.1f} |"
         )
@@ -312,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         choices=("cpu", "cuda"),
         default="cpu",
         help="where HF PyTorch and CTranslate2 run (seqjax runs on JAX's default backend); "
-        "with cuda, CT2 is skipped when its wheel sees no GPU",
+        "with cuda, CT2 is skipped when it cannot translate on the GPU",
     )
     p.add_argument(
         "--int8",
@@ -340,13 +358,14 @@ def main(argv: list[str] | None = None) -> None:
     print("load:", before, flush=True)
     sj = SeqjaxRunner(hf_dir, args.new_tokens)
     peers: list[Any] = [HFRunner(hf_dir, args.new_tokens, args.threads, args.device)]
-    if args.device == "cpu" or ct2_sees_gpu():
+    ct2_ok = args.device == "cpu" or ct2_runs_on_gpu(ct2_dir)
+    if ct2_ok:
         peers.append(CT2Runner(ct2_dir, args.new_tokens, args.threads, args.device))
     else:
-        print("CTranslate2 sees no CUDA device: CT2 is left out of this run", flush=True)
+        print("CTranslate2 cannot run on CUDA here: CT2 is left out of this run", flush=True)
     if args.int8:
         peers.append(SeqjaxRunner(hf_dir, args.new_tokens, args.int8_mode))
-        if args.device == "cpu" or ct2_sees_gpu():
+        if ct2_ok:
             peers.append(CT2Runner(ct2_dir, args.new_tokens, args.threads, args.device, "int8"))
     systems = [sj, *peers]
     rng = np.random.default_rng(args.seed)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One GPU check, ready to run on a machine with an NVIDIA GPU (issue 19): installs the CUDA
 # build of jaxlib and the peers, then runs bench_decode.py, bench_train.py --dtype bfloat16
-# and bench_vs_peers.py (HF PyTorch on CUDA; CT2 on CUDA when its wheel sees the GPU),
-# each under its own time limit so the whole check ends within ~8 minutes, and gathers
-# everything into one results file, $OUT_DIR/gpu_check.md (plus each benchmark's JSON).
+# (with the PyTorch training peer on CUDA) and bench_vs_peers.py (HF PyTorch on CUDA; CT2
+# on CUDA when it can translate there), each under its own time limit so the whole check
+# ends within ~8 minutes, and gathers everything into one results file,
+# $OUT_DIR/gpu_check.md (plus each benchmark's JSON).
 #
 #   bash experiments/gpu_check.sh            # on the GPU machine, from the repository root
 #   bash experiments/gpu_check.sh --dry-run  # on a CPU: no installs, the smallest sizes
@@ -11,6 +12,9 @@
 # --dry-run runs the same three benchmarks with tiny shapes on JAX's CPU backend (peers
 # only if torch, transformers and ctranslate2 are already installed), so the plumbing is
 # tested without a GPU (tests/test_gpu_check.py).
+# On a GPU box with no package index, WHEELS=DIR installs the wheels in DIR (no resolver)
+# and an image that already holds a CUDA jax and seqjax's dependencies skips the install.
+# LIMIT_DECODE/LIMIT_TRAIN/LIMIT_PEERS (seconds) override the per-benchmark time limits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +22,7 @@ DRY=0
 case "${1:-}" in
   --dry-run) DRY=1 ;;
   "") ;;
-  -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
   *) echo "gpu_check.sh: unknown option $1 (use --dry-run or nothing)" >&2; exit 2 ;;
 esac
 OUT_DIR=${OUT_DIR:-experiments/results/gpu_check}
@@ -39,13 +43,32 @@ echo "| step | exit code | seconds |" > "$OUT_DIR/steps.md"
 echo "|---|---:|---:|" >> "$OUT_DIR/steps.md"
 
 if [[ $DRY == 0 ]]; then
-  # The CUDA wheel of jaxlib first, then the CUDA build of torch that pip resolves by default.
-  step install 240 bash -c "$PY -m pip install -q -e '.[gpu,experiments]' && \
-    $PY -m pip install -q torch 'transformers>=5.0,<6' 'safetensors>=0.4,<1' 'ctranslate2>=4.5,<5'"
+  # Wheels carried to a machine that cannot reach a package index (WHEELS=dir): unpacked
+  # into a private site dir, with no dependency resolution, ahead of the image's packages.
+  if [[ -n ${WHEELS:-} ]]; then
+    step wheels 120 $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+      --upgrade --target /tmp/gpu_check_site "$WHEELS"/*.whl
+    export PYTHONPATH=/tmp/gpu_check_site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+  # An image that already has a CUDA jaxlib and the peers (an offline GPU box) is used as it
+  # is; otherwise install the CUDA wheel of jaxlib first, then the peers.
+  if $PY -c "import jax, flax, optax, orbax.checkpoint, sacrebleu, sentencepiece, grain, rich
+assert jax.default_backend() == 'gpu'" > "$OUT_DIR/preinstalled.log" 2>&1; then
+    echo "| install | skipped: the image has a CUDA jax and seqjax's dependencies | 0 |" \
+      >> "$OUT_DIR/steps.md"
+  else
+    step install 240 bash -c "$PY -m pip install -q -e '.[gpu,experiments]' && \
+      $PY -m pip install -q torch 'transformers>=5.0,<6' 'safetensors>=0.4,<1' \
+      'ctranslate2>=4.5,<5'"
+  fi
   DECODE=(--model base --batches 1,16,64 --repeats 5)
-  TRAIN=(--models small,base --dtype bfloat16 --repeats 5)
+  # One batch per model: each cell compiles the step (~30 s on an H200 with torch's warm-up);
+  # two batches of both models outran 150 s there.
+  TRAIN=(--models small,base --batches 256 --dtype bfloat16 --repeats 5 --gemm-repeats 1 \
+    --torch --torch-device cuda)
   PEERS=(--device cuda --repeats 3)
-  LIMITS=(120 90 150)
+  LIMITS=(${LIMIT_DECODE:-120} ${LIMIT_TRAIN:-200} ${LIMIT_PEERS:-180})
 else
   export JAX_PLATFORMS=cpu
   DECODE=(--model tiny --batches 1 --new-tokens 4 --src-len 4 --repeats 1)
@@ -61,8 +84,8 @@ if command -v nvidia-smi > /dev/null; then
 else
   echo "no nvidia-smi (no GPU)" > "$OUT_DIR/device.txt"
 fi
-$PY -c "import jax; print('jax', jax.__version__, jax.default_backend(), jax.devices())" \
-  >> "$OUT_DIR/device.txt" 2>&1 || true
+$PY -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax',
+optax.__version__, jax.default_backend(), jax.devices())" >> "$OUT_DIR/device.txt" 2>&1 || true
 
 step bench_decode "${LIMITS[0]}" $PY experiments/bench_decode.py "${DECODE[@]}" \
   --out "$OUT_DIR/bench_decode"
