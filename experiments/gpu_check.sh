@@ -4,7 +4,7 @@
 # (with the PyTorch training peer on CUDA) and bench_vs_peers.py (HF PyTorch on CUDA; CT2
 # on CUDA when it can translate there), each under its own time limit so the whole check
 # ends within ~8 minutes, and gathers everything into one results file,
-# $OUT_DIR/gpu_check.md (plus each benchmark's JSON).
+# $OUT_DIR/gpu_check.md (default runs/gpu_check/; plus each benchmark's JSON).
 #
 #   bash experiments/gpu_check.sh            # on the GPU machine, from the repository root
 #   bash experiments/gpu_check.sh --dry-run  # on a CPU: no installs, the smallest sizes
@@ -25,7 +25,7 @@ case "${1:-}" in
   -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
   *) echo "gpu_check.sh: unknown option $1 (use --dry-run or nothing)" >&2; exit 2 ;;
 esac
-OUT_DIR=${OUT_DIR:-experiments/results/gpu_check}
+OUT_DIR=${OUT_DIR:-runs/gpu_check}  # not results/gpu_check: that holds the committed H200 run
 mkdir -p "$OUT_DIR"
 PY=${PYTHON:-python3}
 REPORT="$OUT_DIR/gpu_check.md"
