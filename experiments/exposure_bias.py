@@ -739,15 +739,42 @@ def sweep_run(work: Path, plan: Plan, name: str) -> Path:
     return work / f"sweep-{name}"
 
 
+def merge_sweep_rows(
+    new: list[dict[str, Any]], earlier: list[dict[str, Any]], order: list[str], steps: int
+) -> list[dict[str, Any]]:
+    """This invocation's sweep rows plus the earlier ones (read back from the CSV) that it
+    did not rerun and that had the same number of updates, in the sweep's order.
+
+    >>> merge_sweep_rows([{"config": "b", "steps": 150}],
+    ...                  [{"config": "b", "steps": "150"}, {"config": "c", "steps": "150"},
+    ...                   {"config": "a", "steps": "20"}], ["a", "b", "c"], 150)
+    [{'config': 'b', 'steps': 150}, {'config': 'c', 'steps': '150'}]
+    """
+    done = {r["config"] for r in new}
+    keep = [
+        r
+        for r in earlier
+        if r["config"] in order and r["config"] not in done and str(r.get("steps")) == str(steps)
+    ]
+    return sorted(new + keep, key=lambda r: order.index(r["config"]))
+
+
 def run_sweep(args: argparse.Namespace, plan: Plan, base: str, work: Path) -> None:
     """MRT knobs on the validation set (seed 0, ``sweep_steps`` updates each) vs ``tf``."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     valid = load_bundled("bible_en_fr", "valid")
     n = plan.eval_sentences or len(valid.src)
-    rows = []
+    configs = mrt_sweep_configs(plan)
+    # Rows of earlier invocations (other --only subsets, maybe other sessions whose run dirs
+    # are gone) are kept unless rerun here, so the sweep table accumulates.
+    earlier: list[dict[str, Any]] = []
+    if (out / "mrt_sweep.csv").is_file():
+        with (out / "mrt_sweep.csv").open(newline="") as f:
+            earlier = list(csv.DictReader(f))
+    rows: list[dict[str, Any]] = []
     swept = dataclasses.replace(plan, ft_steps=plan.sweep_steps)
-    for name, overrides in mrt_sweep_configs(plan).items():
+    for name, overrides in configs.items():
         if args.only and name not in args.only.split(","):
             continue
         run = sweep_run(work, plan, name)
@@ -759,17 +786,19 @@ def run_sweep(args: argparse.Namespace, plan: Plan, base: str, work: Path) -> No
             hyps = read_hyps(run, "greedy", "valid"), read_hyps(ctl, "greedy", "valid")
             row.update(_bs_row(*hyps, valid.tgt[:n]))
         rows.append(row)
-        write_csv(out / "mrt_sweep.csv", rows)
+        kept = merge_sweep_rows(rows, earlier, list(configs), plan.sweep_steps)
+        write_csv(out / "mrt_sweep.csv", kept)
         cols = ["config", "greedy_bleu", "d_bleu", "d_bleu_ci", "p_bleu", "greedy_chrf", "d_chrf"]
         cols += ["p_chrf", "fr_acc", "greedy_len_ratio", "greedy_rep3_pct"]
         (out / "mrt_sweep.md").write_text(
             f"# MRT sweep on the validation set ({n} sentences, greedy)\n\n"
-            f"Command: `python experiments/exposure_bias.py {' '.join(sys.argv[1:])}`\n\n"
+            f"Last command: `python experiments/exposure_bias.py {' '.join(sys.argv[1:])}` "
+            "(rows of earlier invocations with other `--only` subsets are kept).\n\n"
             f"Each configuration fine-tunes the base `{base}` for {plan.sweep_steps} updates "
             "(seed 0, the same batches as `tf`, the teacher-forcing control). One knob at a "
             "time around S=8, alpha=0.005, lr 3e-4, no MLE mix, sampled candidates. `d_*`: "
             "minus `tf`, paired bootstrap (1,000 resamples) on validation.\n\n"
-            + md_table(rows, cols + ["train_s", "load_start", "load_end"])
+            + md_table(kept, cols + ["train_s", "load_start", "load_end"])
         )
         print(f"[sweep {name}] {row}", flush=True)
 

@@ -77,3 +77,21 @@ def test_compare_checks_the_control_against_the_base(tmp_path):
     assert [r["seed"] for r in same] == [0, 1, "pooled 0,1"]
     assert all(r["d_bleu"] == 0 and r["d_chrf"] == 0 for r in same)
     assert [r["method"] for r in eb.compare(runs, "greedy", ref)] == ["ss"] * 3  # no base given
+
+
+def test_sweep_rows_of_earlier_invocations_are_kept_unless_rerun():
+    order = ["tf", "mrt", "mrt-lr1e-3", "mrt-beam"]
+    earlier = [  # as read back from mrt_sweep.csv: strings
+        {"config": "tf", "steps": "150", "greedy_bleu": "28.27"},
+        {"config": "mrt-lr1e-3", "steps": "150", "greedy_bleu": "27.97"},
+        {"config": "mrt-beam", "steps": "20", "greedy_bleu": "5.1"},  # a --quick row
+        {"config": "gone", "steps": "150", "greedy_bleu": "1.0"},  # no longer a config
+    ]
+    new = [{"config": "mrt-beam", "steps": 150, "greedy_bleu": 28.4},
+           {"config": "tf", "steps": 150, "greedy_bleu": 28.3}]  # fmt: skip
+    rows = eb.merge_sweep_rows(new, earlier, order, 150)
+    assert [(r["config"], r["greedy_bleu"]) for r in rows] == [
+        ("tf", 28.3),
+        ("mrt-lr1e-3", "27.97"),
+        ("mrt-beam", 28.4),
+    ]
