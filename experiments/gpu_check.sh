@@ -63,7 +63,7 @@ assert jax.default_backend() == 'gpu'" > "$OUT_DIR/preinstalled.log" 2>&1; then
       'ctranslate2>=4.5,<5'"
   fi
   DECODE=(--model base --batches 1,16,64 --repeats 5)
-  # One batch per model: each cell compiles the step (~30 s on an H200 with torch's warm-up);
+  # One batch per model: each cell compiles the step (~45 s for base on an H200, measured);
   # two batches of both models outran 150 s there.
   TRAIN=(--models small,base --batches 256 --dtype bfloat16 --repeats 5 --gemm-repeats 1 \
     --torch --torch-device cuda)
