@@ -53,6 +53,10 @@ The base run directory is only read.
     python experiments/exposure_bias.py --full                    # one GPU
     python experiments/exposure_bias.py --full --preset small --work runs/eb_full_small  # Transformer
     python experiments/exposure_bias.py --mrt-sweep --base runs/eb_rnn_base   # MRT on valid
+    python experiments/exposure_bias.py --base runs/eb_rnn_base --mrt-config best  # + its winner
+
+On a GPU, ``BASE=RUN bash experiments/gpu_exposure_bias.sh`` runs the sweep and the test
+table of its winner in one call (``--full`` tables; see the script's --help).
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ from seqjax.data import load_bundled  # noqa: E402
 from seqjax.data.batching import TokenizedPairs, make_batch  # noqa: E402
 from seqjax.decoding import greedy  # noqa: E402
 from seqjax.metrics import corpus_scores  # noqa: E402
+from seqjax.sharding import enable_compile_cache  # noqa: E402
 from seqjax.training import objectives  # noqa: E402
 
 # Reference-length buckets in words: (label, lowest, highest).
@@ -160,7 +165,32 @@ def mrt_sweep_configs(plan: Plan) -> dict[str, dict[str, Any]]:
         "mrt-mle0.3": {**d, "mrt_mle_weight": 0.3},
         "mrt-mle1": {**d, "mrt_mle_weight": 1.0},
         "mrt-beam": {**d, "mrt_candidates": "beam"},
+        # Edunov et al. (2018)'s best sequence-level setting: beam candidates, token NLL mixed in.
+        "mrt-beam-mle0.3": {**d, "mrt_candidates": "beam", "mrt_mle_weight": 0.3},
     }
+
+
+def sweep_stem(mode: str) -> str:
+    """File stem of a mode's MRT sweep table (``mrt_sweep`` for the standard mode)."""
+    return "mrt_sweep" if mode == "standard" else f"mrt_sweep_{mode}"
+
+
+def best_sweep_config(path: Path) -> str:
+    r"""The MRT configuration with the highest validation BLEU in a sweep CSV (``tf`` excluded).
+
+    >>> import tempfile
+    >>> f = Path(tempfile.mkdtemp()) / "s.csv"
+    >>> _ = f.write_text("config,greedy_bleu\ntf,28.3\nmrt,28.1\nmrt-beam,28.6\n")
+    >>> best_sweep_config(f)
+    'mrt-beam'
+    """
+    if not path.is_file():
+        sys.exit(f"--mrt-config best: no sweep table {path}; run --mrt-sweep with this --out first")
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["config"] != "tf" and r.get("greedy_bleu")]
+    if not rows:
+        sys.exit(f"--mrt-config best: {path} has no MRT row yet")
+    return max(rows, key=lambda r: float(r["greedy_bleu"]))["config"]
 
 
 @functools.cache
@@ -198,7 +228,7 @@ def train_variant(
         batch_tokens=plan.batch_tokens,
         seed=seed,
         eval_every=10**9,  # validated (loss only) once, at the end
-        save_every=25,
+        save_every=max(25, plan.ft_steps // 10),  # resumable; few saves on a GPU
         keep_last=1,
         valid_bleu_sentences=0,
     )
@@ -642,10 +672,19 @@ def run_table(args: argparse.Namespace, plan: Plan, mode: str, base: str, work: 
     """Fine-tune every variant x seed (seed-major), evaluate, compare, write the outputs."""
     model_cfg, _ = _base_config(base)
     todo = variants(plan, base, model_cfg.family, args.ss_end)
+    only = args.only.split(",") if args.only else None
     for name in args.mrt_config.split(",") if args.mrt_config else []:
+        if name == "best":
+            name = best_sweep_config(Path(args.out) / f"{sweep_stem(mode)}.csv")
+            print(f"--mrt-config best: {name} (highest validation BLEU of the sweep)")
+            only = only and [*only, name]
+        if name not in mrt_sweep_configs(plan):
+            sys.exit(
+                f"--mrt-config {name}: unknown; choose from {', '.join(mrt_sweep_configs(plan))}"
+            )
         todo[name] = mrt_sweep_configs(plan)[name]
-    if args.only:
-        todo = {k: v for k, v in todo.items() if k in args.only.split(",")}
+    if only:
+        todo = {k: v for k, v in todo.items() if k in only}
     stem = {"standard": "exposure_bias"}.get(mode, f"exposure_bias_{mode}")
     if model_cfg.family != "rnn":
         stem += f"_{model_cfg.family}"
@@ -733,8 +772,9 @@ def ref_rep3(ref: list[str]) -> float:
 
 
 def sweep_run(work: Path, plan: Plan, name: str) -> Path:
-    """A sweep configuration's run; ``tf``/``mrt`` share the table's seed-0 runs when equal."""
-    if name in ("tf", "mrt") and plan.sweep_steps == plan.ft_steps:
+    """A sweep configuration's run: the table's seed-0 run of that name when the update
+    counts agree (so the configuration chosen on validation is not trained twice)."""
+    if plan.sweep_steps == plan.ft_steps:
         return work / f"{name}-s0"
     return work / f"sweep-{name}"
 
@@ -759,7 +799,7 @@ def merge_sweep_rows(
     return sorted(new + keep, key=lambda r: order.index(r["config"]))
 
 
-def run_sweep(args: argparse.Namespace, plan: Plan, base: str, work: Path) -> None:
+def run_sweep(args: argparse.Namespace, plan: Plan, mode: str, base: str, work: Path) -> None:
     """MRT knobs on the validation set (seed 0, ``sweep_steps`` updates each) vs ``tf``."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -769,8 +809,9 @@ def run_sweep(args: argparse.Namespace, plan: Plan, base: str, work: Path) -> No
     # Rows of earlier invocations (other --only subsets, maybe other sessions whose run dirs
     # are gone) are kept unless rerun here, so the sweep table accumulates.
     earlier: list[dict[str, Any]] = []
-    if (out / "mrt_sweep.csv").is_file():
-        with (out / "mrt_sweep.csv").open(newline="") as f:
+    stem = sweep_stem(mode)
+    if (out / f"{stem}.csv").is_file():
+        with (out / f"{stem}.csv").open(newline="") as f:
             earlier = list(csv.DictReader(f))
     rows: list[dict[str, Any]] = []
     swept = dataclasses.replace(plan, ft_steps=plan.sweep_steps)
@@ -787,16 +828,17 @@ def run_sweep(args: argparse.Namespace, plan: Plan, base: str, work: Path) -> No
             row.update(_bs_row(*hyps, valid.tgt[:n]))
         rows.append(row)
         kept = merge_sweep_rows(rows, earlier, list(configs), plan.sweep_steps)
-        write_csv(out / "mrt_sweep.csv", kept)
+        write_csv(out / f"{stem}.csv", kept)
         cols = ["config", "greedy_bleu", "d_bleu", "d_bleu_ci", "p_bleu", "greedy_chrf", "d_chrf"]
         cols += ["p_chrf", "fr_acc", "greedy_len_ratio", "greedy_rep3_pct"]
-        (out / "mrt_sweep.md").write_text(
+        (out / f"{stem}.md").write_text(
             f"# MRT sweep on the validation set ({n} sentences, greedy)\n\n"
             f"Last command: `python experiments/exposure_bias.py {' '.join(sys.argv[1:])}` "
             "(rows of earlier invocations with other `--only` subsets are kept).\n\n"
             f"Each configuration fine-tunes the base `{base}` for {plan.sweep_steps} updates "
             "(seed 0, the same batches as `tf`, the teacher-forcing control). One knob at a "
-            "time around S=8, alpha=0.005, lr 3e-4, no MLE mix, sampled candidates. `d_*`: "
+            "time around S=8, alpha=0.005, lr 3e-4, no MLE mix, sampled candidates "
+            "(`mrt-beam-mle0.3` turns two: Edunov et al. 2018's setting). `d_*`: "
             "minus `tf`, paired bootstrap (1,000 resamples) on validation.\n\n"
             + md_table(kept, cols + ["train_s", "load_start", "load_end"])
         )
@@ -824,7 +866,9 @@ def main() -> None:
     p.add_argument("--seeds", help="comma-separated seeds (override the plan's)")
     p.add_argument("--preset", help="the base's preset when trained here (e.g. small: Transformer)")
     p.add_argument(
-        "--mrt-config", help="add sweep configuration(s) chosen on validation, e.g. mrt-lr1e-3"
+        "--mrt-config",
+        help="add sweep configuration(s) chosen on validation, e.g. mrt-lr1e-3; 'best': the "
+        "one with the highest validation BLEU in this mode's sweep table in --out",
     )
     args = p.parse_args()
     mode = "quick" if args.quick else "full" if args.full else "standard"
@@ -842,9 +886,12 @@ def main() -> None:
         return
     work = Path(args.work or ("runs/exposure_bias" + ("" if mode == "standard" else f"_{mode}")))
     work.mkdir(parents=True, exist_ok=True)
+    # Every fine-tune builds its own jitted steps: the persistent cache compiles each
+    # program once per invocation (seeds of a variant, the evaluations) instead of per run.
+    enable_compile_cache()
     base = args.base or train_base(work, plan)
     if args.mrt_sweep:
-        run_sweep(args, plan, base, work)
+        run_sweep(args, plan, mode, base, work)
     else:
         run_table(args, plan, mode, base, work)
 

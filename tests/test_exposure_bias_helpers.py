@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -95,3 +96,22 @@ def test_sweep_rows_of_earlier_invocations_are_kept_unless_rerun():
         ("mrt-lr1e-3", "27.97"),
         ("mrt-beam", 28.4),
     ]
+
+
+def test_best_sweep_config_is_the_highest_validation_bleu_other_than_the_control(tmp_path):
+    f = tmp_path / "mrt_sweep_full.csv"
+    f.write_text("config,greedy_bleu\ntf,29.0\nmrt,28.1\nmrt-beam-mle0.3,28.6\nmrt-S4,\n")
+    assert eb.best_sweep_config(f) == "mrt-beam-mle0.3"  # tf is higher but is the control
+    f.write_text("config,greedy_bleu\ntf,29.0\n")
+    with pytest.raises(SystemExit, match="no MRT row"):
+        eb.best_sweep_config(f)
+    with pytest.raises(SystemExit, match="run --mrt-sweep"):
+        eb.best_sweep_config(tmp_path / "missing.csv")
+
+
+def test_sweep_runs_are_the_tables_seed0_runs_when_the_update_counts_agree(tmp_path):
+    same = dataclasses.replace(eb.STANDARD, sweep_steps=eb.STANDARD.ft_steps)
+    assert eb.sweep_run(tmp_path, same, "mrt-beam") == tmp_path / "mrt-beam-s0"
+    other = dataclasses.replace(eb.STANDARD, sweep_steps=eb.STANDARD.ft_steps + 1)
+    assert eb.sweep_run(tmp_path, other, "mrt-beam") == tmp_path / "sweep-mrt-beam"
+    assert eb.sweep_stem("standard") == "mrt_sweep" and eb.sweep_stem("full") == "mrt_sweep_full"
