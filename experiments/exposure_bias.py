@@ -668,23 +668,43 @@ def write_curve(base: str, out: Path) -> None:
 # -- the two modes ---------------------------------------------------------------------------
 
 
+def table_variants(
+    todo: dict[str, dict[str, Any]],
+    sweep: dict[str, dict[str, Any]],
+    mrt_configs: list[str],
+    only: list[str] | None,
+    sweep_csv: Path,
+) -> dict[str, dict[str, Any]]:
+    """The table's variants: ``todo`` plus the named sweep configurations (``best``: the
+    sweep's validation winner), cut to ``only``; a configuration named here always runs.
+
+    >>> sweep = {"tf": {}, "mrt-S4": {"mrt_samples": 4}}
+    >>> list(table_variants({"tf": {}, "ss": {}}, sweep, ["mrt-S4"], ["tf"], Path("-")))
+    ['tf', 'mrt-S4']
+    """
+    todo = dict(todo)
+    only = list(only) if only else None
+    for name in mrt_configs:
+        if name == "best":
+            name = best_sweep_config(sweep_csv)
+            print(f"--mrt-config best: {name} (highest validation BLEU of the sweep)")
+        if name not in sweep:
+            sys.exit(f"--mrt-config {name}: unknown; choose from {', '.join(sweep)}")
+        todo[name] = sweep[name]
+        only = only and [*only, name]
+    return {k: v for k, v in todo.items() if only is None or k in only}
+
+
 def run_table(args: argparse.Namespace, plan: Plan, mode: str, base: str, work: Path) -> None:
     """Fine-tune every variant x seed (seed-major), evaluate, compare, write the outputs."""
     model_cfg, _ = _base_config(base)
-    todo = variants(plan, base, model_cfg.family, args.ss_end)
-    only = args.only.split(",") if args.only else None
-    for name in args.mrt_config.split(",") if args.mrt_config else []:
-        if name == "best":
-            name = best_sweep_config(Path(args.out) / f"{sweep_stem(mode)}.csv")
-            print(f"--mrt-config best: {name} (highest validation BLEU of the sweep)")
-            only = only and [*only, name]
-        if name not in mrt_sweep_configs(plan):
-            sys.exit(
-                f"--mrt-config {name}: unknown; choose from {', '.join(mrt_sweep_configs(plan))}"
-            )
-        todo[name] = mrt_sweep_configs(plan)[name]
-    if only:
-        todo = {k: v for k, v in todo.items() if k in only}
+    todo = table_variants(
+        variants(plan, base, model_cfg.family, args.ss_end),
+        mrt_sweep_configs(plan),
+        args.mrt_config.split(",") if args.mrt_config else [],
+        args.only.split(",") if args.only else None,
+        Path(args.out) / f"{sweep_stem(mode)}.csv",
+    )
     stem = {"standard": "exposure_bias"}.get(mode, f"exposure_bias_{mode}")
     if model_cfg.family != "rnn":
         stem += f"_{model_cfg.family}"
@@ -867,8 +887,9 @@ def main() -> None:
     p.add_argument("--preset", help="the base's preset when trained here (e.g. small: Transformer)")
     p.add_argument(
         "--mrt-config",
-        help="add sweep configuration(s) chosen on validation, e.g. mrt-lr1e-3; 'best': the "
-        "one with the highest validation BLEU in this mode's sweep table in --out",
+        help="add sweep configuration(s) chosen on validation, e.g. mrt-lr1e-3 (run whatever "
+        "--only says); 'best': the one with the highest validation BLEU in this mode's sweep "
+        "table in --out",
     )
     args = p.parse_args()
     mode = "quick" if args.quick else "full" if args.full else "standard"

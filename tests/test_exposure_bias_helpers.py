@@ -115,3 +115,19 @@ def test_sweep_runs_are_the_tables_seed0_runs_when_the_update_counts_agree(tmp_p
     other = dataclasses.replace(eb.STANDARD, sweep_steps=eb.STANDARD.ft_steps + 1)
     assert eb.sweep_run(tmp_path, other, "mrt-beam") == tmp_path / "sweep-mrt-beam"
     assert eb.sweep_stem("standard") == "mrt_sweep" and eb.sweep_stem("full") == "mrt_sweep_full"
+
+
+def test_table_variants_always_run_the_named_mrt_configurations(tmp_path):
+    sweep = eb.mrt_sweep_configs(eb.STANDARD)
+    base = eb.variants(eb.STANDARD, "runs/base", "rnn", 0.5)
+    named = eb.table_variants(base, sweep, ["mrt-beam-mle0.3"], ["tf"], tmp_path / "x.csv")
+    assert list(named) == ["tf", "mrt-beam-mle0.3"]
+    assert named["mrt-beam-mle0.3"]["mrt_candidates"] == "beam"
+    assert list(eb.table_variants(base, sweep, [], None, tmp_path / "x.csv")) == list(base)
+    f = tmp_path / "mrt_sweep.csv"
+    f.write_text("config,greedy_bleu\ntf,29.0\nmrt-S4,28.1\nmrt-S16,28.4\n")
+    assert list(eb.table_variants(base, sweep, ["best"], ["tf", "ss"], f)) == [
+        "tf", "ss", "mrt-S16",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit, match="unknown"):
+        eb.table_variants(base, sweep, ["mrt-nope"], None, f)
