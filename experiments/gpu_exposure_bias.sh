@@ -91,6 +91,5 @@ cat "$OUT_DIR/steps.md"
  cd "$WORK" && find . \( -name 'eval_*.json' -o -name 'hyps_*' -o -name 'metrics.jsonl' \
    -o -name 'exposure_bias_train.json' -o -name config.json \) -printf 'work/%P\n') \
   | sed 's|^\./||' | sort -u > "$OUT_DIR/files.txt"
-tar -czf "$TAR" -C "$OUT_DIR" --ignore-failed-read -T "$OUT_DIR/files.txt" 2> /dev/null \
-  || tar -czf "$TAR" -C "$OUT_DIR" -T "$OUT_DIR/files.txt"
+tar -czf "$TAR" -C "$OUT_DIR" -T "$OUT_DIR/files.txt"  # every name listed exists
 echo "wrote $TAR ($(wc -l < "$OUT_DIR/files.txt") files)"
