@@ -422,7 +422,9 @@ def train_base(work: Path, plan: Plan) -> str:
         if plan.preset != "rnn_small":
             cmd += ["--preset", plan.preset]
         print(f"[base] {' '.join(cmd)}", flush=True)
-        subprocess.run(cmd, check=True)
+        # seqjax train prints its own one-line error; a traceback from here would bury it.
+        if subprocess.run(cmd).returncode != 0:
+            sys.exit("exposure_bias.py: training the base failed (command above); fix and rerun")
     return str(run)
 
 

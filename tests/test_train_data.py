@@ -154,6 +154,24 @@ def test_batches_resume_from_their_state_or_position(prepared, workers_after) ->
     assert want[-1][0] == 1  # the second epoch
 
 
+def test_transformer_batches_never_pass_its_position_table(prepared) -> None:
+    # A Transformer with a 12-position table on buckets up to 32: longer pairs are dropped and
+    # counted, no batch is wider than the table (a wider one failed deep inside JAX).
+    cfg = TrainConfig(batch_tokens=256, length_buckets=(8, 16, 32))
+    model = model_preset("tiny", max_len=12)
+    spec = batch_spec(cfg, model, make_mesh("auto"))
+    assert (spec.max_src_len, spec.max_tgt_len, spec.buckets) == (12, 12, (8, 12))
+    per_epoch, kept, dropped = split_stats(prepared, "train", spec)
+    assert dropped > 0 and kept + dropped == 260
+    it = TrainBatches(prepared, spec, workers=0, epoch=0, index=0)
+    widths = {next(it)[2]["tgt_in"].shape[1] for _ in range(per_epoch)}
+    it.close()
+    assert max(widths) <= 12
+    # The RNN has no position table: its limits stay the config's.
+    rnn = batch_spec(cfg, model_preset("rnn_tiny", max_len=12), make_mesh("auto"))
+    assert (rnn.max_src_len, rnn.buckets) == (cfg.max_src_len, (8, 16, 32))
+
+
 def test_multi_host_budget_is_asked_every_log_interval(monkeypatch) -> None:
     asked = []
     monkeypatch.setattr(train_mod.jax, "process_count", lambda: 2)

@@ -30,9 +30,19 @@ Log = Callable[[str], None]
 
 
 def batch_spec(cfg: TrainConfig, model_cfg: ModelConfig, mesh: Any) -> BatchSpec:
-    """How the run cuts its data into batches, and which rows this process reads."""
+    """How the run cuts its data into batches, and which rows this process reads.
+
+    A Transformer cannot see positions past its sinusoid table (``model.max_len``), so for that
+    family the length limits and buckets are capped there: longer pairs are dropped and
+    counted like any pair over ``train.max_src_len`` (the RNN has no such table).
+    """
+    max_src, max_tgt, buckets = cfg.max_src_len, cfg.max_tgt_len, tuple(cfg.length_buckets)
+    if model_cfg.family == "transformer":
+        cap = model_cfg.max_len
+        max_src, max_tgt = min(max_src, cap), min(max_tgt, cap)
+        buckets = tuple(b for b in buckets if b < cap) + (cap,) if max(buckets) > cap else buckets
     return BatchSpec(
-        cfg.batch_tokens, tuple(cfg.length_buckets), cfg.max_src_len, cfg.max_tgt_len,
+        cfg.batch_tokens, buckets, max_src, max_tgt,
         seed=cfg.seed, row_multiple=sharding.data_size(mesh),
         process_index=jax.process_index(), process_count=jax.process_count(),
         pad_id=model_cfg.pad_id, bos_id=model_cfg.bos_id, eos_id=model_cfg.eos_id,
@@ -128,7 +138,8 @@ def log_counts(data_dir: Path, spec: BatchSpec, log: Log) -> None:
     if train["skipped"]["empty_side"]:
         log(f"skipped {train['skipped']['empty_side']} training pairs with an empty side")
     _, kept, n_long = split_stats(data_dir, "train", spec)
-    log(f"train: {kept} pairs" + (f" ({n_long} longer than the limits dropped)" if n_long else ""))
+    limits = f"{spec.max_src_len}/{spec.max_tgt_len} source/target tokens"
+    log(f"train: {kept} pairs" + (f" ({n_long} longer than {limits} dropped)" if n_long else ""))
 
 
 @dataclasses.dataclass
