@@ -170,9 +170,14 @@ def mrt_sweep_configs(plan: Plan) -> dict[str, dict[str, Any]]:
     }
 
 
-def sweep_stem(mode: str) -> str:
-    """File stem of a mode's MRT sweep table (``mrt_sweep`` for the standard mode)."""
-    return "mrt_sweep" if mode == "standard" else f"mrt_sweep_{mode}"
+def sweep_stem(mode: str, family: str = "rnn") -> str:
+    """File stem of a mode's MRT sweep table (``mrt_sweep`` for the standard mode, RNN base).
+
+    >>> sweep_stem("full", "transformer")
+    'mrt_sweep_full_transformer'
+    """
+    stem = "mrt_sweep" if mode == "standard" else f"mrt_sweep_{mode}"
+    return stem if family == "rnn" else f"{stem}_{family}"
 
 
 def best_sweep_config(path: Path) -> str:
@@ -705,7 +710,7 @@ def run_table(args: argparse.Namespace, plan: Plan, mode: str, base: str, work: 
         mrt_sweep_configs(plan),
         args.mrt_config.split(",") if args.mrt_config else [],
         args.only.split(",") if args.only else None,
-        Path(args.out) / f"{sweep_stem(mode)}.csv",
+        Path(args.out) / f"{sweep_stem(mode, model_cfg.family)}.csv",
     )
     stem = {"standard": "exposure_bias"}.get(mode, f"exposure_bias_{mode}")
     if model_cfg.family != "rnn":
@@ -831,7 +836,7 @@ def run_sweep(args: argparse.Namespace, plan: Plan, mode: str, base: str, work: 
     # Rows of earlier invocations (other --only subsets, maybe other sessions whose run dirs
     # are gone) are kept unless rerun here, so the sweep table accumulates.
     earlier: list[dict[str, Any]] = []
-    stem = sweep_stem(mode)
+    stem = sweep_stem(mode, _base_config(base)[0].family)
     if (out / f"{stem}.csv").is_file():
         with (out / f"{stem}.csv").open(newline="") as f:
             earlier = list(csv.DictReader(f))
@@ -913,6 +918,8 @@ def main() -> None:
     # program once per invocation (seeds of a variant, the evaluations) instead of per run.
     enable_compile_cache()
     base = args.base or train_base(work, plan)
+    # A given base decides the family and preset (tables are titled and named after them).
+    plan = dataclasses.replace(plan, preset=_base_config(base)[1].preset)
     if args.mrt_sweep:
         run_sweep(args, plan, mode, base, work)
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import doctest
 import sys
 from pathlib import Path
 
@@ -115,6 +116,13 @@ def test_sweep_runs_are_the_tables_seed0_runs_when_the_update_counts_agree(tmp_p
     other = dataclasses.replace(eb.STANDARD, sweep_steps=eb.STANDARD.ft_steps + 1)
     assert eb.sweep_run(tmp_path, other, "mrt-beam") == tmp_path / "sweep-mrt-beam"
     assert eb.sweep_stem("standard") == "mrt_sweep" and eb.sweep_stem("full") == "mrt_sweep_full"
+    # Another family's sweep never overwrites the RNN's table in the same --out.
+    assert eb.sweep_stem("standard", "transformer") == "mrt_sweep_transformer"
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(eb, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted >= 2
 
 
 def test_table_variants_always_run_the_named_mrt_configurations(tmp_path):
