@@ -51,6 +51,7 @@ The base run directory is only read.
     python experiments/exposure_bias.py                           # + trains the base (~65 min)
     python experiments/exposure_bias.py --quick                   # smoke test, <= 10 min
     python experiments/exposure_bias.py --full                    # one GPU
+    python experiments/exposure_bias.py --base runs/eb_small_base  # a Transformer base: *_transformer.*
     python experiments/exposure_bias.py --full --preset small --work runs/eb_full_small  # Transformer
     python experiments/exposure_bias.py --mrt-sweep --base runs/eb_rnn_base   # MRT on valid
     python experiments/exposure_bias.py --base runs/eb_rnn_base --mrt-config best  # + its winner
