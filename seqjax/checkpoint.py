@@ -23,12 +23,15 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from jax.tree_util import keystr, tree_flatten_with_path
+
+if TYPE_CHECKING:
+    import orbax.checkpoint as ocp
 
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -54,6 +57,17 @@ def no_run_dir(run_dir: Path) -> CheckpointError:
     return CheckpointError(
         f"no such checkpoint directory: {run_dir}; train one with `seqjax train --out {run_dir}`"
     )
+
+
+def _orbax() -> ModuleType:
+    """``orbax.checkpoint``, imported on first use.
+
+    Its import costs ~0.15 s, which ``seqjax translate`` skips when ``run_dir.load_model``
+    serves the params from its cache (issue 19's start-up).
+    """
+    import orbax.checkpoint
+
+    return orbax.checkpoint
 
 
 # --------------------------------------------------------------------------- pytree helpers
@@ -224,12 +238,12 @@ class Checkpointer:
     # ---- bookkeeping
 
     def _open(self, name: str) -> ocp.CheckpointManager:
-        options = ocp.CheckpointManagerOptions(
+        options = _orbax().CheckpointManagerOptions(
             max_to_keep=self._keep_last if name == LATEST_DIR else 1,
             enable_async_checkpointing=self._async,
             create=True,
         )
-        return ocp.CheckpointManager(self.run_dir / name, options=options)
+        return _orbax().CheckpointManager(self.run_dir / name, options=options)
 
     def _managers(self) -> list[ocp.CheckpointManager]:
         return [m for m in (self._latest, self._best) if m is not None]
@@ -238,7 +252,8 @@ class Checkpointer:
         return Path(manager.directory) / str(step)
 
     def _read_meta(self, manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        oa = _orbax().args
+        meta = manager.restore(step, args=oa.Composite(meta=oa.JsonRestore()))["meta"]
         if not isinstance(meta, dict):
             raise ValueError(f"meta is {type(meta).__name__}, expected a JSON object")
         return meta
@@ -350,14 +365,15 @@ class Checkpointer:
 
         # An unreadable step is rewritten; a good one is kept (Orbax skips the save), so the
         # directory never loses a complete checkpoint to a repeated save.
+        oa = _orbax().args
         latest = self._latest = self._latest or self._open(LATEST_DIR)
         self._drop_from(latest, step, equal=self._step_dir(latest, step) in self._unreadable)
         saved = latest.save(
             step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params),
-                opt_state=ocp.args.StandardSave(opt_state),
-                meta=ocp.args.JsonSave({**record, _SPECS: specs}),
+            args=oa.Composite(
+                params=oa.StandardSave(params),
+                opt_state=oa.StandardSave(opt_state),
+                meta=oa.JsonSave({**record, _SPECS: specs}),
             ),
         )
 
@@ -367,9 +383,9 @@ class Checkpointer:
             self._drop_from(best_manager, step, equal=True)
             best_manager.save(
                 step,
-                args=ocp.args.Composite(
-                    params=ocp.args.StandardSave(params),
-                    meta=ocp.args.JsonSave({**record, _SPECS: {"params": params_specs}}),
+                args=oa.Composite(
+                    params=oa.StandardSave(params),
+                    meta=oa.JsonSave({**record, _SPECS: {"params": params_specs}}),
                 ),
             )
             self._best_score, self._best_tie = score, record.get("tie_break")
@@ -401,11 +417,12 @@ class Checkpointer:
             for item, target in (("params", params_target), ("opt_state", opt_state_target)):
                 if item in specs:
                     _check_specs(item, target, specs[item], where)
+            oa = _orbax().args
             out = manager.restore(
                 s,
-                args=ocp.args.Composite(
-                    params=ocp.args.StandardRestore(_abstract(params_target)),
-                    opt_state=ocp.args.StandardRestore(_abstract(opt_state_target)),
+                args=oa.Composite(
+                    params=oa.StandardRestore(_abstract(params_target)),
+                    opt_state=oa.StandardRestore(_abstract(opt_state_target)),
                 ),
             )
             return out["params"], out["opt_state"], meta
@@ -445,7 +462,8 @@ class Checkpointer:
                 target = _abstract(params_target)
             else:
                 target = None if specs is None else target_from_specs(specs)
-            args = ocp.args.Composite(params=ocp.args.StandardRestore(target))
+            oa = _orbax().args
+            args = oa.Composite(params=oa.StandardRestore(target))
             return manager.restore(s, args=args)["params"], meta
 
         return self._first_readable(candidates, read)

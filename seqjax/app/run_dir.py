@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
+from jax.tree_util import keystr
 
 import seqjax
 from seqjax import checkpoint, sharding
@@ -362,12 +364,98 @@ def load_model(run_dir: str | Path, *, which: str | int = "best") -> tuple[Any, 
     model_cfg, _ = read_run_config(run_dir)
     model = build_model(model_cfg)
     target = param_target(model, model_cfg)
+    cached = _params_cache_file(run_dir, which)
+    stamp = _checkpoints_stamp(run_dir, which) if cached is not None else ""
+    params = _read_cached_params(cached, stamp, target) if cached is not None else None
+    if params is not None:
+        return model, params
     ckpt = Checkpointer(run_dir, async_save=False)
     try:
         params, _ = ckpt.restore_params(target, which=which)
     finally:
         ckpt.close()
+    if cached is not None:
+        _write_cached_params(cached, stamp, params)
     return model, params
+
+
+PARAMS_CACHE_DIR = "seqjax-params"  # inside JAX's compile cache directory
+PARAMS_CACHE_MAX_BYTES = 128 * 2**20  # larger models are always read from their checkpoint
+
+
+def _params_cache_file(run_dir: str | Path, which: str | int) -> Path | None:
+    """Where the params a run gives for ``which`` are cached; ``None`` without a compile cache.
+
+    One file per run directory and ``which`` (a newer checkpoint overwrites it, so a run
+    never has more than one cached copy per choice); ``_checkpoints_stamp`` says whether it
+    is still current.
+    """
+    cache = sharding.compile_cache_dir()
+    if cache is None:
+        return None
+    key = f"{Path(run_dir).resolve()}\0{which}".encode()
+    return cache / PARAMS_CACHE_DIR / f"{hashlib.sha256(key).hexdigest()[:32]}.safetensors"
+
+
+def _checkpoints_stamp(run_dir: str | Path, which: str | int) -> str:
+    """A digest of every file under ``RUN/checkpoints`` and ``RUN/best`` (name, size, mtime),
+    ``which`` and the seqjax version: it changes whenever a save, a deletion or a copy could
+    change the params ``Checkpointer.restore_params`` would return."""
+    h = hashlib.sha256(f"{_version()}\0{which}".encode())
+    root = Path(run_dir)
+    for sub in (LATEST_DIR, BEST_DIR):
+        for dirpath, dirnames, filenames in sorted(os.walk(root / sub)):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(path)
+                except OSError:  # removed while walking: a save or clean-up is under way
+                    return ""
+                rel = os.path.relpath(path, root)
+                h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _read_cached_params(path: Path, stamp: str, target: Any) -> Any | None:
+    """The cached params if they are current and fit ``target`` exactly, else ``None``."""
+    from seqjax.interop.safetensors_io import read_metadata, read_safetensors
+
+    if not stamp:
+        return None
+    try:
+        if read_metadata(path).get("stamp") != stamp:
+            return None
+        arrays = read_safetensors(path)
+    except (OSError, ValueError):  # SafetensorsError is a ValueError
+        return None  # absent or torn: read the checkpoint
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(target)
+    names = [keystr(p, simple=True, separator="/") for p, _ in leaves]
+    if sorted(names) != sorted(arrays):
+        return None
+    for name, (_, want) in zip(names, leaves, strict=True):
+        have = arrays[name]
+        if have.shape != tuple(want.shape) or have.dtype != want.dtype:
+            return None  # config.json edited: let the checkpoint's shape check report it
+    device = jax.local_devices()[0]
+    return jax.tree.unflatten(treedef, [jax.device_put(arrays[n], device) for n in names])
+
+
+def _write_cached_params(path: Path, stamp: str, params: Any) -> None:
+    """Keep ``params`` for the next load (atomic; skipped when too large or unwritable)."""
+    from seqjax.interop.safetensors_io import write_safetensors
+
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    if not stamp or sum(x.nbytes for _, x in leaves) > PARAMS_CACHE_MAX_BYTES:
+        return
+    arrays = {keystr(p, simple=True, separator="/"): np.asarray(x) for p, x in leaves}
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_safetensors(tmp, arrays, metadata={"stamp": stamp})
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a read-only or full cache: the next load reads Orbax
 
 
 PARAM_SPECS_DIR = "seqjax-param-specs"  # inside JAX's compile cache directory

@@ -37,9 +37,8 @@ class SafetensorsError(ValueError):
     """The file is not valid safetensors; the message names the file and the problem."""
 
 
-def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """All tensors of a ``.safetensors`` file as NumPy arrays (memory-mapped, read-only)."""
-    path = Path(path)
+def _read_header(path: Path) -> tuple[dict, int]:
+    """The JSON header of a ``.safetensors`` file and its length in bytes."""
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
@@ -55,6 +54,23 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
         raise SafetensorsError(
             f"{path}: header is a JSON {type(header).__name__}, not an object of tensors"
         )
+    return header, n
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The ``__metadata__`` of a ``.safetensors`` file (``{}`` when it has none); reads
+    only the header."""
+    path = Path(path)
+    meta = _read_header(path)[0].get("__metadata__", {})
+    if not isinstance(meta, dict):
+        raise SafetensorsError(f"{path}: __metadata__ is not an object of strings")
+    return meta
+
+
+def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """All tensors of a ``.safetensors`` file as NumPy arrays (memory-mapped, read-only)."""
+    path = Path(path)
+    header, n = _read_header(path)
     buffer = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
     out: dict[str, np.ndarray] = {}
     for name, info in header.items():
