@@ -40,6 +40,7 @@ Example (a 1-token vocabulary plus EOS: beam 2 keeps "EOS" and "x EOS")::
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -163,26 +164,78 @@ def _take_beams(x_BxKx: jax.Array, beam_BxJ: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x_BxKx, idx, axis=1)
 
 
+COPY_ROW_BYTES = 4096  # leaves with rows this large move only the rows that changed
+
+
 def reorder_cache(new_cache: Any, old_cache: Any, rows_N: jax.Array) -> Any:
-    """``gather_rows(new_cache, rows_N)``, skipping leaves the step passed through.
+    """Row ``n`` of every cache leaf becomes row ``rows_N[n]``, skipping leaves the step
+    passed through.
 
     ``rows_N`` only permutes rows within each source's block of ``K`` beams, and the
     loop's cache starts as ``K`` identical copies of each source row. A leaf that the
     step function returns unchanged (the very same array, e.g. the encoder memory or
     projected cross-attention keys/values) therefore stays identical within every block
-    and the gather would be a no-op copy of it at every step.
+    and is left as it is.
+
+    Contract: no row that moves (``rows_N[n] != n``) is the source of another row, which
+    ``_stable_slots`` guarantees. Leaves with rows of ``COPY_ROW_BYTES`` or more (the
+    self-attention keys/values) then copy just the rows that moved, in place inside the
+    loop, instead of gathering every row: a beam that survives keeps its slot, so most rows
+    stay (issue 19: the gather was 39% of a beam-4 batch-64 step). Small leaves are
+    gathered.
     """
     new_leaves, treedef = jax.tree.flatten(new_cache)
     old_leaves, old_treedef = jax.tree.flatten(old_cache)
     if treedef != old_treedef:
-        return gather_rows(new_cache, rows_N)
-    return jax.tree.unflatten(
-        treedef,
-        [
-            new if new is old else gather_rows(new, rows_N)
-            for new, old in zip(new_leaves, old_leaves, strict=True)
-        ],
-    )
+        old_leaves = [None] * len(new_leaves)
+    out = list(new_leaves)
+    big = []
+    for i, (new, old) in enumerate(zip(new_leaves, old_leaves, strict=True)):
+        if new is old or jnp.ndim(new) == 0:
+            continue
+        if math.prod(new.shape[1:]) * new.dtype.itemsize >= COPY_ROW_BYTES:
+            big.append(i)
+        else:
+            out[i] = gather_rows(new, rows_N)
+    if big:
+        moved_N = rows_N != jnp.arange(rows_N.shape[0], dtype=rows_N.dtype)
+        order_N = jnp.argsort(~moved_N, stable=True)  # the moved rows first
+
+        def copy_row(j: jax.Array, leaves: list[jax.Array]) -> list[jax.Array]:
+            dst = order_N[j]
+            src = rows_N[dst]
+            return [
+                lax.dynamic_update_index_in_dim(x, lax.dynamic_index_in_dim(x, src, 0), dst, 0)
+                for x in leaves
+            ]
+
+        copied = lax.fori_loop(0, jnp.sum(moved_N), copy_row, [new_leaves[i] for i in big])
+        for i, x in zip(big, copied, strict=True):
+            out[i] = x
+    return jax.tree.unflatten(treedef, out)
+
+
+def _stable_slots(beam_BxK: jax.Array) -> jax.Array:
+    """``int32[B, K]``: which ranked candidate each beam slot holds, so that survivors stay.
+
+    ``beam_BxK`` is the parent slot of the K chosen candidates in rank order. The best child
+    of a slot takes that slot; the other children fill the slots of parents that had none,
+    in rank order. A slot whose parent moved is then never the parent of another, which
+    lets ``reorder_cache`` copy rows in place. Ranking reads scores, never slot order, so
+    the hypotheses are the same as with sorted slots.
+
+    >>> _stable_slots(jnp.array([[2, 0, 2, 3]])).tolist()  # slot 1 had no child: 2's second
+    [[1, 2, 0, 3]]
+    """
+    K = beam_BxK.shape[1]
+    same = beam_BxK[:, :, None] == beam_BxK[:, None, :]
+    earlier_KxK = jnp.arange(K)[None, :] < jnp.arange(K)[:, None]  # [c, c']: c' before c
+    first_BxK = ~jnp.any(same & earlier_KxK, axis=2)
+    claimed = jnp.any((beam_BxK[:, :, None] == jnp.arange(K)) & first_BxK[:, :, None], axis=1)
+    free_BxK = jnp.argsort(claimed, axis=1, stable=True)  # unclaimed slots first, ascending
+    nth_other = jnp.maximum(jnp.cumsum(~first_BxK, axis=1) - 1, 0)
+    slot_BxK = jnp.where(first_BxK, beam_BxK, jnp.take_along_axis(free_BxK, nth_other, axis=1))
+    return jnp.argsort(slot_BxK, axis=1).astype(jnp.int32)
 
 
 def _set_column(x_BxJxL: jax.Array, value_BxJ: jax.Array, position: jax.Array) -> jax.Array:
@@ -323,7 +376,8 @@ def _stops(
         return finished_scores_BxM[:, q.M - 1] >= _live_bound(q, t, live_scores_BxK)
     full_B = jnp.all(finished_scores_BxM > -jnp.inf, axis=1)
     now = jnp.broadcast_to(q.generated(t + 1), (q.B, 1, 1))[:, 0, 0]  # the prompt left out
-    best_B = live_scores_BxK[:, 0] / length_penalty(now, q.alpha, q.length_penalty_kind)
+    best_live_B = jnp.max(live_scores_BxK, axis=1)  # slots are not sorted (_stable_slots)
+    best_B = best_live_B / length_penalty(now, q.alpha, q.length_penalty_kind)
     stop_B = full_B & (best_B <= finished_scores_BxM[:, q.M - 1])
     return full_B if q.early_stopping is True else stop_B
 
@@ -392,6 +446,9 @@ def _advance(
     fin_tokens, fin_lp = _extend(s, model_lp_BxKxV, fin_flat // V, fin_flat % V)
     finished = _merge_finished(q, s, fin_scores, fin_tokens, fin_lp)
 
+    by_slot = _stable_slots(live_flat // V)
+    live_scores = jnp.take_along_axis(live_scores, by_slot, axis=1)
+    live_flat = jnp.take_along_axis(live_flat, by_slot, axis=1)
     beam_BxK = live_flat // V
     live_tokens, live_lp = _extend(s, model_lp_BxKxV, beam_BxK, live_flat % V)
     rows_N = (jnp.arange(B)[:, None] * K + beam_BxK).reshape(B * K)
@@ -521,10 +578,12 @@ def run_beam_loop(
         if select_fn is not None:
             step_BxKxV = select_fn(t, s.live_scores, step_BxKxV)
         new = _advance(q, s, step, step_BxKxV, rank_fn)
-        if emit is not None:  # sorted: slot 0 is the best live / finished one
+        if emit is not None:  # finished slot 0 is the best; live slots are not sorted
             last_B = jnp.broadcast_to(q.at_last(t), (B, 1, 1))[:, 0, 0]
             final_B1 = (new.done | last_B)[:, None]
-            best_BxL = jnp.where(final_B1, new.finished_tokens[:, 0], new.live_tokens[:, 0])
+            best = jnp.argmax(new.live_scores, axis=1)[:, None, None]  # ties: lower slot
+            best_live_BxL = jnp.take_along_axis(new.live_tokens, best, axis=1)[:, 0]
+            best_BxL = jnp.where(final_B1, new.finished_tokens[:, 0], best_live_BxL)
             stream, ack = emit.push(s.stream, t, best_BxL, ~cond(new))
             new = new._replace(stream=stream, position=new.position + ack)  # ack = 0
         return new
