@@ -222,7 +222,8 @@ def _stable_slots(beam_BxK: jax.Array) -> jax.Array:
     of a slot takes that slot; the other children fill the slots of parents that had none,
     in rank order. A slot whose parent moved is then never the parent of another, which
     lets ``reorder_cache`` copy rows in place. Ranking reads scores, never slot order, so
-    the hypotheses are the same as with sorted slots.
+    the hypotheses are those of sorted slots, except that ``top_k`` breaks exact ties
+    between beams by slot instead of by rank.
 
     >>> _stable_slots(jnp.array([[2, 0, 2, 3]])).tolist()  # slot 1 had no child: 2's second
     [[1, 2, 0, 3]]
