@@ -149,18 +149,20 @@ def test_param_shapes_are_cached_beside_the_compile_cache(trained, tmp_path, mon
 
 
 def test_params_are_cached_beside_the_compile_cache(trained, tmp_path, monkeypatch):
-    """With a compile cache, a second load reads the params from one safetensors file instead
-    of Orbax (issue 19's start-up), the same arrays; a new save, a deleted step or a torn file
+    """With a compile cache and ``keep_params`` (translate's loads), a second load reads the
+    params from one safetensors file instead of Orbax (issue 19's start-up), the same arrays; a new save, a deleted step or a torn file
     sends the load back to the checkpoint; ``which`` values are kept apart; an edited
     config.json still gets the checkpoint's one-line shape error."""
     run = tmp_path / "run"
     shutil.copytree(trained, run)
-    _, plain_best = run_dir.load_model(run)  # no compile cache: nothing written
-    _, plain_latest = run_dir.load_model(run, which="latest")
+    _, plain_best = run_dir.load_model(run, keep_params=True)  # no compile cache: nothing written
+    _, plain_latest = run_dir.load_model(run, which="latest", keep_params=True)
     monkeypatch.setattr(sharding, "compile_cache_dir", lambda: tmp_path / "cache")
     cache = tmp_path / "cache" / run_dir.PARAMS_CACHE_DIR
-    run_dir.load_model(run)
-    run_dir.load_model(run, which="latest")
+    run_dir.load_model(run)  # a one-off load (training from a base, ...) keeps nothing
+    assert not cache.exists()
+    run_dir.load_model(run, keep_params=True)
+    run_dir.load_model(run, which="latest", keep_params=True)
     assert len(list(cache.glob("*.safetensors"))) == 2
 
     def no_orbax(*args, **kw):
@@ -168,8 +170,8 @@ def test_params_are_cached_beside_the_compile_cache(trained, tmp_path, monkeypat
 
     with monkeypatch.context() as m:
         m.setattr(Checkpointer, "restore_params", no_orbax)
-        _, best = run_dir.load_model(run)
-        _, latest = run_dir.load_model(run, which="latest")
+        _, best = run_dir.load_model(run, keep_params=True)
+        _, latest = run_dir.load_model(run, which="latest", keep_params=True)
     for got, want in ((best, plain_best), (latest, plain_latest)):
         assert jax.tree.structure(got) == jax.tree.structure(want)
         jax.tree.map(np.testing.assert_array_equal, got, want)
@@ -178,26 +180,26 @@ def test_params_are_cached_beside_the_compile_cache(trained, tmp_path, monkeypat
     doubled = jax.tree.map(lambda x: x * 2, plain_latest)
     with Checkpointer(run, async_save=False) as ckpt:
         ckpt.save(21, doubled, {"count": np.zeros((), np.int32)}, {})
-    _, after_save = run_dir.load_model(run, which="latest")
+    _, after_save = run_dir.load_model(run, which="latest", keep_params=True)
     jax.tree.map(np.testing.assert_array_equal, after_save, doubled)
     # ... and deleting it brings back step 20's params, not the cached step 21.
     shutil.rmtree(run / "checkpoints" / "21")
-    _, after_delete = run_dir.load_model(run, which="latest")
+    _, after_delete = run_dir.load_model(run, which="latest", keep_params=True)
     jax.tree.map(np.testing.assert_array_equal, after_delete, plain_latest)
 
     for f in cache.glob("*.safetensors"):
         f.write_bytes(f.read_bytes()[:100])  # torn by a crash: read Orbax, rewrite
-    _, again = run_dir.load_model(run)
+    _, again = run_dir.load_model(run, keep_params=True)
     jax.tree.map(np.testing.assert_array_equal, again, plain_best)
     with monkeypatch.context() as m:
         m.setattr(Checkpointer, "restore_params", no_orbax)
-        run_dir.load_model(run)  # rewritten whole
+        run_dir.load_model(run, keep_params=True)  # rewritten whole
 
     doc = json.loads((run / CONFIG_FILE).read_text())
     doc["model"]["d_model"] *= 2
     (run / CONFIG_FILE).write_text(json.dumps(doc))
     with pytest.raises(CheckpointError, match="model expects"):
-        run_dir.load_model(run)
+        run_dir.load_model(run, keep_params=True)
 
 
 def test_a_cached_load_does_not_import_orbax(trained, tmp_path):
@@ -209,7 +211,7 @@ def test_a_cached_load_does_not_import_orbax(trained, tmp_path):
     }
     code = (
         "import sys; from seqjax import sharding; from seqjax.app import run_dir; "
-        "sharding.enable_compile_cache(); run_dir.load_model(sys.argv[1]); "
+        "sharding.enable_compile_cache(); run_dir.load_model(sys.argv[1], keep_params=True); "
         "print(any(m.startswith('orbax') for m in sys.modules))"
     )
     runs = [

@@ -536,7 +536,7 @@ def load(
     ``"w8a8"`` also quantises the Transformer's activations per row (integer matmuls)
     (``seqjax.models.quantize``); None keeps float32.
     """
-    model, params = run_dir.load_model(path, which=which)
+    model, params = run_dir.load_model(path, which=which, keep_params=True)
     if quantize is not None:
         from seqjax.models.quantize import quantize_params
 
