@@ -18,20 +18,20 @@ step on average (``moved``), from a run that records the parents.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_phases import decoder  # noqa: E402
+from bench_phases import BASE_CONFIG, decoder, eos_biased, interleaved_medians  # noqa: E402
 from results_io import write_results  # noqa: E402
 
-from seqjax.config import ModelConfig  # noqa: E402
 from seqjax.decoding import beam_loop  # noqa: E402
 from seqjax.models.quantize import QUANT_MODES, quantize_params  # noqa: E402
 from seqjax.models.transformer import Transformer  # noqa: E402
@@ -51,9 +51,10 @@ def compiled(model: Transformer, params, src, max_len: int, forced: bool, row_by
         beam_loop.COPY_ROW_BYTES = saved
 
 
-def moved_share(model: Transformer, params, src, max_len: int, forced: bool) -> float:
-    """Mean share of the B x K rows that take a copy per step (recorded by a wrapped
-    ``reorder_cache`` through a host callback; a separate, untimed run)."""
+@contextlib.contextmanager
+def recording_moved() -> Iterator[list[float]]:
+    """Wrap ``beam_loop.reorder_cache`` so that every traced beam step reports the share of
+    its B x K rows that take a copy (a host callback) into the yielded list."""
     counts: list[float] = []
     original = beam_loop.reorder_cache
 
@@ -63,12 +64,18 @@ def moved_share(model: Transformer, params, src, max_len: int, forced: bool) -> 
         return original(new, old, rows_N)
 
     beam_loop.reorder_cache = recording
-    jax.clear_caches()
+    jax.clear_caches()  # decoders traced before would not call the wrapper
     try:
-        fn = decoder(model, model.step, "beam", max_len, forced)
-        jax.block_until_ready(fn(params, src))
+        yield counts
     finally:
         beam_loop.reorder_cache = original
+
+
+def moved_share(model: Transformer, params, src, max_len: int, forced: bool) -> float:
+    """Mean share of the B x K rows that take a copy per step (a separate, untimed run)."""
+    with recording_moved() as counts:
+        fn = decoder(model, model.step, "beam", max_len, forced)
+        jax.block_until_ready(fn(params, src))
     return float(np.mean(counts)) if counts else float("nan")
 
 
@@ -88,13 +95,6 @@ def moved_on_run(run: str, batch: int) -> dict:
     for i, x in enumerate(ids):
         src[i, : len(x)] = x
     max_len = min(c.max_len, 2 * src.shape[1] + 10)
-    counts: list[float] = []
-    original = beam_loop.reorder_cache
-
-    def recording(new, old, rows_N):
-        moved = (rows_N != np.arange(rows_N.shape[0])).mean()
-        jax.debug.callback(lambda m: counts.append(float(m)), moved)
-        return original(new, old, rows_N)
 
     @jax.jit
     def run_beam(params, src_BxS):
@@ -104,12 +104,9 @@ def moved_on_run(run: str, batch: int) -> dict:
                            max_len=max_len, alpha=0.6, bos_id=c.bos_id, eos_id=c.eos_id,
                            pad_id=c.pad_id)  # fmt: skip
 
-    beam_loop.reorder_cache = recording
-    try:
+    with recording_moved() as counts:
         out = run_beam(params, src)
         jax.block_until_ready(out.tokens)
-    finally:
-        beam_loop.reorder_cache = original
     return {"run": run, "sentences": len(ids), "steps": len(counts),
             "moved": float(np.mean(counts)), "mean_len": float(np.mean(out.lengths))}  # fmt: skip
 
@@ -136,9 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     if trained:
         print(trained, flush=True)
 
-    cfg = ModelConfig(family="transformer", vocab_size=8000, d_model=512, d_ff=2048,
-                      num_heads=8, num_encoder_layers=6, num_decoder_layers=6, max_len=256,
-                      dropout=0.0, tie_output=False, share_embeddings=False)  # fmt: skip
+    cfg = BASE_CONFIG
     model = Transformer(cfg)
     base = model.init(jax.random.key(0))
     before = os.popen("uptime").read().strip()
@@ -147,9 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         forced = regime == "forced"
         params = base
         if not forced:  # a bias that makes EOS likely after a few tokens
-            bias = params["params"]["logits_dense"]["bias"]
-            params = jax.tree.map(lambda x: x, params)
-            params["params"]["logits_dense"]["bias"] = bias.at[cfg.eos_id].add(args.eos_bias)
+            params = eos_biased(params, cfg, args.eos_bias)
         if args.quantize:
             params = quantize_params(params, mode=args.quantize)
         for batch in (int(b) for b in args.batches.split(",")):
@@ -160,13 +153,7 @@ def main(argv: list[str] | None = None) -> None:
                 fns[name] = compiled(model, params, src, args.new_tokens, forced, row_bytes)
                 outs[name] = np.asarray(fns[name](params, src))
                 first[name] = time.perf_counter() - t0
-            times: dict[str, list[float]] = {name: [] for name in fns}
-            for _ in range(args.repeats):
-                for name, fn in fns.items():
-                    t0 = time.perf_counter()
-                    jax.block_until_ready(fn(params, src))
-                    times[name].append(time.perf_counter() - t0)
-            med = {name: statistics.median(v) for name, v in times.items()}
+            med = interleaved_medians(fns, params, src, args.repeats)
             lengths = (outs["copy"][:, 0] != cfg.pad_id).sum(-1)
             row = {
                 "regime": regime, "batch": batch,

@@ -75,6 +75,30 @@ def decoder(model: Transformer, step: Any, method: str, max_len: int, forced: bo
     return run
 
 
+BASE_CONFIG = ModelConfig(family="transformer", vocab_size=8000, d_model=512, d_ff=2048,
+                          num_heads=8, num_encoder_layers=6, num_decoder_layers=6, max_len=256,
+                          dropout=0.0, tie_output=False, share_embeddings=False)  # fmt: skip
+
+
+def eos_biased(params: Any, cfg: ModelConfig, bias: float) -> Any:
+    """``params`` with ``bias`` added to EOS's output bias (rows end after a few tokens)."""
+    old = params["params"]["logits_dense"]["bias"]
+    params = jax.tree.map(lambda x: x, params)
+    params["params"]["logits_dense"]["bias"] = old.at[cfg.eos_id].add(bias)
+    return params
+
+
+def interleaved_medians(fns: dict[str, Any], params: Any, src: Any, repeats: int) -> dict:
+    """Median seconds per call of each program, timed in interleaved rounds (warm)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(params, src))
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cells", default="greedy:1,greedy:64,beam:1,beam:16,beam:64",
@@ -91,9 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="experiments/results/bench_phases")
     args = p.parse_args(argv)
 
-    cfg = ModelConfig(family="transformer", vocab_size=8000, d_model=512, d_ff=2048,
-                      num_heads=8, num_encoder_layers=6, num_decoder_layers=6, max_len=256,
-                      dropout=0.0, tie_output=False, share_embeddings=False)  # fmt: skip
+    cfg = BASE_CONFIG
     model = Transformer(cfg)
     base = model.init(jax.random.key(0))
     before = os.popen("uptime").read().strip()
@@ -101,9 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     for regime in args.regimes.split(","):
         params = base
         if regime == "eos":  # a bias that makes EOS likely after a few tokens
-            bias = params["params"]["logits_dense"]["bias"]
-            params = jax.tree.map(lambda x: x, params)
-            params["params"]["logits_dense"]["bias"] = bias.at[cfg.eos_id].add(args.eos_bias)
+            params = eos_biased(params, cfg, args.eos_bias)
         if args.quantize:
             params = quantize_params(params, mode=args.quantize)
         for cell in args.cells.split(","):
@@ -116,13 +136,7 @@ def main(argv: list[str] | None = None) -> None:
                 t0 = time.perf_counter()
                 outs[name] = np.asarray(fns[name](params, src))
                 first[name] = time.perf_counter() - t0
-            times: dict[str, list[float]] = {name: [] for name in fns}
-            for _ in range(args.repeats):
-                for name, fn in fns.items():
-                    t0 = time.perf_counter()
-                    jax.block_until_ready(fn(params, src))
-                    times[name].append(time.perf_counter() - t0)
-            med = {name: statistics.median(v) for name, v in times.items()}
+            med = interleaved_medians(fns, params, src, args.repeats)
             temp_mb = {}
             if args.memory:  # compiles again: the jit cache does not expose the executable
                 for name, fn in fns.items():

@@ -372,10 +372,11 @@ def load_model(
     model = build_model(model_cfg)
     target = param_target(model, model_cfg)
     cached = _params_cache_file(run_dir, which) if keep_params else None
-    stamp = _checkpoints_stamp(run_dir, which) if cached is not None else ""
-    params = _read_cached_params(cached, stamp, target) if cached is not None else None
-    if params is not None:
-        return model, params
+    if cached is not None:
+        stamp = _checkpoints_stamp(run_dir, which)
+        params = _read_cached_params(cached, stamp, target)
+        if params is not None:
+            return model, params
     ckpt = Checkpointer(run_dir, async_save=False)
     try:
         params, _ = ckpt.restore_params(target, which=which)
