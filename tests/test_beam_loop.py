@@ -76,3 +76,42 @@ def test_beam_search_same_hypotheses_with_copied_or_gathered_rows(monkeypatch, n
     copied, gathered = results
     for field in ("tokens", "lengths", "scores", "log_probs"):
         np.testing.assert_array_equal(getattr(copied, field), getattr(gathered, field))
+
+
+class _NoExpand:
+    """``model.step`` without its ``expand``: the decoders repeat every cache leaf."""
+
+    def __init__(self, step):
+        self.step = step
+        self.prepare, self.capacity, self.resize = step.prepare, step.capacity, step.resize
+
+    def __call__(self, *args):
+        return self.step(*args)
+
+
+@pytest.mark.parametrize("family", ["transformer", "transformer_bart"])
+def test_beam_search_with_shared_memory_equals_repeated_memory(family):
+    """The Transformer keeps the memory at one row per source (``expand``); the search is
+    the one that K repeated copies of the memory give."""
+    model, params = model_and_params(family)
+    src, mask, _ = model_inputs(model.config.vocab_size, pad_rows=True)
+    cache = JIT["init_cache"](model, params, JIT["encode"](model, params, src, mask), mask, 24)
+    ids = dict(bos_id=model.config.bos_id, eos_id=model.config.eos_id, pad_id=0)
+    options = dict(beam_size=4, n_best=2, max_len=24, coverage=0.2, src_mask=mask, **ids)
+    out = {}
+    for name, step in (("shared", model.step), ("repeated", _NoExpand(model.step))):
+        run = jax.jit(lambda p, c, step=step: beam_search(step, c, params=p, **options))
+        out[name] = run(params, cache)
+    np.testing.assert_array_equal(out["shared"].tokens, out["repeated"].tokens)
+    np.testing.assert_array_equal(out["shared"].lengths, out["repeated"].lengths)
+    np.testing.assert_allclose(out["shared"].scores, out["repeated"].scores, rtol=1e-5, atol=1e-5)
+
+
+def test_reorder_cache_refuses_a_changed_shared_leaf():
+    """A step whose ``expand`` kept a leaf per source must pass it through unchanged;
+    otherwise the leaf cannot follow the beams, and the loop says so at trace time."""
+    N, B = 8, 2
+    old = {"k": jnp.zeros((N, 4)), "memory": jnp.zeros((B, 3))}
+    new = {"k": old["k"] + 1.0, "memory": old["memory"] + 1.0}
+    with pytest.raises(ValueError, match="shared by a source's beams"):
+        beam_loop.reorder_cache(new, old, jnp.arange(N))

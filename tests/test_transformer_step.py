@@ -84,3 +84,35 @@ def test_position_tables_are_cached_read_only():
     a = transformer_ops.sinusoid_table(16, 8)
     assert a is transformer_ops.sinusoid_table(16, 8) and not a.flags.writeable
     assert jax.numpy.asarray(a).shape == (16, 8)
+
+
+@pytest.mark.parametrize("family", ["transformer", "transformer_bart"])
+def test_expanded_cache_shares_the_memory_and_steps_like_repeated_rows(family):
+    """``expand_cache`` repeats only the self-attention rows; a step over it equals a step
+    over the cache with every leaf repeated (the memory read once per source)."""
+    model, params = model_and_params(family)
+    c = model.config
+    rng = np.random.default_rng(1)
+    B, K, S = 3, 4, 5
+    memory = jnp.asarray(rng.normal(size=(B, S, c.d_model)), jnp.float32)
+    mask = jnp.asarray([[1] * S, [1] * 3 + [0] * 2, [1] * 4 + [0]], bool)
+    cache = model.init_cache(params, memory, mask, 6)
+    shared = transformer_step.expand_cache(cache, K)
+    repeated = jax.tree.map(lambda x: jnp.repeat(x, K, axis=0), cache)
+    for lc, base in zip(shared["layers"], cache["layers"], strict=True):
+        assert lc["ck"] is base["ck"] and lc["cv"] is base["cv"]
+        assert lc["k"].shape[0] == B * K
+    assert shared["src_mask"] is cache["src_mask"]
+    weights = transformer_step.step_weights(c, params)
+    tokens = jnp.asarray(rng.integers(4, c.vocab_size, B * K), jnp.int32)
+    outs = [
+        jax.jit(lambda w, x, t: transformer_step.decode_step(c, w, x, t, jnp.int32(0)))(
+            weights, x, tokens
+        )
+        for x in (shared, repeated)
+    ]
+    (logits_s, cache_s, attn_s), (logits_r, cache_r, attn_r) = outs
+    np.testing.assert_allclose(logits_s, logits_r, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(attn_s, attn_r, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cache_s["layers"][-1]["k"], cache_r["layers"][-1]["k"], atol=1e-5)
+    assert cache_s["layers"][0]["ck"].shape[0] == B  # the memory came back per source

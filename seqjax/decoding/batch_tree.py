@@ -4,10 +4,17 @@ Every array leaf of a cache carries the batch as its leading axis. Decoders fold
 ``K`` beams or samples into that axis with ``repeat_rows`` (row ``b * K + k`` belongs
 to source ``b``) and reorder beams with ``gather_rows``. Scalar (0-d) leaves are left
 untouched, so a cache may hold e.g. a shared step counter.
+
+A step may fold beams in its own way: its optional ``expand(cache, times) -> cache``
+may keep the leaves that every beam of a source reads alike (the Transformer's
+projected memory) at ``B`` rows, while the others get ``B * times``; the step then
+reads row ``n // times`` of those. Such shared leaves must come back from the step as
+the very same arrays, so beam search never reorders them (``beam_loop.reorder_cache``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -53,3 +60,32 @@ def gather_rows(tree: Any, rows_N: jax.Array) -> Any:
     return jax.tree.map(
         lambda x: x if jnp.ndim(x) == 0 else jnp.take(x, rows_N, axis=0, mode="clip"), tree
     )
+
+
+Expand = Callable[[Any, int], Any]  # expand(cache, times) -> cache with beams folded in
+
+
+def cache_expander(step_fn: Any) -> Expand:
+    """The step's ``expand(cache, times)``, or ``repeat_rows`` when it offers none.
+
+    >>> cache_expander(lambda *a: None)({"h": jnp.array([1, 2])}, 2)["h"].tolist()
+    [1, 1, 2, 2]
+    """
+    return getattr(step_fn, "expand", None) or repeat_rows
+
+
+def tuple_expander(step_fns: tuple[Any, ...]) -> Expand:
+    """``expand`` of a cache tuple, one entry per step (ensembles, contrastive decoding).
+
+    >>> class Shared:  # a step that reads its one cache leaf per source
+    ...     expand = staticmethod(lambda cache, times: cache)
+    >>> caches = (jnp.array([1, 2]), jnp.array([3, 4]))
+    >>> [c.tolist() for c in tuple_expander((Shared(), lambda *a: None))(caches, 2)]
+    [[1, 2], [3, 3, 4, 4]]
+    """
+    expanders = tuple(cache_expander(f) for f in step_fns)
+
+    def expand(caches: tuple, times: int) -> tuple:
+        return tuple(e(c, times) for e, c in zip(expanders, caches, strict=True))
+
+    return expand

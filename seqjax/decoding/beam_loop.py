@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from seqjax.decoding.batch_tree import gather_rows, repeat_rows
+from seqjax.decoding.batch_tree import Expand, gather_rows, repeat_rows
 from seqjax.decoding.logit_processors import forced_tokens, prefix_lengths, selection_scores
 from seqjax.decoding.outputs import step_values
 from seqjax.decoding.penalties import LENGTH_PENALTIES, coverage_penalty, length_penalty
@@ -193,6 +193,13 @@ def reorder_cache(new_cache: Any, old_cache: Any, rows_N: jax.Array) -> Any:
     for i, (new, old) in enumerate(zip(new_leaves, old_leaves, strict=True)):
         if new is old or jnp.ndim(new) == 0:
             continue
+        if new.shape[0] != rows_N.shape[0]:
+            raise ValueError(
+                f"a cache leaf of {new.shape[0]} rows (shared by a source's beams: the step's "
+                f"expand kept it per source) came back changed from the step; with "
+                f"{rows_N.shape[0]} beam rows it cannot be reordered. A step must return the "
+                "leaves its expand shares as the very same arrays"
+            )
         if math.prod(new.shape[1:]) * new.dtype.itemsize >= COPY_ROW_BYTES:
             big.append(i)
         else:
@@ -512,6 +519,7 @@ def run_beam_loop(
     emit: Emitter | None = None,
     rank_fn: RankFn | None = None,
     resize: Resize | None = None,
+    expand: Expand = repeat_rows,
 ) -> DecodeResult:
     """The compiled beam loop over a score function (``cache`` has ``B`` rows).
 
@@ -533,7 +541,9 @@ def run_beam_loop(
     search's bank allocation); without it the K best raw totals stay live. ``resize``
     (static, the step's optional ``resize``): run the loop in phases of growing cache
     length, so attention and the per-step cache reorder read only the prefix a phase
-    can have filled (``seqjax.decoding.phases``).
+    can have filled (``seqjax.decoding.phases``). ``expand`` (static, the step's
+    optional ``expand``, ``batch_tree.cache_expander``): folds the ``K`` beams into the
+    cache's rows, possibly keeping leaves that a source's beams share at ``B`` rows.
     """
     B, K, L = batch_size, beam_size, max_len
     S = source_len or 0
@@ -589,13 +599,13 @@ def run_beam_loop(
             new = new._replace(stream=stream, position=new.position + ack)  # ack = 0
         return new
 
-    init = _initial_state(q, repeat_rows(cache, K), pad_id)
+    init = _initial_state(q, expand(cache, K), pad_id)
     if start is not None:  # every beam holds the prompt; only beam 0 is alive
         init = init._replace(
             position=start.position,
             live_tokens=jnp.repeat(start.tokens[:, None], K, axis=1),
             live_log_probs=jnp.repeat(start.log_probs[:, None], K, axis=1),
-            cache=repeat_rows(start.cache, K),
+            cache=expand(start.cache, K),
         )
     if output_widths:
         zeros = lambda rows, x: jnp.zeros((B, rows, L, x), jnp.float32)  # noqa: E731

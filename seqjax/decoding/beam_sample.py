@@ -35,6 +35,7 @@ from jax import lax
 
 from seqjax.decode_checks import STREAM_EVERY
 from seqjax.decoding.arg_checks import check_decoder_call
+from seqjax.decoding.batch_tree import cache_expander
 from seqjax.decoding.beam_loop import (
     SelectFn,
     check_beam_args,
@@ -148,5 +149,6 @@ def beam_sample(
         output_widths=output_widths(outputs, vocab_size, source_len),
         emit=emitter(stream, stream_every),
         resize=cache_resizer(step_fn),
+        expand=cache_expander(step_fn),
     )
     return result if pool == n_best else jax.tree.map(lambda x: x[:, :n_best], result)

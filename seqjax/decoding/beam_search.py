@@ -12,6 +12,7 @@ import jax
 
 from seqjax.decode_checks import STREAM_EVERY
 from seqjax.decoding.arg_checks import check_decoder_call
+from seqjax.decoding.batch_tree import cache_expander
 from seqjax.decoding.beam_loop import (
     check_beam_args,
     check_early_stopping,
@@ -163,5 +164,6 @@ def beam_search(
         output_widths=output_widths(outputs, vocab_size, source_len),
         emit=emitter(stream, stream_every),
         resize=cache_resizer(step_fn),
+        expand=cache_expander(step_fn),
     )
     return result if pool == n_best else jax.tree.map(lambda x: x[:, :n_best], result)

@@ -8,6 +8,7 @@ import jax
 
 from seqjax.decode_checks import STREAM_EVERY
 from seqjax.decoding.arg_checks import check_decoder_call
+from seqjax.decoding.batch_tree import tuple_expander
 from seqjax.decoding.beam_loop import check_beam_args, coverage_source_len, run_beam_loop
 from seqjax.decoding.outputs import check_outputs, output_widths
 from seqjax.decoding.phases import tuple_resizer
@@ -149,7 +150,7 @@ def contrastive(
         alpha=alpha, length_penalty_kind=length_penalty, coverage=coverage, src_mask_BxS=src_mask,
         monotone=False, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, prefix_BxP=prefix,
         score_prompt=score_prompt, last_B=plan.last, output_widths=widths, emit=emitter(stream, stream_every),
-        resize=resize,
+        resize=resize, expand=tuple_expander((expert_step_fn, amateur_step_fn)),
     )  # fmt: skip
 
 

@@ -47,6 +47,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from seqjax.decoding.batch_tree import tuple_expander
 from seqjax.decoding.phases import tuple_resizer
 from seqjax.decoding.step import StepFn, call_step
 
@@ -115,6 +116,11 @@ class Ensemble:
     def resize(self) -> Callable | None:
         """The members' ``resize`` over the cache tuple (``seqjax.decoding.phases``)."""
         return tuple_resizer(self.members)
+
+    @property
+    def expand(self) -> Callable:
+        """The members' ``expand`` over the cache tuple (``batch_tree.cache_expander``)."""
+        return tuple_expander(self.members)
 
     def _check_tuple(self, name: str, value: Any) -> None:
         if not isinstance(value, tuple | list) or len(value) != len(self.members):

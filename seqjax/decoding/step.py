@@ -22,7 +22,10 @@ Optional: a step may offer ``prefill(tokens_BxP, cache) -> (logits_BxPxV, cache)
 pass; decoders then feed a prompt through it instead of one position per step.
 ``model.step`` offers it (the Transformer in one forward pass). It may also offer
 ``resize(cache, length) -> cache`` (the same in both forms: no params), which lets
-the decoders run in phases of growing cache length (``seqjax.decoding.phases``).
+the decoders run in phases of growing cache length (``seqjax.decoding.phases``), and
+``expand(cache, times) -> cache`` (no params either), which folds a source's beams into
+the cache's rows in its own way: leaves every beam reads alike may stay at one row per
+source, as long as the step returns them unchanged (``seqjax.decoding.batch_tree``).
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ def bind_params(step_fn: Any, params: Any) -> StepFn:
         step.capacity = step_fn.capacity
     if getattr(step_fn, "resize", None) is not None:  # decoding in phases (phases.py)
         step.resize = step_fn.resize
+    if getattr(step_fn, "expand", None) is not None:  # beams share per-source leaves
+        step.expand = step_fn.expand
     if (
         getattr(step_fn, "prefill", None) is not None
     ):  # prompts in one pass (seqjax.decoding.prompt)

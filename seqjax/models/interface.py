@@ -126,6 +126,10 @@ class EncoderDecoder:
     # decoded; decoders then run in phases of growing cache length
     # (``seqjax.decoding.phases``). None: the cache has no time axis (the RNN).
     resize_cache: ClassVar[Callable | None] = None
+    # ``expand_cache(cache, times) -> cache``: the cache with ``times`` beams per source
+    # folded into its rows, leaves that a source's beams share kept at one row per source
+    # (``seqjax.decoding.batch_tree``). None: every leaf is repeated.
+    expand_cache: ClassVar[Callable | None] = None
 
     @property
     def step(self) -> ModelStep:
@@ -152,6 +156,8 @@ class EncoderDecoder:
             step.prefill = lambda tokens, cache: self.prepared_prefill(weights, cache, tokens)
         if self.resize_cache is not None:
             step.resize = self.resize_cache  # decoding in phases (seqjax.decoding.phases)
+        if self.expand_cache is not None:
+            step.expand = self.expand_cache  # beams share the projected memory
         return step
 
     def cache_capacity(self, cache: Cache) -> int | None:
@@ -207,6 +213,13 @@ class ModelStep:
         """``resize(cache, length)``: the cache with room for ``length`` positions, where
         the model offers it (``resize_cache``); None otherwise."""
         return self.model.resize_cache
+
+    @property
+    def expand(self) -> Callable | None:
+        """``expand(cache, times)``: beams folded into the cache's rows, the leaves they
+        share kept per source, where the model offers it (``expand_cache``); None
+        otherwise (decoders then repeat every leaf)."""
+        return self.model.expand_cache
 
     @property
     def prefill(self) -> Callable | None:

@@ -419,6 +419,11 @@ class Transformer(EncoderDecoder):
         phases, ``seqjax.decoding.phases``; layout in ``transformer_step``)."""
         return transformer_step.resize_cache(cache, length)
 
+    def expand_cache(self, cache: Cache, times: int) -> Cache:
+        """``times`` beams per source: the self-attention keys/values repeated, the
+        memory's keys/values and mask kept at one row per source (``transformer_step``)."""
+        return transformer_step.expand_cache(cache, times)
+
     def prepared_step(
         self, weights: Params, cache: Cache, token_B: jax.Array, position: jax.Array
     ) -> tuple[jax.Array, Cache, jax.Array]:
