@@ -294,3 +294,16 @@ def model_inputs(vocab: int, pad_rows: bool):
     tgt = rng.integers(4, vocab, (3, 7)).astype(np.int32)
     src = jnp.asarray(src)
     return src, src != 0, jnp.asarray(tgt)
+
+
+class without_expand:  # noqa: N801 (used like a function)
+    """``model.step`` without its ``expand``: decoders then repeat every cache leaf (the
+    reference for the shared-memory layout)."""
+
+    def __init__(self, step):
+        self.step = step
+        self.prepare, self.capacity, self.resize = step.prepare, step.capacity, step.resize
+        self.prefill = step.prefill
+
+    def __call__(self, *args):
+        return self.step(*args)

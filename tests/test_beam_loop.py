@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import JIT, model_and_params, model_inputs
+from conftest import JIT, model_and_params, model_inputs, without_expand
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -78,17 +78,6 @@ def test_beam_search_same_hypotheses_with_copied_or_gathered_rows(monkeypatch, n
         np.testing.assert_array_equal(getattr(copied, field), getattr(gathered, field))
 
 
-class _NoExpand:
-    """``model.step`` without its ``expand``: the decoders repeat every cache leaf."""
-
-    def __init__(self, step):
-        self.step = step
-        self.prepare, self.capacity, self.resize = step.prepare, step.capacity, step.resize
-
-    def __call__(self, *args):
-        return self.step(*args)
-
-
 @pytest.mark.parametrize("family", ["transformer", "transformer_bart"])
 def test_beam_search_with_shared_memory_equals_repeated_memory(family):
     """The Transformer keeps the memory at one row per source (``expand``); the search is
@@ -99,7 +88,7 @@ def test_beam_search_with_shared_memory_equals_repeated_memory(family):
     ids = dict(bos_id=model.config.bos_id, eos_id=model.config.eos_id, pad_id=0)
     options = dict(beam_size=4, n_best=2, max_len=24, coverage=0.2, src_mask=mask, **ids)
     out = {}
-    for name, step in (("shared", model.step), ("repeated", _NoExpand(model.step))):
+    for name, step in (("shared", model.step), ("repeated", without_expand(model.step))):
         run = jax.jit(lambda p, c, step=step: beam_search(step, c, params=p, **options))
         out[name] = run(params, cache)
     np.testing.assert_array_equal(out["shared"].tokens, out["repeated"].tokens)

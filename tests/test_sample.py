@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import JIT, model_and_params, model_inputs, without_expand
 from toy_models import (
     IDS,
     PAD,
@@ -83,3 +84,24 @@ def test_sample_is_reproducible_and_key_dependent(cache3):
     repeated = jax.tree.map(lambda x: jnp.repeat(x, 4, axis=0), cache3)
     own, _ = jitted(score)(rnn_step, repeated, a.tokens.reshape(12, 6), **IDS)
     np.testing.assert_allclose(own.reshape(3, 4, 6), a.log_probs, atol=1e-5)
+
+
+def test_samples_share_the_memory_and_draw_what_repeated_rows_draw():
+    """``num_samples`` rows per source over the Transformer's per-source memory (its step's
+    ``expand``): the same draws as with every cache leaf repeated, prompt prefill included."""
+    model, params = model_and_params("transformer")
+    src, mask, _ = model_inputs(model.config.vocab_size, pad_rows=True)
+    cache = JIT["init_cache"](model, params, JIT["encode"](model, params, src, mask), mask, 12)
+    B = src.shape[0]
+    prefix = jnp.full((B, 2), model.config.bos_id, jnp.int32).at[:, 1].set(5)
+    ids = dict(bos_id=model.config.bos_id, eos_id=model.config.eos_id, pad_id=0)
+    out = {}
+    for name, step in (("shared", model.step), ("repeated", without_expand(model.step))):
+        run = jax.jit(
+            lambda p, c, k, step=step: sample(
+                step, c, params=p, key=k, num_samples=3, max_len=12, prefix=prefix, **ids
+            )
+        )
+        out[name] = run(params, cache, jax.random.key(3))
+    np.testing.assert_array_equal(out["shared"].tokens, out["repeated"].tokens)
+    np.testing.assert_allclose(out["shared"].scores, out["repeated"].scores, rtol=1e-5, atol=1e-5)

@@ -8,7 +8,7 @@ import jax
 
 from seqjax.decode_checks import STREAM_EVERY
 from seqjax.decoding.arg_checks import check_decoder_call
-from seqjax.decoding.batch_tree import repeat_rows
+from seqjax.decoding.batch_tree import cache_expander, repeat_rows
 from seqjax.decoding.outputs import check_outputs, output_widths
 from seqjax.decoding.phases import cache_resizer
 from seqjax.decoding.prompt import prefill_prompt, prompt_controls, rows, total_len
@@ -109,10 +109,14 @@ def sample(
     score_fn = sampling_scores(step_fn, controls, temperature=temperature, top_k=top_k, top_p=top_p)
     start = prefill_prompt(step_fn, cache, prefix, bos_id=bos_id, pad_id=pad_id,
                            max_len=max_len, score_prompt=score_prompt)  # fmt: skip
+    expand = cache_expander(step_fn)  # the step may keep leaves the samples share per source
+    if start is not None:
+        samples = repeat_rows(start._replace(cache=None), num_samples)
+        start = samples._replace(cache=expand(start.cache, num_samples))
     out = run_token_loop(
         score_fn,
         choose_categorical,
-        repeat_rows(cache, num_samples),
+        expand(cache, num_samples),
         num_rows=B * num_samples,
         max_len=max_len,
         bos_id=bos_id,
@@ -121,7 +125,7 @@ def sample(
         prefix_NxP=None if prefix is None else repeat_rows(prefix, num_samples),
         score_prompt=score_prompt,
         last_N=rows(plan.last, num_samples),
-        start=None if start is None else repeat_rows(start, num_samples),
+        start=start,
         key=key,
         output_widths=output_widths(outputs, vocab_size, source_len),
         emit=emitter(stream, stream_every),
