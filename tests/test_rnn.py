@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import JIT, model_and_params, model_inputs
+from conftest import JIT, model_and_params, model_inputs, without_expand
 
 from seqjax.config import ConfigError, model_preset
 from seqjax.decoding import beam_search, contrastive, greedy, jitted, sample, score
@@ -104,3 +104,22 @@ def test_rnn_config_validation():
         model_preset("rnn_tiny", rnn_attention="dot")
     with pytest.raises(ConfigError, match="rnn_hidden"):
         model_preset("rnn_tiny", rnn_hidden=-1)
+
+
+@pytest.mark.parametrize("family", ["rnn_bahdanau", "rnn_luong"])
+def test_beam_search_over_a_shared_memory_equals_repeated_rows(family):
+    """``expand_cache`` keeps the memory, its keys and mask per source (the same arrays);
+    beam search over it finds what it finds with every leaf repeated, attention included."""
+    model, params = _model_and_params(family)
+    src, mask, _ = _inputs(model.config.vocab_size, pad_rows=True)
+    cache = _init_cache(model, params, _encode(model, params, src, mask), mask, 10)
+    shared = model.expand_cache(cache, 4)
+    assert shared["memory"] is cache["memory"] and shared["keys"] is cache["keys"]
+    assert shared["h"].shape[0] == 4 * src.shape[0]
+    options = dict(beam_size=4, n_best=2, max_len=10, coverage=0.3, src_mask=mask, **IDS)
+    out = {}
+    for name, step in (("shared", model.step), ("repeated", without_expand(model.step))):
+        run = jax.jit(lambda p, c, step=step: beam_search(step, c, params=p, **options))
+        out[name] = run(params, cache)
+    np.testing.assert_array_equal(out["shared"].tokens, out["repeated"].tokens)
+    np.testing.assert_allclose(out["shared"].scores, out["repeated"].scores, rtol=1e-5, atol=1e-5)

@@ -25,11 +25,15 @@ Architecture (``H = rnn_hidden or d_model``, ``E = d_model``, ``L`` layers):
 Cache layout (every leaf leads with the batch axis; nothing grows with ``t``, so
 ``max_len`` is accepted for interface compatibility only)::
 
-    cache["h"], cache["c"]:  [B, L, H]  LSTM state per decoder layer
-    cache["context"]:        [B, M]     previous attention context (fed back as input)
+    cache["h"], cache["c"]:  [N, L, H]  LSTM state per decoder layer
+    cache["context"]:        [N, M]     previous attention context (fed back as input)
     cache["keys"]:           [B, S, K]  attention keys of the memory, projected once
     cache["memory"]:         [B, S, M]  encoder output (attention values)
     cache["src_mask"]:       [B, S]     True at real source tokens
+
+``N = B`` as made; ``expand_cache(cache, K)`` gives each source ``K`` rows of state
+(beams, ``N = B * K``) and keeps the memory, its keys and mask at one row per source:
+a source's beams attend over it together.
 """
 
 from __future__ import annotations
@@ -118,7 +122,12 @@ def attend(
     mask_BxS: jax.Array,
     dtype,
 ) -> tuple[jax.Array, jax.Array]:
-    """Context ``[B, M]`` and weights ``[B, S]`` (softmax in float32, 0 at PAD)."""
+    """Context ``[B, M]`` and weights ``[B, S]`` (softmax in float32, 0 at PAD).
+
+    The query may have ``N = B * R`` rows, ``R`` consecutive ones per source (beams over
+    a memory kept once per source, ``expand_cache``): then ``[N, M]`` and ``[N, S]``."""
+    if query_BxH.shape[0] != keys_BxSxK.shape[0]:
+        return _attend_grouped(kind, w, query_BxH, keys_BxSxK, memory_BxSxM, mask_BxS, dtype)
     if kind == "bahdanau":
         q = _mm(query_BxH, w["w_q"], dtype)[:, None, :]
         scores = jnp.einsum("bsk,k->bs", jnp.tanh(keys_BxSxK + q), w["v"].astype(jnp.float32))
@@ -128,6 +137,50 @@ def attend(
     weights = jnp.where(mask_BxS, weights, 0.0)  # an all-PAD row attends to nothing
     context = jnp.einsum("bs,bsm->bm", weights, memory_BxSxM.astype(jnp.float32))
     return context, weights
+
+
+def _attend_grouped(
+    kind: str,
+    w: dict[str, jax.Array],
+    query_NxH: jax.Array,
+    keys_BxSxK: jax.Array,
+    memory_BxSxM: jax.Array,
+    mask_BxS: jax.Array,
+    dtype,
+) -> tuple[jax.Array, jax.Array]:
+    """``attend`` for ``N = B * R`` queries, ``R`` per source, over ``B`` memories."""
+    n, b = query_NxH.shape[0], keys_BxSxK.shape[0]
+    if n % b:
+        raise ValueError(f"{n} query rows do not divide into the memory's {b} sources")
+    r = n // b
+    if kind == "bahdanau":
+        q_BxRx1xK = _mm(query_NxH, w["w_q"], dtype).reshape(b, r, 1, -1)
+        hidden = jnp.tanh(keys_BxSxK[:, None] + q_BxRx1xK)
+        scores = jnp.einsum("brsk,k->brs", hidden, w["v"].astype(jnp.float32))
+    else:
+        scores = jnp.einsum("bsk,brk->brs", keys_BxSxK, query_NxH.reshape(b, r, -1))
+    mask = mask_BxS[:, None, :]
+    weights = jax.nn.softmax(jnp.where(mask, scores, _NEG_INF), axis=-1)
+    weights = jnp.where(mask, weights, 0.0)
+    context = jnp.einsum("brs,bsm->brm", weights, memory_BxSxM.astype(jnp.float32))
+    return context.reshape(n, -1), weights.reshape(n, -1)
+
+
+def expand_cache(cache: Cache, times: int) -> Cache:
+    """``times`` beams per source: the LSTM state and fed-back context repeated, the
+    memory, its keys and mask kept at one row per source (the same arrays).
+
+    >>> c = {"h": jnp.zeros((2, 1, 3)), "c": jnp.zeros((2, 1, 3)),
+    ...      "context": jnp.zeros((2, 4)), "keys": jnp.zeros((2, 5, 3)),
+    ...      "memory": jnp.zeros((2, 5, 4)), "src_mask": jnp.ones((2, 5), bool)}
+    >>> e = expand_cache(c, 3)
+    >>> e["h"].shape, e["context"].shape, e["memory"].shape
+    ((6, 1, 3), (6, 4), (2, 5, 4))
+    """
+    if times == 1:
+        return cache
+    state = {k: jnp.repeat(cache[k], times, axis=0) for k in ("h", "c", "context")}
+    return {**cache, **state}
 
 
 def _forget_bias_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
@@ -362,3 +415,7 @@ class RNN(EncoderDecoder):
     """The bi-LSTM encoder / attentional LSTM decoder on the shared interface."""
 
     net_class = RNNNet
+
+    def expand_cache(self, cache: Cache, times: int) -> Cache:
+        """Beams share the memory (module-level ``expand_cache``)."""
+        return expand_cache(cache, times)
