@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_phases import BASE_CONFIG, decoder, interleaved_medians  # noqa: E402
 from results_io import write_results  # noqa: E402
 
+from seqjax.models.quantize import QUANT_MODES, quantize_params  # noqa: E402
 from seqjax.models.transformer import Transformer  # noqa: E402
 
 
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--new-tokens", type=int, default=64, help="random model: output tokens")
     p.add_argument("--run", action="append", default=[], help="a trained run (repeatable)")
     p.add_argument("--no-random", action="store_true", help="only the --run models")
+    p.add_argument("--quantize", choices=QUANT_MODES, help="int8 weights (default float32)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds per cell")
     p.add_argument("--out", default="experiments/results/bench_shared_memory")
     args = p.parse_args(argv)
@@ -112,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_random:
         model = Transformer(BASE_CONFIG)
         params = model.init(jax.random.key(0))
+        if args.quantize:
+            params = quantize_params(params, mode=args.quantize)
         for batch in batches:
             src = jax.random.randint(
                 jax.random.key(1), (batch, args.src_len), 4, BASE_CONFIG.vocab_size
@@ -124,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
         from seqjax.app import run_dir
 
         model, params = run_dir.load_model(run)
+        if args.quantize:
+            params = quantize_params(params, mode=args.quantize)
         for batch in batches:
             src = test_sources(run, batch)
             max_len = min(model.config.max_len, 2 * src.shape[1] + 10)
@@ -133,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
     meta = {
         "beam_size": 4,
+        "quantize": args.quantize or "float32",
         "repeats": args.repeats,
         "uptime_before": before,
         "uptime_after": os.popen("uptime").read().strip(),
@@ -141,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "# Beam search: one memory per source (the step's expand) vs K repeated copies",
         "",
-        f"Beam 4; median of {args.repeats} interleaved rounds of the two compiled programs. "
+        f"Beam 4, {meta['quantize']}; median of {args.repeats} interleaved rounds of the two compiled programs. "
         f"Load before `{before}`, after `{meta['uptime_after']}`. Command: "
         f"`{meta['command']}`.",
         "",
