@@ -307,3 +307,17 @@ class without_expand:  # noqa: N801 (used like a function)
 
     def __call__(self, *args):
         return self.step(*args)
+
+
+def beam_search_shared_and_repeated(model, params, cache, **options):
+    """``beam_search`` with ``model.step`` (its ``expand`` shares per-source leaves) and with
+    ``without_expand(model.step)`` (every leaf repeated): ``(shared, repeated)`` results."""
+    import jax
+
+    from seqjax.decoding import beam_search
+
+    out = []
+    for step in (model.step, without_expand(model.step)):
+        run = jax.jit(lambda p, c, step=step: beam_search(step, c, params=p, **options))
+        out.append(run(params, cache))
+    return tuple(out)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import JIT, model_and_params, model_inputs, without_expand
+from conftest import JIT, beam_search_shared_and_repeated, model_and_params, model_inputs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -87,13 +87,10 @@ def test_beam_search_with_shared_memory_equals_repeated_memory(family):
     cache = JIT["init_cache"](model, params, JIT["encode"](model, params, src, mask), mask, 24)
     ids = dict(bos_id=model.config.bos_id, eos_id=model.config.eos_id, pad_id=0)
     options = dict(beam_size=4, n_best=2, max_len=24, coverage=0.2, src_mask=mask, **ids)
-    out = {}
-    for name, step in (("shared", model.step), ("repeated", without_expand(model.step))):
-        run = jax.jit(lambda p, c, step=step: beam_search(step, c, params=p, **options))
-        out[name] = run(params, cache)
-    np.testing.assert_array_equal(out["shared"].tokens, out["repeated"].tokens)
-    np.testing.assert_array_equal(out["shared"].lengths, out["repeated"].lengths)
-    np.testing.assert_allclose(out["shared"].scores, out["repeated"].scores, rtol=1e-5, atol=1e-5)
+    shared, repeated = beam_search_shared_and_repeated(model, params, cache, **options)
+    np.testing.assert_array_equal(shared.tokens, repeated.tokens)
+    np.testing.assert_array_equal(shared.lengths, repeated.lengths)
+    np.testing.assert_allclose(shared.scores, repeated.scores, rtol=1e-5, atol=1e-5)
 
 
 def test_reorder_cache_refuses_a_changed_shared_leaf():

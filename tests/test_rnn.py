@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import JIT, model_and_params, model_inputs, without_expand
+from conftest import JIT, beam_search_shared_and_repeated, model_and_params, model_inputs
 
 from seqjax.config import ConfigError, model_preset
 from seqjax.decoding import beam_search, contrastive, greedy, jitted, sample, score
@@ -117,9 +117,6 @@ def test_beam_search_over_a_shared_memory_equals_repeated_rows(family):
     assert shared["memory"] is cache["memory"] and shared["keys"] is cache["keys"]
     assert shared["h"].shape[0] == 4 * src.shape[0]
     options = dict(beam_size=4, n_best=2, max_len=10, coverage=0.3, src_mask=mask, **IDS)
-    out = {}
-    for name, step in (("shared", model.step), ("repeated", without_expand(model.step))):
-        run = jax.jit(lambda p, c, step=step: beam_search(step, c, params=p, **options))
-        out[name] = run(params, cache)
-    np.testing.assert_array_equal(out["shared"].tokens, out["repeated"].tokens)
-    np.testing.assert_allclose(out["shared"].scores, out["repeated"].scores, rtol=1e-5, atol=1e-5)
+    shared_out, repeated = beam_search_shared_and_repeated(model, params, cache, **options)
+    np.testing.assert_array_equal(shared_out.tokens, repeated.tokens)
+    np.testing.assert_allclose(shared_out.scores, repeated.scores, rtol=1e-5, atol=1e-5)
