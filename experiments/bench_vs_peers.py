@@ -23,6 +23,12 @@ not part of the test suite. Example (about 15 minutes on 2 cores)::
 
     python experiments/bench_vs_peers.py --repeats 5
     python experiments/bench_vs_peers.py --batches 1 --repeats 2 --out /tmp/smoke  # quick
+
+``--isa AVX2`` caps every system at AVX2 (``results_io.cap_isa``) to emulate an AVX2-only
+CPU on an AVX-512 one; with ``CT2_USE_MKL=0`` CT2 also takes oneDNN, its GEMM library on
+non-Intel CPUs. The results record the caps and one GEMM's speed in JAX and torch::
+
+    CT2_USE_MKL=0 python experiments/bench_vs_peers.py --isa AVX2 --repeats 3 --int8
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from results_io import write_results
+from results_io import cap_isa, write_results
 
 from seqjax.decoding import beam_search, greedy
 from seqjax.interop.hf import load_hf
@@ -132,6 +138,36 @@ class SeqjaxRunner:
 
     def __call__(self, src_BxS: np.ndarray, method: str, beam: int) -> np.ndarray:
         return np.asarray(self._fn(method, beam)(self.params, jnp.asarray(src_BxS, jnp.int32)))
+
+
+def gemm_probe(threads: int, m: int = 64, k: int = 512, n: int = 2048) -> dict[str, Any]:
+    """GFLOP/s of one decode-shaped float32 GEMM in JAX and in torch (best of 5), and the
+    kernel level torch picked: shows whether an ``--isa`` cap reached each library."""
+    import torch
+
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    a = rng.random((m, k), dtype=np.float32)
+    b = rng.random((k, n), dtype=np.float32)
+    aj, bj = jnp.asarray(a), jnp.asarray(b)
+    at, bt = torch.from_numpy(a), torch.from_numpy(b)
+    mm = jax.jit(jnp.matmul)
+
+    def best(f: Any, reps: int = 20) -> float:
+        f()
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                f()
+            times.append((time.perf_counter() - t0) / reps)
+        return round(2 * m * k * n / min(times) / 1e9, 1)
+
+    return {
+        "jax": best(lambda: mm(aj, bj).block_until_ready()),
+        "torch": best(lambda: at @ bt),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
 
 
 class HFRunner:
@@ -265,7 +301,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
         + ".",
         "",
-        f"Load before: `{meta['uptime_before']}`; after: `{meta['uptime_after']}`.",
+        f"Load before: `{meta['uptime_before']}`; after: `{meta['uptime_after']}`. "
+        f"ISA cap: {meta.get('isa_cap') or 'none'}; GEMM 64x512x2048 GFLOP/s: "
+        f"{meta.get('gemm_probe')}.",
         "",
         "| method | batch | seqjax tok/s | HF PyTorch tok/s | CT2 fp32 tok/s | seqjax/HF | "
         "seqjax/CT2 | seqjax first call s | seqjax compile s |",
@@ -344,9 +382,17 @@ def main(argv: list[str] | None = None) -> None:
         help="seqjax's --quantize mode for --int8: w8a8 (int8 activations too, like CT2's "
         "int8; default) or int8 (weight-only)",
     )
+    p.add_argument(
+        "--isa",
+        choices=("AVX2", "AVX512"),
+        help="cap every system's instruction set (XLA, CTranslate2, ATen, MKL, oneDNN) at this "
+        "level, e.g. AVX2 to emulate an AVX2-only CPU such as issue 19's EPYC on an AVX-512 one",
+    )
     p.add_argument("--workdir", help="where to keep the model dirs (default: a temp dir)")
     p.add_argument("--out", default="experiments/results/bench_vs_peers")
     args = p.parse_args(argv)
+    if args.isa:
+        cap_isa(args.isa)  # before JAX's backend, torch and CT2 initialise
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_vs_peers_"))
     hf_dir, ct2_dir = work / "marian_hf", work / "marian_ct2"
@@ -354,6 +400,8 @@ def main(argv: list[str] | None = None) -> None:
         build_marian(hf_dir, args.seed)
     if not (ct2_dir / "model.bin").is_file():
         convert_ct2(hf_dir, ct2_dir)
+    probe_gemm = gemm_probe(args.threads)
+    print("GEMM 64x512x2048 GFLOP/s:", probe_gemm, flush=True)
     before = uptime()
     print("load:", before, flush=True)
     sj = SeqjaxRunner(hf_dir, args.new_tokens)
@@ -438,6 +486,8 @@ def main(argv: list[str] | None = None) -> None:
         "greedy_agreement": agree,
         "seqjax_traces": sj.traces,
         "seqjax_int8_mode": args.int8_mode if args.int8 else None,
+        "isa_cap": args.isa,
+        "gemm_probe": probe_gemm,
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_results(args.out, meta, rows, markdown(rows, meta))

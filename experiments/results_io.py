@@ -18,6 +18,41 @@ LOAD_BEFORE = os.getloadavg()
 
 ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
 
+# The environment variables that cap each system's instruction set (see ``cap_isa``), and
+# CT2_USE_MKL, which picks CTranslate2's GEMM library (MKL on Intel CPUs by default, oneDNN
+# elsewhere): recorded with the machine because each changes a peer's speed.
+ISA_CAP_VARS = (
+    "CT2_USE_MKL",
+    "CT2_FORCE_CPU_ISA",
+    "ATEN_CPU_CAPABILITY",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+)
+
+
+def cap_isa(isa: str) -> dict[str, str]:
+    """Cap every system's instruction set at ``isa`` ("AVX2"): call before any of them loads.
+
+    Emulates a CPU without AVX-512/AMX (issue 19's EPYC) on one that has them: XLA's own
+    code generation (``--xla_cpu_max_isa``), CTranslate2's kernels, PyTorch's ATen kernels,
+    MKL and oneDNN each read their own variable, once, when they initialise. Returns the
+    variables set. The libraries' GEMMs may still pick their own kernels where they ignore
+    these variables: a benchmark should report a GEMM's speed under the caps.
+    """
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    flags.append(f"--xla_cpu_max_isa={isa.upper()}")
+    os.environ["XLA_FLAGS"] = " ".join(flags)
+    values = {
+        "CT2_FORCE_CPU_ISA": isa.upper(),
+        "ATEN_CPU_CAPABILITY": isa.lower(),
+        "MKL_ENABLE_INSTRUCTIONS": isa.upper(),
+        "ONEDNN_MAX_CPU_ISA": isa.upper(),
+        "DNNL_MAX_CPU_ISA": isa.upper(),
+    }
+    os.environ.update(values)
+    return values
+
 
 def _cpuinfo() -> tuple[str, set[str]]:
     try:
@@ -49,6 +84,7 @@ def machine_info() -> dict[str, Any]:
         "backend": jax.default_backend(),
         "devices": [d.device_kind for d in jax.devices()],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "isa_caps": {k: os.environ[k] for k in ISA_CAP_VARS if k in os.environ},
         "load_before": [round(x, 2) for x in LOAD_BEFORE],
         "load_after": [round(x, 2) for x in os.getloadavg()],
     }
@@ -60,7 +96,12 @@ def machine_line(info: dict[str, Any]) -> str:
     return (
         f"_Machine: {info['cpu']}, {info['cores']} cores, ISA {isa}; jax {info['jax']} / "
         f"jaxlib {info['jaxlib']} on {info['backend']}; XLA_FLAGS={info['xla_flags'] or '(none)'}; "
-        f"load average {info['load_before'][0]} before, {info['load_after'][0]} after._\n\n"
+        + (
+            "ISA caps " + " ".join(f"{k}={v}" for k, v in info["isa_caps"].items()) + "; "
+            if info.get("isa_caps")
+            else ""
+        )
+        + f"load average {info['load_before'][0]} before, {info['load_after'][0]} after._\n\n"
     )
 
 
