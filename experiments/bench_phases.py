@@ -39,6 +39,7 @@ from results_io import write_results  # noqa: E402
 
 from seqjax.config import ModelConfig  # noqa: E402
 from seqjax.decoding import beam_search, greedy  # noqa: E402
+from seqjax.decoding.diverse_beam_search import diverse_beam_search  # noqa: E402
 from seqjax.models.quantize import QUANT_MODES, quantize_params  # noqa: E402
 from seqjax.models.transformer import Transformer  # noqa: E402
 
@@ -70,6 +71,8 @@ def decoder(model: Transformer, step: Any, method: str, max_len: int, forced: bo
                   bos_id=c.bos_id, eos_id=c.eos_id, pad_id=c.pad_id)  # fmt: skip
         if method == "greedy":
             return greedy(step, cache, **kw).tokens
+        if method == "diverse":  # 2 groups of 2 beams
+            return diverse_beam_search(step, cache, beam_size=4, num_groups=2, **kw).tokens
         return beam_search(step, cache, beam_size=4, n_best=1, **kw).tokens
 
     return run

@@ -5,7 +5,8 @@ leaves a source's beams share at one row per source: the Transformer's projected
 cross-attention keys/values and the RNN's memory and attention keys. This script
 compiles the same beam search (beam 4) twice, once with the model's step and once with
 the step stripped of ``expand`` (every leaf repeated K times, as before), and times
-them interleaved after one warm-up call each:
+them interleaved after one warm-up call each (``--method diverse``: diverse beam search,
+2 groups of 2 beams, instead):
 
 - ``random``: the random transformer-base of ``bench_phases.py`` (6+6 layers, d512,
   8 heads, ffn 2048, vocab 8000), sources of ``--src-len`` random tokens, exactly
@@ -76,12 +77,14 @@ def test_sources(run: str, batch: int) -> np.ndarray:
     return src
 
 
-def cell(model: Any, params: Any, src: Any, max_len: int, forced: bool, repeats: int) -> dict:
+def cell(
+    model: Any, params: Any, src: Any, max_len: int, forced: bool, repeats: int, method: str
+) -> dict:
     """Both programs on one batch: medians, speed-up, first-call seconds, same tokens."""
     fns, first, outs = {}, {}, {}
     for name, step in (("shared", model.step), ("repeated", RepeatedMemory(model.step))):
         t0 = time.perf_counter()
-        fns[name] = decoder(model, step, "beam", max_len, forced).lower(params, src).compile()
+        fns[name] = decoder(model, step, method, max_len, forced).lower(params, src).compile()
         outs[name] = np.asarray(fns[name](params, src))
         first[name] = time.perf_counter() - t0
     med = interleaved_medians(fns, params, src, repeats)
@@ -106,6 +109,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-random", action="store_true", help="only the --run models")
     p.add_argument("--quantize", choices=QUANT_MODES, help="int8 weights (default float32)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds per cell")
+    p.add_argument(
+        "--method",
+        choices=("beam", "diverse"),
+        default="beam",
+        help="beam search (beam 4) or diverse beam search (2 groups of 2 beams)",
+    )
     p.add_argument("--out", default="experiments/results/bench_shared_memory")
     args = p.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
@@ -121,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
                 jax.random.key(1), (batch, args.src_len), 4, BASE_CONFIG.vocab_size
             )
             row = {"model": "random transformer-base, forced length"}
-            row |= cell(model, params, src, args.new_tokens, True, args.repeats)
+            row |= cell(model, params, src, args.new_tokens, True, args.repeats, args.method)
             print(row, flush=True)
             rows.append(row)
     for run in args.run:
@@ -134,11 +143,12 @@ def main(argv: list[str] | None = None) -> None:
             src = test_sources(run, batch)
             max_len = min(model.config.max_len, 2 * src.shape[1] + 10)
             row = {"model": f"{run} ({model.config.family}), test sentences"}
-            row |= cell(model, params, src, max_len, False, args.repeats)
+            row |= cell(model, params, src, max_len, False, args.repeats, args.method)
             print(row, flush=True)
             rows.append(row)
     meta = {
         "beam_size": 4,
+        "method": args.method,
         "quantize": args.quantize or "float32",
         "repeats": args.repeats,
         "uptime_before": before,
@@ -148,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "# Beam search: one memory per source (the step's expand) vs K repeated copies",
         "",
-        f"Beam 4, {meta['quantize']}; median of {args.repeats} interleaved rounds of the two compiled programs. "
+        f"{'Diverse beam search, 2 groups x 2' if args.method == 'diverse' else 'Beam 4'}, "
+        f"{meta['quantize']}; median of {args.repeats} interleaved rounds of the two compiled programs. "
         f"Load before `{before}`, after `{meta['uptime_after']}`. Command: "
         f"`{meta['command']}`.",
         "",

@@ -309,15 +309,34 @@ class without_expand:  # noqa: N801 (used like a function)
         return self.step(*args)
 
 
-def beam_search_shared_and_repeated(model, params, cache, **options):
-    """``beam_search`` with ``model.step`` (its ``expand`` shares per-source leaves) and with
-    ``without_expand(model.step)`` (every leaf repeated): ``(shared, repeated)`` results."""
+class recording_step(without_expand):  # noqa: N801 (used like a function)
+    """``model.step`` with its ``expand``, recording for each call (at trace time) the set
+    of row counts of the cache leaves: shows whether a decoder used the shared layout."""
+
+    def __init__(self, step):
+        super().__init__(step)
+        self.expand = step.expand
+        self.calls: list[set[int]] = []
+
+    def __call__(self, *args):
+        import jax
+
+        cache = args[-1]
+        self.calls.append({x.shape[0] for x in jax.tree.leaves(cache) if x.ndim})
+        return self.step(*args)
+
+
+def beam_search_shared_and_repeated(model, params, cache, *, decoder=None, **options):
+    """``decoder`` (default ``beam_search``) with ``model.step`` (its ``expand`` shares
+    per-source leaves) and with ``without_expand(model.step)`` (every leaf repeated):
+    ``(shared, repeated)`` results."""
     import jax
 
     from seqjax.decoding import beam_search
 
+    decoder = decoder or beam_search
     out = []
     for step in (model.step, without_expand(model.step)):
-        run = jax.jit(lambda p, c, step=step: beam_search(step, c, params=p, **options))
+        run = jax.jit(lambda p, c, step=step: decoder(step, c, params=p, **options))
         out.append(run(params, cache))
     return tuple(out)

@@ -8,6 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import (
+    JIT,
+    beam_search_shared_and_repeated,
+    model_and_params,
+    model_inputs,
+    recording_step,
+)
 from toy_models import (
     IDS,
     V,
@@ -260,3 +267,25 @@ def test_shapes_are_checked_under_an_outer_jit():
 
     with pytest.raises(ValueError, match=r"constraints must have shape \[2, C, P\]"):
         run(jnp.zeros((3, 1, 1), jnp.int32))
+
+
+@pytest.mark.parametrize("family", ["transformer", "rnn_bahdanau"])
+def test_constraints_over_a_shared_memory_equal_repeated_rows(family):
+    """Constrained search folds the model's cache with its ``expand`` (memory per source)
+    and the constraint progress per beam; the result is the fully repeated cache's."""
+    model, params = model_and_params(family)
+    src, mask, _ = model_inputs(model.config.vocab_size, pad_rows=True)
+    cache = JIT["init_cache"](model, params, JIT["encode"](model, params, src, mask), mask, 10)
+    ids = dict(bos_id=model.config.bos_id, eos_id=model.config.eos_id, pad_id=0)
+    constraints = jnp.asarray([[[5, 6], [7, -1]], [[8, -1], [-1, -1]], [[9, 10], [-1, -1]]])
+    options = dict(constraints=constraints, beam_size=3, n_best=2, max_len=10, coverage=0.2,
+                   src_mask=mask, **ids)  # fmt: skip
+    shared, repeated = beam_search_shared_and_repeated(
+        model, params, cache, decoder=constrained_beam_search, **options
+    )
+    np.testing.assert_array_equal(shared.tokens, repeated.tokens)
+    np.testing.assert_allclose(shared.scores, repeated.scores, rtol=1e-5, atol=1e-5)
+    assert (np.asarray(shared.scores) > -np.inf).any()  # the phrases were placed
+    step = recording_step(model.step)
+    jax.jit(lambda p, c: constrained_beam_search(step, c, params=p, **options))(params, cache)
+    assert {3, 3 * 3} in step.calls  # the loop's step: per-source leaves at B = 3 rows

@@ -4,8 +4,16 @@ width-1 groups equal a hand-written sequential greedy over the penalised scores.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
+from conftest import (
+    JIT,
+    beam_search_shared_and_repeated,
+    model_and_params,
+    model_inputs,
+    recording_step,
+)
 from toy_models import (
     BOS,
     EOS,
@@ -142,3 +150,24 @@ def test_one_group_is_beam_search_and_n_best_merges_groups(cache3):
 def test_groups_must_divide_the_beam(cache3, groups):
     with pytest.raises(ValueError, match=r"num_groups must be >= 1 and divide beam_size \(4\)"):
         diverse_beam_search(rnn_step, cache3, beam_size=4, num_groups=groups, **RNN_STATIC)
+
+
+@pytest.mark.parametrize("family", ["transformer", "rnn_luong"])
+def test_groups_over_a_shared_memory_equal_repeated_rows(family):
+    """The model's ``expand`` keeps the memory at one row per source for all ``G x G_k``
+    beams; the groups find what they find with every cache leaf repeated."""
+    model, params = model_and_params(family)
+    src, mask, _ = model_inputs(model.config.vocab_size, pad_rows=True)
+    cache = JIT["init_cache"](model, params, JIT["encode"](model, params, src, mask), mask, 12)
+    ids = dict(bos_id=model.config.bos_id, eos_id=model.config.eos_id, pad_id=0)
+    options = dict(beam_size=4, num_groups=2, diversity_penalty=0.7, per_group=True,
+                   max_len=12, coverage=0.2, src_mask=mask, **ids)  # fmt: skip
+    shared, repeated = beam_search_shared_and_repeated(
+        model, params, cache, decoder=diverse_beam_search, **options
+    )
+    np.testing.assert_array_equal(shared.tokens, repeated.tokens)
+    np.testing.assert_array_equal(shared.lengths, repeated.lengths)
+    np.testing.assert_allclose(shared.scores, repeated.scores, rtol=1e-5, atol=1e-5)
+    step = recording_step(model.step)
+    jax.jit(lambda p, c: diverse_beam_search(step, c, params=p, **options))(params, cache)
+    assert {3, 3 * 4} in step.calls  # the loop's step: per-source leaves at B = 3 rows

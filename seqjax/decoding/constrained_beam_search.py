@@ -66,7 +66,7 @@ from jax import lax
 
 from seqjax.decode_checks import STREAM_EVERY
 from seqjax.decoding.arg_checks import CONSTRAINT_PAD, check_constraints, check_decoder_call
-from seqjax.decoding.batch_tree import repeat_rows
+from seqjax.decoding.batch_tree import cache_expander, repeat_rows
 from seqjax.decoding.beam_loop import (
     RankFn,
     check_beam_args,
@@ -310,6 +310,13 @@ def constrained_beam_search(
                         num_banks=C * P + 1)  # fmt: skip
     source_progress = jax.tree.map(lambda x: x[::beam_size], _start(ph))  # B rows
     pool = n_best if early_stopping == "never" else beam_size
+    model_expand = cache_expander(step_fn)
+
+    def expand(cache_and_progress: tuple[Any, _Progress], times: int) -> tuple[Any, _Progress]:
+        # the model's cache as its step folds beams in; the progress is per beam
+        model_cache, progress = cache_and_progress
+        return model_expand(model_cache, times), repeat_rows(progress, times)
+
     result = run_beam_loop(
         _tracking(log_prob_scores(step_fn, controls), ph),
         (cache, source_progress),
@@ -332,5 +339,6 @@ def constrained_beam_search(
         output_widths=output_widths(outputs, vocab_size, source_len),
         emit=emitter(stream, stream_every),
         rank_fn=rank_fn,
+        expand=expand,
     )
     return result if pool == n_best else jax.tree.map(lambda x: x[:, :n_best], result)

@@ -42,7 +42,7 @@ from jax import lax
 
 from seqjax.decode_checks import STREAM_EVERY
 from seqjax.decoding.arg_checks import check_decoder_call
-from seqjax.decoding.batch_tree import repeat_rows
+from seqjax.decoding.batch_tree import Expand, cache_expander, repeat_rows
 from seqjax.decoding.beam_loop import (
     _advance,
     _initial_state,
@@ -145,10 +145,13 @@ def run_diverse_loop(
     prefix_BxP: jax.Array | None,
     output_widths: dict[str, int] | None = None,
     emit: Emitter | None = None,
+    expand: Expand = repeat_rows,
 ) -> DecodeResult:
     """The compiled group loop; returns every group's pool, ``[B, G * G_k, ...]``.
 
     ``q`` describes one group (``B`` sources, ``K = M = G_k``); ``cache`` has ``B`` rows.
+    ``expand(cache, G * G_k)`` gives the loop's ``B * G * G_k`` rows, source-major (the
+    step's own ``expand`` keeps what a source's beams share at one row per source).
     Hypotheses ``g * G_k ... (g + 1) * G_k - 1`` of a source are group ``g``'s, best first.
     ``emit`` (optional, ``seqjax.decoding.streaming.Emitter``): receives in the loop
     each source's best hypothesis over all groups (``_best_so_far``).
@@ -180,7 +183,7 @@ def run_diverse_loop(
         zeros = lambda x: jnp.zeros((B, Kg, L, x), jnp.float32)  # noqa: E731
         extras = {n: (zeros(x), zeros(x)) for n, x in output_widths.items()}
     groups = [_initial_state(q, None, pad_id)._replace(extras=extras) for _ in range(G)]
-    init = _ungroup(groups, repeat_rows(cache, K))
+    init = _ungroup(groups, expand(cache, K))
     if emit is not None:
         init = init._replace(stream=emit.init(jnp.zeros((B, L), jnp.int32)))
     s = lax.while_loop(cond, body, init)
@@ -321,5 +324,6 @@ def diverse_beam_search(
         prefix_BxP=prefix,
         output_widths=output_widths(outputs, V, source_len),
         emit=emitter(stream, stream_every),
+        expand=cache_expander(step_fn),
     )
     return pools if per_group else best_of_groups(pools, n_best)
