@@ -236,6 +236,13 @@ _CLUSTER_ENV = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
 
 _initialized = False
 
+# How long a process that has finished waits at JAX's shutdown barrier for the others. After
+# training, process 0 alone reports and evaluates the test set while the others exit: with
+# JAX's default (300 s) a long evaluation, or a loaded machine, ended the whole job in a
+# failed barrier after all its work. A process that dies is still noticed at once (the
+# coordination service's heartbeats), so waiting long costs nothing on failure.
+SHUTDOWN_TIMEOUT_S = 6 * 3600
+
 
 def maybe_initialize_distributed(env: Mapping[str, str] | None = None) -> bool:
     """Call ``jax.distributed.initialize()`` when a multi-process launch is configured.
@@ -262,9 +269,10 @@ def maybe_initialize_distributed(env: Mapping[str, str] | None = None) -> bool:
             coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
             num_processes=int(env["JAX_NUM_PROCESSES"]),
             process_id=int(env["JAX_PROCESS_ID"]),
+            shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S,
         )
     elif env.get("SEQJAX_DISTRIBUTED") == "1" and any(env.get(k) for k in _CLUSTER_ENV):
-        jax.distributed.initialize()
+        jax.distributed.initialize(shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S)
     else:
         return False
     _initialized = True

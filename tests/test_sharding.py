@@ -174,6 +174,21 @@ def test_distributed_needs_all_three_variables():
         )
 
 
+def test_finished_processes_wait_for_process_0_at_shutdown(monkeypatch):
+    """Process 0 evaluates the test set alone after training while the others exit: the
+    shutdown barrier must wait far longer than JAX's 300 s default, in both launch modes."""
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(sharding, "_initialized", False)
+    env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2",
+           "JAX_PROCESS_ID": "1"}  # fmt: skip
+    assert sharding.maybe_initialize_distributed(env) is True
+    monkeypatch.setattr(sharding, "_initialized", False)
+    assert sharding.maybe_initialize_distributed({"SEQJAX_DISTRIBUTED": "1", "SLURM_JOB_ID": "7"})
+    assert [kw["shutdown_timeout_seconds"] for kw in calls] == [sharding.SHUTDOWN_TIMEOUT_S] * 2
+    assert sharding.SHUTDOWN_TIMEOUT_S >= 3600 and calls[0]["process_id"] == 1
+
+
 def test_default_cache_dir():
     assert sharding.default_cache_dir({"XDG_CACHE_HOME": "/x"}) == Path("/x/seqjax/jax")
     assert sharding.default_cache_dir({"SEQJAX_CACHE_DIR": "/c"}) == Path("/c")
