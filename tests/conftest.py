@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -17,11 +18,33 @@ os.environ.setdefault("SEQJAX_NO_COMPILE_CACHE", "1")
 #
 # The default suite's programs are tiny, so XLA's compile time dominates it; LLVM at -O0
 # without its expensive passes cuts the suite by ~22% (tests/test_train.py's fine-tunes 107 s
-# -> 81 s, test_quantize + test_interop_hf + test_prompt 257 s -> 201 s, jax 0.10.2). Only
-# for the default selection: `pytest -m slow` trains the README's main job in process and
-# must compile as users do. Set before any backend starts (XLA reads XLA_FLAGS then);
-# SEQJAX_TEST_FAST_COMPILE=0 turns it off.
+# -> 81 s, test_quantize + test_interop_hf + test_prompt 257 s -> 201 s, jax 0.10.2), and
+# XLA's older (non-MLIR) emitters for fused elementwise code by ~25% more (test_quantize +
+# test_prompt + test_model_interface + test_beam_loop 168 s -> 125 s). Only for the default
+# selection: `pytest -m slow` trains the README's main job in process and must compile as
+# users do. Set before any backend starts (XLA reads XLA_FLAGS then); the xdist workers
+# inherit it; SEQJAX_TEST_FAST_COMPILE=0 turns it off.
 FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# An XLA that does not know a flag aborts at start, and these may leave a later jaxlib: each is
+# used only where a probe process accepts it.
+PROBED_FAST_FLAGS = ("--xla_cpu_use_fusion_emitters=false",)
+
+
+def without_test_flags(xla_flags: str) -> str:
+    """``xla_flags`` less the compile flags this file adds (for a subprocess that must compile
+    as users do)."""
+    drop = {*FAST_COMPILE_FLAGS.split(), *PROBED_FAST_FLAGS}
+    return " ".join(f for f in xla_flags.split() if f not in drop)
+
+
+def _xla_accepts(flag: str) -> bool:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flag}
+    probe = "import jax; jax.devices()"
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, timeout=120)
+    return done.returncode == 0
 
 
 def pytest_configure(config):
@@ -34,7 +57,8 @@ def pytest_configure(config):
     assert not xla_bridge._backends, "a JAX backend started before conftest set XLA_FLAGS"
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_backend_optimization_level" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} {FAST_COMPILE_FLAGS}".strip()
+        probed = [f for f in PROBED_FAST_FLAGS if _xla_accepts(f)]
+        os.environ["XLA_FLAGS"] = " ".join([flags, FAST_COMPILE_FLAGS, *probed]).strip()
 
 
 # -- the process's memory mappings --
@@ -99,6 +123,30 @@ def _session_compile_cache(tmp_path_factory):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", old[2])
     patch.undo()
+
+
+def subprocess_env(*xla_flags: str, cache: Path | None = None, **extra: str) -> dict[str, str]:
+    """Environment for a ``seqjax`` subprocess started by a test.
+
+    JAX on the CPU with this run's compile level (the default selection's fast flags, which
+    ``pytest_configure`` put in ``XLA_FLAGS``) plus ``xla_flags`` (e.g. a forced device
+    count): replacing ``XLA_FLAGS`` instead would compile every subprocess program with full
+    optimisation, ~2x the time. With ``cache``, the subprocess uses JAX's persistent compile
+    cache in that folder, so the runs of one test that start the same command again (resume,
+    Ctrl-C, kill -9) read their programs instead of compiling them; without it, the cache
+    stays off.
+    """
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **extra}
+    env["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *xla_flags]).strip()
+    if cache is not None:
+        env.update(SEQJAX_NO_COMPILE_CACHE="0", SEQJAX_CACHE_DIR=str(cache))
+    return env
+
+
+@pytest.fixture(scope="session")
+def subprocess_cache(tmp_path_factory) -> Path:
+    """A compile-cache folder shared by this run's subprocesses (see ``subprocess_env``)."""
+    return tmp_path_factory.mktemp("subprocess_compile_cache")
 
 
 @pytest.fixture(autouse=True, scope="module")

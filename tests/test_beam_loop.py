@@ -57,7 +57,8 @@ def test_reorder_cache_copies_equal_gathers():
 
 @pytest.mark.parametrize("n_best", [1, 3])
 def test_beam_search_same_hypotheses_with_copied_or_gathered_rows(monkeypatch, n_best):
-    """Every leaf copied in place vs every leaf gathered: the same search, bit for bit."""
+    """Every leaf copied in place vs every leaf gathered: the same search (tokens and lengths
+    exactly; scores to float32 rounding, as the two programs may fuse the step differently)."""
     model, params = model_and_params("transformer")
     src, mask, _ = model_inputs(model.config.vocab_size, pad_rows=True)
     cache = JIT["init_cache"](model, params, JIT["encode"](model, params, src, mask), mask, 40)
@@ -74,8 +75,11 @@ def test_beam_search_same_hypotheses_with_copied_or_gathered_rows(monkeypatch, n
         )
         results.append(run(params, cache))
     copied, gathered = results
-    for field in ("tokens", "lengths", "scores", "log_probs"):
+    for field in ("tokens", "lengths"):
         np.testing.assert_array_equal(getattr(copied, field), getattr(gathered, field))
+    for field in ("scores", "log_probs"):
+        a, b = getattr(copied, field), getattr(gathered, field)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("family", ["transformer", "transformer_bart"])

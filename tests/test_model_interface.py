@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import (
-    FAST_COMPILE_FLAGS,
     JIT,
     MODEL_FAMILIES,
     model_and_params,
     model_inputs,
+    without_test_flags,
 )
 
 BOTH = ["transformer", "rnn_bahdanau"]  # where the variant does not matter
@@ -100,10 +100,7 @@ def test_init_equals_the_eager_flax_init():
     init it replaced, bit for bit (checkpoints and seeded runs stay reproducible). In a
     process with the user's compile flags: the suite's -O0 (conftest) changes the eager
     ops' last bits, not the init's (its compile level is fixed)."""
-    env = {
-        **os.environ,
-        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "").replace(FAST_COMPILE_FLAGS, ""),
-    }
+    env = {**os.environ, "XLA_FLAGS": without_test_flags(os.environ.get("XLA_FLAGS", ""))}
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run([sys.executable, "-c", _EAGER_VS_JITTED], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip

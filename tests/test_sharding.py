@@ -1,8 +1,8 @@
 """Data parallelism over a device mesh, multi-host helpers and the compile cache.
 
 The 8-device checks run ``tests/multidevice_checks.py`` in a subprocess with
-``XLA_FLAGS=--xla_force_host_platform_device_count=8``, so the flag never reaches this
-process (where JAX sees one CPU device).
+``--xla_force_host_platform_device_count=8`` added to ``XLA_FLAGS``, so the flag never
+reaches this process (where JAX sees one CPU device).
 """
 
 from __future__ import annotations
@@ -18,18 +18,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 from seqjax import sharding
 from seqjax.config import ConfigError
 from seqjax.data import BatchPlan, TokenizedPairs, host_plan, iterate_batches, make_batch
 
 HERE = Path(__file__).parent
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(JAX_PLATFORMS="cpu", **extra)
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +34,7 @@ def eight(toy_corpus, tmp_path_factory) -> dict:
     proc = subprocess.run(
         [sys.executable, str(HERE / "multidevice_checks.py"), str(toy_corpus), str(tmp / "run"),
          str(out)],
-        env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8", SEQJAX_NO_COMPILE_CACHE="1"),
+        env=subprocess_env("--xla_force_host_platform_device_count=8", SEQJAX_NO_COMPILE_CACHE="1"),
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -206,7 +201,7 @@ def test_translate_fills_the_compile_cache_unless_opted_out(toy_corpus, tmp_path
                  "--src", str(toy_corpus / "train.src"), "--tgt", str(toy_corpus / "train.tgt")]) == 0  # fmt: skip
 
     def translate(cache: Path, *flags: str, log: dict | None = None) -> str:
-        env = _env(
+        env = subprocess_env(
             SEQJAX_CACHE_DIR=str(cache), **({"JAX_LOG_COMPILES": "1"} if log is not None else {})
         )
         env.pop("SEQJAX_NO_COMPILE_CACHE", None)
@@ -267,8 +262,8 @@ def _two_processes(cmd: list[str]) -> list[subprocess.Popen]:
     return [
         subprocess.Popen(
             cmd,
-            env=_env(
-                XLA_FLAGS="--xla_force_host_platform_device_count=2",
+            env=subprocess_env(
+                "--xla_force_host_platform_device_count=2",
                 JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                 JAX_NUM_PROCESSES="2",
                 JAX_PROCESS_ID=str(i),
@@ -311,7 +306,7 @@ def test_two_processes_train_like_one(toy_corpus, tmp_path):
     one = tmp_path / "one"
     proc = subprocess.run(
         _train_cmd(one, toy_corpus),
-        env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+        env=subprocess_env("--xla_force_host_platform_device_count=4"),
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]

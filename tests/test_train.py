@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import signal
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 from seqjax.app.cli import main
 from seqjax.app.translate import load
@@ -67,7 +67,6 @@ STEPS = 24
 KILL_TINY = ["--preset", "tiny", "--vocab-size", "300", "--max-minutes", "0",
              "--set", "train.length_buckets=[32]", "--set", "train.batch_tokens=256",
              "--set", "train.warmup_steps=5"]  # fmt: skip
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
 def _train_cmd(run: Path, corpus: Path) -> list[str]:
@@ -78,18 +77,24 @@ def _train_cmd(run: Path, corpus: Path) -> list[str]:
             "--src", str(corpus / "train.src"), "--tgt", str(corpus / "train.tgt")]  # fmt: skip
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     return done
 
 
 @pytest.fixture(scope="module")
-def straight(toy_corpus, tmp_path_factory) -> Path:
+def kill_env(subprocess_cache) -> dict[str, str]:
+    """The three runs of one command share their compiled programs (a persistent cache)."""
+    return subprocess_env(cache=subprocess_cache)
+
+
+@pytest.fixture(scope="module")
+def straight(toy_corpus, tmp_path_factory, kill_env) -> Path:
     """An uninterrupted run of the command the resume test kills."""
     run = tmp_path_factory.mktemp("reliability") / "straight"
-    _run(_train_cmd(run, toy_corpus))
+    _run(_train_cmd(run, toy_corpus), kill_env)
     return run
 
 
@@ -101,10 +106,10 @@ def _checkpoint_steps(run: Path) -> list[int]:
     return sorted(int(p.name) for p in d.iterdir() if re.fullmatch(r"\d+", p.name))
 
 
-def test_resume_after_sigkill_continues_exactly(straight, toy_corpus, tmp_path):
+def test_resume_after_sigkill_continues_exactly(straight, toy_corpus, tmp_path, kill_env):
     run = tmp_path / "killed"
     cmd = _train_cmd(run, toy_corpus)
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=kill_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     try:
         while not _checkpoint_steps(run):
@@ -122,7 +127,7 @@ def test_resume_after_sigkill_continues_exactly(straight, toy_corpus, tmp_path):
     with (run / "metrics.jsonl").open("a") as f:
         f.write(json.dumps({"step": STEPS + 5, "loss": 123.0}) + "\n" + '{"step": 9')
 
-    err = _run(cmd).stderr.decode()
+    err = _run(cmd, kill_env).stderr.decode()
     restored = int(re.search(r"restored step (\d+)", err).group(1))
     assert restored in saved
 
@@ -140,11 +145,16 @@ def test_resume_after_sigkill_continues_exactly(straight, toy_corpus, tmp_path):
 # -- fine-tuning with each objective ----------------------------------------------------------
 
 
+# One length bucket: each objective's train step then compiles once, not once per bucket
+# its five steps happen to meet (14 s -> 5 s a fine-tune).
+ONE_BUCKET = ["--set", "train.length_buckets=[32]"]
+
+
 @pytest.fixture(scope="module")
 def mle_tuned(trained, train_cli, tmp_path_factory) -> Path:
     """5 MLE steps from ``trained``: what each objective's run must differ from."""
     run = tmp_path_factory.mktemp("mle") / "tuned"
-    train_cli(run, 5, "--init-from", str(trained))
+    train_cli(run, 5, "--init-from", str(trained), *ONE_BUCKET)
     return run
 
 
@@ -163,7 +173,7 @@ def mle_tuned(trained, train_cli, tmp_path_factory) -> Path:
 def test_objectives_fine_tune_from_a_run(trained, train_cli, tmp_path, flags, mle_tuned):
     flags = [str(trained) if f == "TRAINED" else f for f in flags]
     run = tmp_path / "tuned"
-    train_cli(run, 5, "--init-from", str(trained), *flags)
+    train_cli(run, 5, "--init-from", str(trained), *ONE_BUCKET, *flags)
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["train"]["objective"] == flags[1]
     assert cfg["model"] == json.loads((trained / "config.json").read_text())["model"]
@@ -179,7 +189,7 @@ def test_objectives_fine_tune_from_a_run(trained, train_cli, tmp_path, flags, ml
 
 def test_run_stops_after_consecutive_non_finite_steps(toy_corpus, tiny_flags, tmp_path, capsys):
     run = tmp_path / "diverged"
-    args = ["train", "--out", str(run), "--steps", "60", *tiny_flags, "--lr", "1e30",
+    args = ["train", "--out", str(run), "--steps", "60", *tiny_flags, *ONE_BUCKET, "--lr", "1e30",
             "--set", "train.max_bad_steps=5", "--set", "train.save_every=1",
             "--src", str(toy_corpus / "train.src"), "--tgt", str(toy_corpus / "train.tgt")]  # fmt: skip
     assert main(args) == 1
@@ -220,9 +230,9 @@ def test_resume_on_another_mesh(toy_corpus, tiny_flags, tmp_path):
     cmd = [sys.executable, "-m", "seqjax.app.cli", "train", "--out", str(run), *tiny_flags,
            "--set", "train.log_every=1", "--set", "train.save_every=4",
            "--src", str(toy_corpus / "train.src"), "--tgt", str(toy_corpus / "train.tgt")]  # fmt: skip
-    two = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    two = subprocess_env("--xla_force_host_platform_device_count=2")
     err = ""
-    for steps, env in ((4, two), (8, ENV)):  # 4 steps on 2 devices, then resumed on 1
+    for steps, env in ((4, two), (8, subprocess_env())):  # 4 steps on 2 devices, then resumed on 1
         done = subprocess.run([*cmd, "--steps", str(steps)], env=env, capture_output=True,
                               timeout=600)  # fmt: skip
         err += done.stderr.decode()

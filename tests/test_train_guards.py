@@ -5,7 +5,6 @@ Ctrl-C that always saves (in a subprocess, as the user sees it), validation at t
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
 
 from seqjax.app.cli import main
 
@@ -146,12 +146,12 @@ CTRL_C_FLAGS = ["--preset", "tiny", "--vocab-size", "300", "--max-minutes", "0",
                 "--set", "train.save_every=1000", "--eval-every", "1000"]  # fmt: skip
 
 
-def _interrupt_at_random_steps(corpus: Path, run: Path, times: int, seed: int) -> None:
+def _interrupt_at_random_steps(corpus: Path, run: Path, times: int, seed: int, cache: Path) -> None:
     rng = random.Random(seed)
     cmd = [sys.executable, "-m", "seqjax.app.cli", "train", "--out", str(run), *CTRL_C_FLAGS,
            "--steps", "100000", "--src", str(corpus / "train.src"),
            "--tgt", str(corpus / "train.tgt")]  # fmt: skip
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env = subprocess_env(cache=cache)  # the runs after the first read their programs
     saved = 0
     for i in range(times):
         target = saved + rng.randint(1, 6)
@@ -182,10 +182,10 @@ def _interrupt_at_random_steps(corpus: Path, run: Path, times: int, seed: int) -
         saved = step
 
 
-def test_ctrl_c_saves_the_last_step(toy_corpus, tmp_path):
-    _interrupt_at_random_steps(toy_corpus, tmp_path / "run", times=3, seed=0)
+def test_ctrl_c_saves_the_last_step(toy_corpus, tmp_path, subprocess_cache):
+    _interrupt_at_random_steps(toy_corpus, tmp_path / "run", 3, 0, subprocess_cache)
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_the_last_step_20_times(toy_corpus, tmp_path):
-    _interrupt_at_random_steps(toy_corpus, tmp_path / "run", times=20, seed=1)
+def test_ctrl_c_saves_the_last_step_20_times(toy_corpus, tmp_path, subprocess_cache):
+    _interrupt_at_random_steps(toy_corpus, tmp_path / "run", 20, 1, subprocess_cache)
