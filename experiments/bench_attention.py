@@ -68,11 +68,13 @@ def _upcast_self(q, k, v, m):
     return _one_query(q, k.astype(q.dtype), v.astype(q.dtype), m)
 
 
-def _time(fns: dict[str, tuple[Callable, tuple]], rounds: int, calls: int) -> dict[str, float]:
-    """Median microseconds per call of each jitted form, the forms interleaved per round."""
+def _time(
+    fns: dict[str, tuple[Callable, tuple]], rounds: int, calls: int
+) -> tuple[dict[str, float], dict[str, jax.Array]]:
+    """Median microseconds per call of each jitted form (the forms interleaved per round),
+    and each form's first output (its warm-up call)."""
     jitted = {name: (jax.jit(f), args) for name, (f, args) in fns.items()}
-    for f, args in jitted.values():
-        jax.block_until_ready(f(*args))
+    outputs = {name: jax.block_until_ready(f(*args))[0] for name, (f, args) in jitted.items()}
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, (f, args) in jitted.items():
@@ -81,14 +83,7 @@ def _time(fns: dict[str, tuple[Callable, tuple]], rounds: int, calls: int) -> di
                 out = f(*args)
             jax.block_until_ready(out)
             times[name].append((time.perf_counter() - start) / calls * 1e6)
-    return {name: float(np.median(t)) for name, t in times.items()}
-
-
-def _max_diff(fns: dict[str, tuple[Callable, tuple]], reference: str) -> dict[str, float]:
-    ref = jax.jit(fns[reference][0])(*fns[reference][1])[0]
-    return {
-        name: float(jnp.max(jnp.abs(jax.jit(f)(*args)[0] - ref))) for name, (f, args) in fns.items()
-    }
+    return {name: float(np.median(t)) for name, t in times.items()}, outputs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,18 +99,18 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     rng = np.random.default_rng(0)
 
-    def normal(*shape: int) -> jax.Array:
-        return jnp.asarray(rng.standard_normal(shape, np.float32))
+    def inputs(queries: int, kv_rows: int, positions: int) -> tuple[jax.Array, ...]:
+        """``(q [queries, H, D], k, v [kv_rows, H, positions, D], mask [kv_rows, positions])``."""
+        q, k, v = (
+            jnp.asarray(rng.standard_normal(shape, np.float32))
+            for shape in ((queries, HEADS, HEAD_DIM), *[(kv_rows, HEADS, positions, HEAD_DIM)] * 2)
+        )
+        return q, k, v, jnp.asarray(rng.random((kv_rows, positions)) > 0.1)
 
-    rows, lines = [], []
+    rows = []
     for n in (int(x) for x in args.self_rows.split(",")):
         t = args.cache_len
-        q, k, v = (
-            normal(n, HEADS, HEAD_DIM),
-            normal(n, HEADS, t, HEAD_DIM),
-            normal(n, HEADS, t, HEAD_DIM),
-        )
-        m = jnp.asarray(rng.random((n, t)) > 0.1)
+        q, k, v, m = inputs(n, n, t)
         fns = {
             "library (_one_query), float32 cache": (_one_query, (q, k, v, m)),
             "bfloat16 cache, upcast": (_upcast_self, (q, k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), m)),
@@ -124,12 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         rows += _case("self", f"N={n} T={t}", fns, args)
     for b in (int(x) for x in args.sources.split(",")):
         n, s = b * args.beams, args.src_len
-        q, k, v = (
-            normal(n, HEADS, HEAD_DIM),
-            normal(b, HEADS, s, HEAD_DIM),
-            normal(b, HEADS, s, HEAD_DIM),
-        )
-        m = jnp.asarray(rng.random((b, s)) > 0.1)
+        q, k, v, m = inputs(n, b, s)
         fns = {
             "library (_grouped_queries)": (_grouped_queries, (q, k, v, m)),
             "broadcast-multiply-reduce": (_cross_reduce, (q, k, v, m)),
@@ -152,12 +142,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _case(kind: str, shape: str, fns: dict, args: argparse.Namespace) -> list[dict]:
-    us = _time(fns, args.rounds, args.calls)
+    us, outputs = _time(fns, args.rounds, args.calls)
     library = next(iter(fns))
-    diffs = _max_diff(fns, library)
     return [
         {"attention": kind, "shape": shape, "form": name, "us": us[name],
-         "vs_library": us[name] / us[library], "max_diff": diffs[name]}
+         "vs_library": us[name] / us[library],
+         "max_diff": float(jnp.max(jnp.abs(outputs[name] - outputs[library])))}
         for name in fns
     ]  # fmt: skip
 
