@@ -136,7 +136,7 @@ def subprocess_env(*xla_flags: str, cache: Path | None = None, **extra: str) -> 
     Ctrl-C, kill -9) read their programs instead of compiling them; without it, the cache
     stays off.
     """
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", **extra}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "SEQJAX_NO_COMPILE_CACHE": "1", **extra}
     env["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *xla_flags]).strip()
     if cache is not None:
         env.update(SEQJAX_NO_COMPILE_CACHE="0", SEQJAX_CACHE_DIR=str(cache))

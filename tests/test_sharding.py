@@ -34,7 +34,7 @@ def eight(toy_corpus, tmp_path_factory) -> dict:
     proc = subprocess.run(
         [sys.executable, str(HERE / "multidevice_checks.py"), str(toy_corpus), str(tmp / "run"),
          str(out)],
-        env=subprocess_env("--xla_force_host_platform_device_count=8", SEQJAX_NO_COMPILE_CACHE="1"),
+        env=subprocess_env("--xla_force_host_platform_device_count=8"),
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
