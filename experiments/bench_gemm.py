@@ -1,0 +1,160 @@
+"""Decode-shaped float32 GEMMs in XLA and in torch, with hot and with cold weights.
+
+A decode step multiplies a few rows (``M`` = batch x beams) by every weight matrix of the
+model once, so the weights arrive from main memory (104 MB per step for transformer-base),
+not from cache. A single GEMM repeated on the same weights measures the hot case only.
+This script times both, on the CPU it runs on, interleaved per shape:
+
+- ``hot``: one ``M x 512 x 2048`` product, called 48 times in a row on the same weights
+  (dispatched asynchronously, so the per-call overhead overlaps);
+- ``cold``: a chain of ``--layers`` feed-forward blocks (``tanh(x @ W1) @ W2``, 512 ->
+  2048 -> 512, distinct weights per layer: 8 MB each, 192 MB for 24), as in a step;
+- ``cold NT``: the same chain with each weight stored transposed (``[out, in]``, the
+  product contracting both operands' minor axes), the layout torch's ``nn.Linear`` keeps.
+
+For each, XLA (jitted JAX, its YNNPACK kernels by default) and torch (its MKL/oneDNN
+kernels, ``set_num_threads`` = the CPU count) give GFLOP/s, best of ``--rounds`` rounds in
+which the six cases take turns.
+
+    python experiments/bench_gemm.py --out experiments/results/bench_gemm_epyc
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_io import write_results  # noqa: E402
+
+D, F = 512, 2048
+HOT_CALLS = 48  # products per timed hot call: XLA's dispatch overlaps, as in a loop
+
+
+def _best_interleaved(cases: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Best wall time of each case; the cases take turns within every round."""
+    for fn in cases.values():
+        fn()  # warm-up (and compile)
+    best = dict.fromkeys(cases, float("inf"))
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def _nt(x: jax.Array, w_NxK: jax.Array) -> jax.Array:
+    return lax.dot_general(x, w_NxK, (((x.ndim - 1,), (1,)), ((), ())))
+
+
+@jax.jit
+def _chain(x, w1s, w2s):
+    for a, b in zip(w1s, w2s, strict=True):
+        x = jnp.tanh(x @ a) @ b
+    return x
+
+
+@jax.jit
+def _chain_nt(x, w1s, w2s):
+    for a, b in zip(w1s, w2s, strict=True):
+        x = _nt(jnp.tanh(_nt(x, a)), b)
+    return x
+
+
+def run(rows: list[int], layers: int, rounds: int) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    rng = np.random.default_rng(0)
+    w1 = [rng.standard_normal((D, F), dtype=np.float32) * 0.02 for _ in range(layers)]
+    w2 = [rng.standard_normal((F, D), dtype=np.float32) * 0.02 for _ in range(layers)]
+    j1, j2 = [jnp.asarray(w) for w in w1], [jnp.asarray(w) for w in w2]
+    j1t, j2t = [jnp.asarray(w.T.copy()) for w in w1], [jnp.asarray(w.T.copy()) for w in w2]
+    t1, t2 = [torch.from_numpy(w.copy()) for w in w1], [torch.from_numpy(w.copy()) for w in w2]
+    t1t, t2t = [w.T.contiguous() for w in t1], [w.T.contiguous() for w in t2]
+    mm = jax.jit(jnp.matmul)
+
+    def torch_chain(x, a_list, b_list, nt: bool):
+        for a, b in zip(a_list, b_list, strict=True):
+            h = torch.tanh(x @ a.T if nt else x @ a)
+            x = h @ b.T if nt else h @ b
+        return x
+
+    def cases(jx: jax.Array, tx: torch.Tensor) -> dict[str, Callable[[], object]]:
+        return {
+            "hot_xla": lambda: [mm(jx, j1[0]) for _ in range(HOT_CALLS)][-1].block_until_ready(),
+            "hot_torch": lambda: [tx @ t1[0] for _ in range(HOT_CALLS)],
+            "cold_xla": lambda: _chain(jx, j1, j2).block_until_ready(),
+            "cold_torch": lambda: torch_chain(tx, t1, t2, False),
+            "cold_nt_xla": lambda: _chain_nt(jx, j1t, j2t).block_until_ready(),
+            "cold_nt_torch": lambda: torch_chain(tx, t1t, t2t, True),
+        }
+
+    out = []
+    for m in rows:
+        x = rng.standard_normal((m, D), dtype=np.float32)
+        jx, tx = jnp.asarray(x), torch.from_numpy(x)
+        hot_flops = 2 * m * D * F * HOT_CALLS
+        cold_flops = 2 * (2 * m * D * F) * layers
+        with torch.no_grad():
+            times = _best_interleaved(cases(jx, tx), rounds)
+        a = np.asarray(_chain(jx, j1, j2))
+        b = np.asarray(_chain_nt(jx, j1t, j2t))
+        row = {"rows": m, "max_diff_nt": float(np.abs(a - b).max())}
+        for k, t in times.items():
+            row[k + "_gflops"] = (hot_flops if k.startswith("hot") else cold_flops) / t / 1e9
+        out.append(row)
+        print(
+            f"M={m}: " + "  ".join(f"{k} {row[k + '_gflops']:.0f}" for k in times) + " GFLOP/s",
+            flush=True,
+        )
+    return out
+
+
+def markdown(rows: list[dict], layers: int, rounds: int) -> str:
+    lines = [
+        "# Decode-shaped float32 GEMMs: hot vs cold weights, XLA vs torch",
+        "",
+        f"GFLOP/s, best of {rounds}. hot: one M x {D} x {F} product, {HOT_CALLS} calls on the "
+        f"same weights; cold: {layers} feed-forward blocks ({D} -> {F} -> {D}, "
+        f"{layers * 2 * D * F * 4 / 1e6:.0f} MB of distinct weights) in one call; NT: "
+        "weights stored [out, in].",
+        "",
+        "| M | hot XLA | hot torch | cold XLA | cold torch | cold NT XLA | cold NT torch |"
+        " NT max diff |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['rows']} | {r['hot_xla_gflops']:.0f} | {r['hot_torch_gflops']:.0f} | "
+            f"{r['cold_xla_gflops']:.0f} | {r['cold_torch_gflops']:.0f} | "
+            f"{r['cold_nt_xla_gflops']:.0f} | {r['cold_nt_torch_gflops']:.0f} | "
+            f"{r['max_diff_nt']:.1e} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--rows", default="1,4,16,64,256", help="M: rows per product (batch x beams)")
+    p.add_argument("--layers", type=int, default=24, help="feed-forward blocks in the cold chain")
+    p.add_argument("--rounds", type=int, default=7, help="timed calls per case (best is kept)")
+    p.add_argument("--out", default="experiments/results/bench_gemm", help="output path stem")
+    args = p.parse_args(argv)
+    rows = run([int(r) for r in args.rows.split(",")], args.layers, args.rounds)
+    meta = {"layers": args.layers, "rounds": args.rounds, "d": D, "f": F}
+    write_results(args.out, meta, rows, markdown(rows, args.layers, args.rounds))
+
+
+if __name__ == "__main__":
+    main()
