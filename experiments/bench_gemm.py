@@ -10,7 +10,9 @@ This script times both, on the CPU it runs on, interleaved per shape:
 - ``cold``: a chain of ``--layers`` feed-forward blocks (``tanh(x @ W1) @ W2``, 512 ->
   2048 -> 512, distinct weights per layer: 8 MB each, 192 MB for 24), as in a step;
 - ``cold NT``: the same chain with each weight stored transposed (``[out, in]``, the
-  product contracting both operands' minor axes), the layout torch's ``nn.Linear`` keeps.
+  product contracting both operands' minor axes), the layout torch's ``nn.Linear`` keeps;
+- ``cold int8``: the chain's products as int8 x int8 -> int32 dots on int8 weights (the
+  kernel of ``--quantize w8a8``), XLA only; GOP/s.
 
 For each, XLA (jitted JAX, its YNNPACK kernels by default) and torch (its MKL/oneDNN
 kernels, ``set_num_threads`` = the CPU count) give GFLOP/s, best of ``--rounds`` rounds in
@@ -65,6 +67,19 @@ def _chain(x, w1s, w2s):
 
 
 @jax.jit
+def _int8_products(xq, w1s, w2s):
+    """The cold chain's 2 x layers products as int8 x int8 -> int32 dots (w8a8's kernel), each
+    on the same int8 rows (no requantisation between layers: only the dots are timed)."""
+    hq = jnp.zeros((xq.shape[0], F), jnp.int8)
+    total = jnp.zeros((), jnp.int32)
+    for a, b in zip(w1s, w2s, strict=True):
+        h = lax.dot_general(xq, a, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
+        y = lax.dot_general(hq, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
+        total += h[0, 0] + y[0, 0]
+    return total
+
+
+@jax.jit
 def _chain_nt(x, w1s, w2s):
     for a, b in zip(w1s, w2s, strict=True):
         x = _nt(jnp.tanh(_nt(x, a)), b)
@@ -82,6 +97,8 @@ def run(rows: list[int], layers: int, rounds: int) -> list[dict]:
     j1t, j2t = [jnp.asarray(w.T.copy()) for w in w1], [jnp.asarray(w.T.copy()) for w in w2]
     t1, t2 = [torch.from_numpy(w.copy()) for w in w1], [torch.from_numpy(w.copy()) for w in w2]
     t1t, t2t = [w.T.contiguous() for w in t1], [w.T.contiguous() for w in t2]
+    q1 = [jnp.asarray(rng.integers(-127, 128, (D, F), dtype=np.int8)) for _ in range(layers)]
+    q2 = [jnp.asarray(rng.integers(-127, 128, (F, D), dtype=np.int8)) for _ in range(layers)]
     mm = jax.jit(jnp.matmul)
 
     def torch_chain(x, a_list, b_list, nt: bool):
@@ -90,7 +107,7 @@ def run(rows: list[int], layers: int, rounds: int) -> list[dict]:
             x = h @ b.T if nt else h @ b
         return x
 
-    def cases(jx: jax.Array, tx: torch.Tensor) -> dict[str, Callable[[], object]]:
+    def cases(jx: jax.Array, tx: torch.Tensor, xq: jax.Array) -> dict[str, Callable[[], object]]:
         return {
             "hot_xla": lambda: [mm(jx, j1[0]) for _ in range(HOT_CALLS)][-1].block_until_ready(),
             "hot_torch": lambda: [tx @ t1[0] for _ in range(HOT_CALLS)],
@@ -98,6 +115,7 @@ def run(rows: list[int], layers: int, rounds: int) -> list[dict]:
             "cold_torch": lambda: torch_chain(tx, t1, t2, False),
             "cold_nt_xla": lambda: _chain_nt(jx, j1t, j2t).block_until_ready(),
             "cold_nt_torch": lambda: torch_chain(tx, t1t, t2t, True),
+            "cold_int8_xla": lambda: _int8_products(xq, q1, q2).block_until_ready(),
         }
 
     out = []
@@ -107,7 +125,8 @@ def run(rows: list[int], layers: int, rounds: int) -> list[dict]:
         hot_flops = 2 * m * D * F * HOT_CALLS
         cold_flops = 2 * (2 * m * D * F) * layers
         with torch.no_grad():
-            times = _best_interleaved(cases(jx, tx), rounds)
+            xq = jnp.asarray(rng.integers(-127, 128, (m, D), dtype=np.int8))
+            times = _best_interleaved(cases(jx, tx, xq), rounds)
         a = np.asarray(_chain(jx, j1, j2))
         b = np.asarray(_chain_nt(jx, j1t, j2t))
         row = {"rows": m, "max_diff_nt": float(np.abs(a - b).max())}
@@ -128,18 +147,19 @@ def markdown(rows: list[dict], layers: int, rounds: int) -> str:
         f"GFLOP/s, best of {rounds}. hot: one M x {D} x {F} product, {HOT_CALLS} calls on the "
         f"same weights; cold: {layers} feed-forward blocks ({D} -> {F} -> {D}, "
         f"{layers * 2 * D * F * 4 / 1e6:.0f} MB of distinct weights) in one call; NT: "
-        "weights stored [out, in].",
+        "weights stored [out, in]; int8: the same products as int8 x int8 -> int32 dots "
+        "on int8 weights (w8a8's kernel; a quarter of the bytes).",
         "",
         "| M | hot XLA | hot torch | cold XLA | cold torch | cold NT XLA | cold NT torch |"
-        " NT max diff |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " cold int8 XLA (GOP/s) | NT max diff |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['rows']} | {r['hot_xla_gflops']:.0f} | {r['hot_torch_gflops']:.0f} | "
             f"{r['cold_xla_gflops']:.0f} | {r['cold_torch_gflops']:.0f} | "
             f"{r['cold_nt_xla_gflops']:.0f} | {r['cold_nt_torch_gflops']:.0f} | "
-            f"{r['max_diff_nt']:.1e} |"
+            f"{r['cold_int8_xla_gflops']:.0f} | {r['max_diff_nt']:.1e} |"
         )
     return "\n".join(lines) + "\n"
 
