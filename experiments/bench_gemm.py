@@ -8,7 +8,7 @@ This script times both, on the CPU it runs on, interleaved per shape:
 - ``hot``: one ``M x 512 x 2048`` product, called 48 times in a row on the same weights
   (dispatched asynchronously, so the per-call overhead overlaps);
 - ``cold``: a chain of ``--layers`` feed-forward blocks (``tanh(x @ W1) @ W2``, 512 ->
-  2048 -> 512, distinct weights per layer: 8 MB each, 192 MB for 24), as in a step;
+  2048 -> 512, distinct weights per layer: 8.4 MB each, 201 MB for 24), as in a step;
 - ``cold NT``: the same chain with each weight stored transposed (``[out, in]``, the
   product contracting both operands' minor axes), the layout torch's ``nn.Linear`` keeps;
 - ``cold int8``: the chain's products as int8 x int8 -> int32 dots on int8 weights (the
@@ -16,7 +16,7 @@ This script times both, on the CPU it runs on, interleaved per shape:
 
 For each, XLA (jitted JAX, its YNNPACK kernels by default) and torch (its MKL/oneDNN
 kernels, ``set_num_threads`` = the CPU count) give GFLOP/s, best of ``--rounds`` rounds in
-which the six cases take turns.
+which the seven cases take turns.
 
     python experiments/bench_gemm.py --out experiments/results/bench_gemm_epyc
 """
@@ -124,8 +124,8 @@ def run(rows: list[int], layers: int, rounds: int) -> list[dict]:
         jx, tx = jnp.asarray(x), torch.from_numpy(x)
         hot_flops = 2 * m * D * F * HOT_CALLS
         cold_flops = 2 * (2 * m * D * F) * layers
+        xq = jnp.asarray(rng.integers(-127, 128, (m, D), dtype=np.int8))
         with torch.no_grad():
-            xq = jnp.asarray(rng.integers(-127, 128, (m, D), dtype=np.int8))
             times = _best_interleaved(cases(jx, tx, xq), rounds)
         a = np.asarray(_chain(jx, j1, j2))
         b = np.asarray(_chain_nt(jx, j1t, j2t))
