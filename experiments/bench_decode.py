@@ -33,10 +33,13 @@ from results_io import write_results
 
 from seqjax.config import model_preset
 from seqjax.decoding import beam_search, greedy
+from seqjax.decoding.compile_options import decode_compiler_options
 from seqjax.models import build_model
 
 
-def make_decoder(model, method: str, beam_size: int, new_tokens: int, counter: dict):
+def make_decoder(
+    model, method: str, beam_size: int, new_tokens: int, counter: dict, rows: int, params
+):
     cfg = model.config
 
     def run(params, src_BxS):
@@ -51,12 +54,14 @@ def make_decoder(model, method: str, beam_size: int, new_tokens: int, counter: d
             return greedy(model.step, cache, **common)
         return beam_search(model.step, cache, beam_size=beam_size, alpha=0.6, **common)
 
-    return jax.jit(run)
+    # the library's per-size choice of XLA:CPU matmul kernels (SEQJAX_CPU_DOTS overrides)
+    return jax.jit(run, compiler_options=decode_compiler_options(rows, params))
 
 
 def bench_cell(model, params, method, batch, args, rng):
     counter = {"traces": 0}
-    fn = make_decoder(model, method, args.beam_size, args.new_tokens, counter)
+    rows = batch * (1 if method == "greedy" else args.beam_size)
+    fn = make_decoder(model, method, args.beam_size, args.new_tokens, counter, rows, params)
     cfg = model.config
     src = jnp.asarray(rng.integers(4, cfg.vocab_size, (batch, args.src_len)), jnp.int32)
     t0 = time.perf_counter()

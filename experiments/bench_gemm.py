@@ -12,13 +12,16 @@ This script times both, on the CPU it runs on, interleaved per shape:
 - ``cold NT``: the same chain with each weight stored transposed (``[out, in]``, the
   product contracting both operands' minor axes), the layout torch's ``nn.Linear`` keeps;
 - ``cold int8``: the chain's products as int8 x int8 -> int32 dots on int8 weights (the
-  kernel of ``--quantize w8a8``), XLA only; GOP/s.
+  kernel of ``--quantize w8a8``), XLA only; GOP/s;
+- ``Eigen``: the cold chains compiled with XLA's own matmul kernels instead of YNNPACK's
+  (what ``seqjax.decoding.compile_options`` picks for decoders of <= 32 rows per step).
 
 For each, XLA (jitted JAX, its YNNPACK kernels by default) and torch (its MKL/oneDNN
 kernels, ``set_num_threads`` = the CPU count) give GFLOP/s, best of ``--rounds`` rounds in
-which the seven cases take turns.
+which the nine cases take turns.
 
     python experiments/bench_gemm.py --out experiments/results/bench_gemm_epyc
+    python experiments/bench_gemm.py --rows 1,4,16,32,64,256 --out experiments/results/bench_gemm_epyc_cpu_dots
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from results_io import write_results  # noqa: E402
 
 D, F = 512, 2048
 HOT_CALLS = 48  # products per timed hot call: XLA's dispatch overlaps, as in a loop
+EIGEN = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def _best_interleaved(cases: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
@@ -59,15 +63,19 @@ def _nt(x: jax.Array, w_NxK: jax.Array) -> jax.Array:
     return lax.dot_general(x, w_NxK, (((x.ndim - 1,), (1,)), ((), ())))
 
 
-@jax.jit
-def _chain(x, w1s, w2s):
+def _chain_fn(x, w1s, w2s):
     for a, b in zip(w1s, w2s, strict=True):
         x = jnp.tanh(x @ a) @ b
     return x
 
 
-@jax.jit
-def _int8_products(xq, w1s, w2s):
+_chain = jax.jit(_chain_fn)
+# XLA's own (Eigen) matmul kernels instead of YNNPACK's: what seqjax compiles decoders
+# of <= 32 rows per step with (seqjax.decoding.compile_options)
+_chain_eigen = jax.jit(_chain_fn, compiler_options=EIGEN)
+
+
+def _int8_products_fn(xq, w1s, w2s):
     """The cold chain's 2 x layers products as int8 x int8 -> int32 dots (w8a8's kernel), each
     on the same int8 rows (no requantisation between layers: only the dots are timed)."""
     hq = jnp.zeros((xq.shape[0], F), jnp.int8)
@@ -77,6 +85,10 @@ def _int8_products(xq, w1s, w2s):
         y = lax.dot_general(hq, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
         total += h[0, 0] + y[0, 0]
     return total
+
+
+_int8_products = jax.jit(_int8_products_fn)
+_int8_products_eigen = jax.jit(_int8_products_fn, compiler_options=EIGEN)
 
 
 @jax.jit
@@ -116,6 +128,8 @@ def run(rows: list[int], layers: int, rounds: int) -> list[dict]:
             "cold_nt_xla": lambda: _chain_nt(jx, j1t, j2t).block_until_ready(),
             "cold_nt_torch": lambda: torch_chain(tx, t1t, t2t, True),
             "cold_int8_xla": lambda: _int8_products(xq, q1, q2).block_until_ready(),
+            "cold_xla_eigen": lambda: _chain_eigen(jx, j1, j2).block_until_ready(),
+            "cold_int8_xla_eigen": lambda: _int8_products_eigen(xq, q1, q2).block_until_ready(),
         }
 
     out = []
@@ -129,7 +143,12 @@ def run(rows: list[int], layers: int, rounds: int) -> list[dict]:
             times = _best_interleaved(cases(jx, tx, xq), rounds)
         a = np.asarray(_chain(jx, j1, j2))
         b = np.asarray(_chain_nt(jx, j1t, j2t))
-        row = {"rows": m, "max_diff_nt": float(np.abs(a - b).max())}
+        c = np.asarray(_chain_eigen(jx, j1, j2))
+        row = {
+            "rows": m,
+            "max_diff_nt": float(np.abs(a - b).max()),
+            "max_diff_eigen": float(np.abs(a - c).max()),
+        }
         for k, t in times.items():
             row[k + "_gflops"] = (hot_flops if k.startswith("hot") else cold_flops) / t / 1e9
         out.append(row)
@@ -148,18 +167,22 @@ def markdown(rows: list[dict], layers: int, rounds: int) -> str:
         f"same weights; cold: {layers} feed-forward blocks ({D} -> {F} -> {D}, "
         f"{layers * 2 * D * F * 4 / 1e6:.0f} MB of distinct weights) in one call; NT: "
         "weights stored [out, in]; int8: the same products as int8 x int8 -> int32 dots "
-        "on int8 weights (w8a8's kernel; a quarter of the bytes).",
+        "on int8 weights (w8a8's kernel; a quarter of the bytes); Eigen: compiled with "
+        'XLA\'s own matmul kernels (`xla_cpu_experimental_ynn_fusion_type=""`) instead of '
+        "YNNPACK's.",
         "",
-        "| M | hot XLA | hot torch | cold XLA | cold torch | cold NT XLA | cold NT torch |"
-        " cold int8 XLA (GOP/s) | NT max diff |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| M | hot XLA | hot torch | cold XLA | cold XLA Eigen | cold torch | cold NT XLA |"
+        " cold NT torch | cold int8 XLA (GOP/s) | cold int8 XLA Eigen | NT / Eigen max diff |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['rows']} | {r['hot_xla_gflops']:.0f} | {r['hot_torch_gflops']:.0f} | "
-            f"{r['cold_xla_gflops']:.0f} | {r['cold_torch_gflops']:.0f} | "
+            f"{r['cold_xla_gflops']:.0f} | {r['cold_xla_eigen_gflops']:.0f} | "
+            f"{r['cold_torch_gflops']:.0f} | "
             f"{r['cold_nt_xla_gflops']:.0f} | {r['cold_nt_torch_gflops']:.0f} | "
-            f"{r['cold_int8_xla_gflops']:.0f} | {r['max_diff_nt']:.1e} |"
+            f"{r['cold_int8_xla_gflops']:.0f} | {r['cold_int8_xla_eigen_gflops']:.0f} | "
+            f"{r['max_diff_nt']:.1e} / {r['max_diff_eigen']:.1e} |"
         )
     return "\n".join(lines) + "\n"
 

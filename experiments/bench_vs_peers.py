@@ -50,6 +50,7 @@ import numpy as np
 from results_io import cap_isa, write_results
 
 from seqjax.decoding import beam_search, greedy
+from seqjax.decoding.compile_options import decode_compiler_options
 from seqjax.interop.hf import load_hf
 from seqjax.models.quantize import QUANT_MODES, quantize_params
 
@@ -114,8 +115,8 @@ class SeqjaxRunner:
         self.fns: dict[tuple[str, int], Any] = {}
         self.traces = 0
 
-    def _fn(self, method: str, beam: int):
-        key = (method, beam)
+    def _fn(self, method: str, beam: int, batch: int):
+        key = (method, beam, batch)
         if key not in self.fns:
             model, n, c = self.model, self.n, self.model.config
 
@@ -133,11 +134,15 @@ class SeqjaxRunner:
                 )
                 return r.tokens[:, 0]
 
-            self.fns[key] = jax.jit(run)
+            # the library's per-size XLA:CPU matmul kernels, as ``Translator`` compiles
+            rows = batch * (1 if method == "greedy" else beam)
+            options = decode_compiler_options(rows, self.params)
+            self.fns[key] = jax.jit(run, compiler_options=options or None)
         return self.fns[key]
 
     def __call__(self, src_BxS: np.ndarray, method: str, beam: int) -> np.ndarray:
-        return np.asarray(self._fn(method, beam)(self.params, jnp.asarray(src_BxS, jnp.int32)))
+        fn = self._fn(method, beam, src_BxS.shape[0])
+        return np.asarray(fn(self.params, jnp.asarray(src_BxS, jnp.int32)))
 
 
 def gemm_probe(threads: int, m: int = 64, k: int = 512, n: int = 2048) -> dict[str, Any]:

@@ -84,6 +84,8 @@ def machine_info() -> dict[str, Any]:
         "backend": jax.default_backend(),
         "devices": [d.device_kind for d in jax.devices()],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        # seqjax's per-size choice of XLA:CPU matmul kernels (seqjax.decoding.compile_options)
+        "seqjax_cpu_dots": os.environ.get("SEQJAX_CPU_DOTS", "auto"),
         "isa_caps": {k: os.environ[k] for k in ISA_CAP_VARS if k in os.environ},
         "load_before": [round(x, 2) for x in LOAD_BEFORE],
         "load_after": [round(x, 2) for x in os.getloadavg()],
@@ -96,6 +98,7 @@ def machine_line(info: dict[str, Any]) -> str:
     return (
         f"_Machine: {info['cpu']}, {info['cores']} cores, ISA {isa}; jax {info['jax']} / "
         f"jaxlib {info['jaxlib']} on {info['backend']}; XLA_FLAGS={info['xla_flags'] or '(none)'}; "
+        f"SEQJAX_CPU_DOTS={info.get('seqjax_cpu_dots', 'auto')}; "
         + (
             "ISA caps " + " ".join(f"{k}={v}" for k, v in info["isa_caps"].items()) + "; "
             if info.get("isa_caps")

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax.app.translate import Translator, _decode_batch
+from seqjax.app.translate import Translator, programs_compiled
 from seqjax.config import DecodeConfig, model_preset
 from seqjax.decoding import beam_search, greedy
 from seqjax.models.transformer import Transformer
@@ -234,10 +234,10 @@ def test_translator_compiles_once_per_bucket():
     sentences = [" ".join(f"w{i}" for i in rng.integers(4, 64, n)) for n in lengths]
 
     def traces(config):
-        before, jit_before = TRACES["step_fn"], _decode_batch._cache_size()
+        before, jit_before = TRACES["step_fn"], programs_compiled()
         out = tr.translate(sentences, config)
         assert len(out) == len(sentences)
-        return TRACES["step_fn"] - before, _decode_batch._cache_size() - jit_before
+        return TRACES["step_fn"] - before, programs_compiled() - jit_before
 
     assert traces(base) == (2, 2)  # one program per source bucket
     assert traces(dataclasses.replace(base, alpha=1.3)) == (0, 0)
@@ -245,3 +245,32 @@ def test_translator_compiles_once_per_bucket():
     sample = dataclasses.replace(base, method="sample", temperature=1.0, top_p=1.0)
     assert traces(sample) == (2, 2)
     assert traces(dataclasses.replace(sample, temperature=0.6, top_p=0.8, seed=3)) == (0, 0)
+
+
+def test_translator_compiles_small_batches_with_eigen_dots(monkeypatch):
+    """A batch of few decoding rows compiles with XLA's own matmul kernels on CPU
+    (``seqjax.decoding.compile_options``), a large one with XLA's defaults; both decode
+    the same tokens (the kernels differ only in float rounding)."""
+    from seqjax.app import translate as translate_mod
+
+    cfg = model_preset("tiny", share_embeddings=False, tie_output=False)
+    model = Transformer(cfg)
+    tok = _WordTokenizer()
+    greedy_cfg = DecodeConfig(method="greedy", max_len=8, batch_size=64)
+    tr = Translator(model, _varied_params(model, 3), tok, tok, cfg, greedy_cfg, buckets=(8,))
+    rng = np.random.default_rng(2)
+    few = [" ".join(f"w{i}" for i in rng.integers(4, 64, 6)) for _ in range(3)]
+    many = few + [" ".join(f"w{i}" for i in rng.integers(4, 64, 6)) for _ in range(61)]
+    eigen = (("xla_cpu_experimental_ynn_fusion_type", ""),)
+    monkeypatch.setattr(translate_mod, "_PROGRAMS", {})
+    monkeypatch.delenv("SEQJAX_CPU_DOTS", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    out_auto = tr.translate(few)  # 3 sources -> 4 rows
+    assert list(translate_mod._PROGRAMS) == [eigen]
+    assert tr.translate(many)[:3] == out_auto  # 64 rows: XLA's defaults
+    assert set(translate_mod._PROGRAMS) == {eigen, ()}
+    assert translate_mod._PROGRAMS[()]._cache_size() == 1
+    monkeypatch.setenv("SEQJAX_CPU_DOTS", "ynnpack")  # the override: defaults at 4 rows too
+    assert tr.translate(few) == out_auto
+    assert translate_mod._PROGRAMS[()]._cache_size() == 2
+    assert len(set(out_auto)) == 3  # distinct outputs: the comparison means something

@@ -8,7 +8,10 @@ cache, under a key of everything it depends on: the caller's description of the 
 arguments, the shapes, dtypes and tree of the traced ones, the JAX configuration that
 changes lowering, the JAX version, seqjax's source and the device kind. A later process
 deserialises it (milliseconds), lowers the call (short) and gets the compiled program from
-the compile cache as before. The program is the same, so are the results (tests).
+the compile cache as before. The program is the same, so are the results (tests): exactly
+with XLA's default matmul kernels; where a small batch compiles with XLA's own kernels
+(``seqjax.decoding.compile_options``) the same tokens, and scores equal to float rounding
+(XLA may round the deserialised module's dots differently).
 
 Only where a compile cache is on (the ``seqjax`` commands; not in the test suite unless a
 test turns it on); anything that cannot be exported (host callbacks, or ``flatbuffers``
@@ -78,8 +81,16 @@ def cache_key(static: str, args: tuple[Any, ...]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]
 
 
-def exported(fn: Callable[..., Any], static: str, args: tuple[Any, ...]) -> Callable | None:
+def exported(
+    fn: Callable[..., Any],
+    static: str,
+    args: tuple[Any, ...],
+    compiler_options: dict[str, str] | None = None,
+) -> Callable | None:
     """A jitted callable equal to ``jax.jit(fn)`` at ``args``' shapes, or ``None``.
+
+    ``compiler_options``: XLA options for compiling the loaded program (as ``jax.jit``'s;
+    the lowered program on disk does not depend on them, so it is shared).
 
     ``static`` must name everything ``fn`` closes over (model and decode configs, lengths):
     two calls with the same ``static`` and argument shapes share one program. ``None``
@@ -91,8 +102,9 @@ def exported(fn: Callable[..., Any], static: str, args: tuple[Any, ...]) -> Call
     if root is None:
         return None
     key = cache_key(static, args)
-    if key in _LOADED:
-        return _LOADED[key]
+    loaded_key = f"{key} {sorted((compiler_options or {}).items())}"
+    if loaded_key in _LOADED:
+        return _LOADED[loaded_key]
     path = root / f"{key}.jaxexport"
     exp = None
     try:
@@ -104,14 +116,15 @@ def exported(fn: Callable[..., Any], static: str, args: tuple[Any, ...]) -> Call
             exp = jax.export.export(jax.jit(fn))(*args)
             data = exp.serialize()
         except Exception:  # e.g. host callbacks, or no flatbuffers: the ordinary path
-            _LOADED[key] = None
+            _LOADED[loaded_key] = None
             return None
         try:
             root.mkdir(parents=True, exist_ok=True)
             run_dir.write_atomic(path, bytes(data))
         except OSError:
             pass  # a read-only cache: this process still uses the program
-    call = _LOADED[key] = _without_lapack_setup(jax.jit(exp.call))
+    program = jax.jit(exp.call, compiler_options=compiler_options or None)
+    call = _LOADED[loaded_key] = _without_lapack_setup(program)
     return call
 
 

@@ -22,7 +22,6 @@ its ``data`` axis (padded to a multiple of it), the params are replicated (or sp
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 import sys
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ from seqjax.config import ConfigError, DecodeConfig, ModelConfig
 from seqjax.data import Tokenizer, decode_lines, pad_batch
 from seqjax.data.reader import _read_bytes
 from seqjax.decoding import DecodeResult, decode, ensemble, numeric_options, static_part
+from seqjax.decoding.compile_options import decode_compiler_options
 from seqjax.decoding.outputs import hard_alignment
 from seqjax.models import build_model
 
@@ -148,8 +148,80 @@ def output_max_len(cfg: DecodeConfig, src_len: int, model_max_len: int) -> int:
     return max(1, min(cfg.max_len, int(cfg.max_len_a * src_len + cfg.max_len_b), model_max_len))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "config", "max_len", "amateur_model"))
+def loop_rows(config: DecodeConfig, batch: int) -> int:
+    """Rows the decoding loop multiplies per step: ``batch`` x beams (or samples).
+
+    >>> loop_rows(DecodeConfig(method="beam", beam_size=4), 16)
+    64
+    >>> loop_rows(DecodeConfig(method="greedy"), 16)
+    16
+    """
+    if config.method == "greedy":
+        return batch
+    if config.method == "sample":
+        return batch * config.num_samples
+    return batch * config.beam_size  # beam search (every variant) and contrastive
+
+
+def _decode_options(model: Any, params: Any, src_BxS: Any, config: DecodeConfig) -> dict:
+    """XLA compile options of ``_decode_batch`` at this size (``compile_options``); an
+    ensemble's params are a tuple, read whole (w8a8 if any member is)."""
+    del model
+    return decode_compiler_options(loop_rows(config, src_BxS.shape[0]), params)
+
+
 def _decode_batch(
+    model: Any,
+    params: Any,
+    src_BxS: Any,
+    key: jax.Array,
+    numerics: dict[str, jax.Array],
+    config: DecodeConfig,
+    max_len: int,
+    amateur_model: Any = None,
+    amateur_params: Any = None,
+    stream: Any = None,
+    constraints: jax.Array | None = None,
+) -> DecodeResult:
+    """Encode and decode one padded batch; compiled once per (shape, static options).
+
+    Compiled with the XLA:CPU matmul kernels that suit its rows per step
+    (``seqjax.decoding.compile_options``): one jitted program per choice of options.
+    A tuple of models (with a tuple of params) decodes as their ensemble (issue 15);
+    ``constraints [B, C, P]`` make it constrained beam search (issue 15).
+    """
+    options = _decode_options(model, params, src_BxS, config)
+    if isinstance(src_BxS, jax.core.Tracer):  # inside a trace (an export): the outer
+        options = {}  # jit's compile options apply, a nested jit may not set its own
+    program = _decode_program(tuple(sorted(options.items())))
+    return program(
+        model, params, src_BxS, key, numerics, config, max_len,
+        amateur_model, amateur_params, stream, constraints,
+    )  # fmt: skip
+
+
+# One jitted ``_decode_body`` per choice of compile options, by their sorted items.
+_PROGRAMS: dict[tuple[tuple[str, str], ...], Any] = {}
+
+
+def _decode_program(options: tuple[tuple[str, str], ...]) -> Any:
+    """``_decode_body`` under ``jax.jit`` with these compile options (made once)."""
+    if options not in _PROGRAMS:
+        _PROGRAMS[options] = jax.jit(
+            _decode_body,
+            static_argnames=("model", "config", "max_len", "amateur_model"),
+            compiler_options=dict(options) or None,
+        )
+    return _PROGRAMS[options]
+
+
+def programs_compiled() -> int:
+    """Programs ``_decode_batch`` has compiled in this process, over every choice of
+    compile options (tests count recompilations with it)."""
+    return sum(p._cache_size() for p in _PROGRAMS.values())
+
+
+def _decode_body(
     model: Any,
     params: Any,
     src_BxS: jax.Array,
@@ -162,11 +234,7 @@ def _decode_batch(
     stream: Any = None,
     constraints: jax.Array | None = None,
 ) -> DecodeResult:
-    """Encode and decode one padded batch; compiled once per (shape, static options).
-
-    A tuple of models (with a tuple of params) decodes as their ensemble (issue 15);
-    ``constraints [B, C, P]`` make it constrained beam search (issue 15).
-    """
+    """``_decode_batch``'s program: encode, then decode with ``config``'s method."""
     mc: ModelConfig = (model[0] if isinstance(model, tuple) else model).config
     mask = src_BxS != mc.pad_id
 
@@ -387,7 +455,8 @@ class Translator:
         args = (self.params, src_BxS, np.array([cfg.seed, start], np.int32), numeric_options(cfg))
         what = getattr(model, "config", None)
         static = f"_decode_batch {type(model).__qualname__} {what!r} {static_cfg!r} {max_len}"
-        call = export_cache.exported(fn, static, args)
+        options = _decode_options(model, self.params, src_BxS, static_cfg)
+        call = export_cache.exported(fn, static, args, compiler_options=options)
         return None if call is None else call(*args)
 
     def _constraint_ids(
