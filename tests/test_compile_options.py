@@ -1,4 +1,4 @@
-"""The per-size choice of XLA:CPU matmul kernels for compiled decoders."""
+"""The choice of XLA:CPU matmul kernels for compiled decoders (rows, weight size, mode)."""
 
 from __future__ import annotations
 
@@ -7,38 +7,57 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax.config import model_preset
-from seqjax.decoding.compile_options import SMALL_ROWS, decode_compiler_options
+from seqjax.config import ConfigError, model_preset
+from seqjax.decoding import compile_options
+from seqjax.decoding.compile_options import SMALL_ROWS, decode_compiler_options, matrix_bytes
 from seqjax.models.quantize import quantize_params
 from seqjax.models.transformer import Transformer
 
 EIGEN = {"xla_cpu_experimental_ynn_fusion_type": ""}
+MB = 1 << 20
+BIG = {"enc": jax.ShapeDtypeStruct((4096, 4096), jnp.float32), "b": jnp.zeros(8)}  # 64 MB
 
 
-def test_few_rows_get_xlas_own_kernels_on_cpu_only():
+def _opts(rows, params=BIG, cache=16 * MB, **env):
+    return decode_compiler_options(rows, params, platform="cpu", env=env, cache_bytes=cache)
+
+
+def test_few_rows_on_weights_from_memory_get_xlas_own_kernels_on_cpu_only():
     for rows in (1, 4, 16, SMALL_ROWS):
-        assert decode_compiler_options(rows, platform="cpu", env={}) == EIGEN
+        assert _opts(rows) == EIGEN
     for rows in (SMALL_ROWS + 1, 64, 256):
-        assert decode_compiler_options(rows, platform="cpu", env={}) == {}
+        assert _opts(rows) == {}
     for platform in ("gpu", "tpu", "cuda"):
-        assert decode_compiler_options(4, platform=platform, env={}) == {}
+        assert decode_compiler_options(4, BIG, platform=platform, env={}) == {}
+
+
+def test_weights_that_fit_in_cache_keep_ynnpack():
+    assert matrix_bytes(BIG) == 64 * MB  # the 1-D leaf does not count
+    assert _opts(4, cache=32 * MB) == EIGEN  # 64 MB >= 2 x 32 MB
+    assert _opts(4, cache=33 * MB) == {}
+    assert _opts(4, params=None) == {}  # unknown weights: XLA's defaults
+    small = jax.jit(Transformer(model_preset("small")).init)(jax.random.key(0))
+    assert matrix_bytes(small) < 16 * MB and _opts(4, params=small) == {}
+
+
+def test_last_level_cache_is_read_from_the_machine():
+    size = compile_options.last_level_cache_bytes()
+    assert MB // 4 <= size <= 4096 * MB, size
 
 
 def test_environment_overrides_and_bad_values():
-    def opts(rows, **env):
-        return decode_compiler_options(rows, platform="cpu", env=env)
-
-    assert opts(4, SEQJAX_CPU_DOTS="ynnpack") == {}
-    assert opts(256, SEQJAX_CPU_DOTS="eigen") == EIGEN
-    assert opts(4, SEQJAX_CPU_DOTS=" Auto ") == EIGEN
+    assert _opts(4, SEQJAX_CPU_DOTS="ynnpack") == {}
+    assert _opts(256, SEQJAX_CPU_DOTS="eigen") == EIGEN
+    assert _opts(4, params=None, SEQJAX_CPU_DOTS="eigen") == EIGEN
+    assert _opts(4, SEQJAX_CPU_DOTS=" Auto ") == EIGEN
     # the user's own XLA flag for the same choice wins: no option would override it
-    assert opts(4, XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=dot") == {}
+    assert _opts(4, XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=dot") == {}
     assert (
-        opts(4, SEQJAX_CPU_DOTS="eigen", XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=") == {}
+        _opts(4, SEQJAX_CPU_DOTS="eigen", XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=") == {}
     )
-    assert opts(4, XLA_FLAGS="--xla_cpu_multi_thread_eigen=false") == EIGEN  # other flags
-    with pytest.raises(ValueError, match="SEQJAX_CPU_DOTS='mkl': use one of auto, ynnpack, eigen"):
-        opts(4, SEQJAX_CPU_DOTS="mkl")
+    assert _opts(4, XLA_FLAGS="--xla_cpu_multi_thread_eigen=false") == EIGEN  # other flags
+    with pytest.raises(ConfigError, match="SEQJAX_CPU_DOTS='mkl': use one of auto, ynnpack, eigen"):
+        _opts(4, SEQJAX_CPU_DOTS="mkl")
 
 
 def test_w8a8_weights_keep_the_integer_kernels():
@@ -46,14 +65,12 @@ def test_w8a8_weights_keep_the_integer_kernels():
     params = jax.jit(model.init)(jax.random.key(0))
     weight_only = quantize_params(params, "int8", min_size=0)
     w8a8 = quantize_params(params, "w8a8", min_size=0)
-    assert decode_compiler_options(4, params, platform="cpu", env={}) == EIGEN
-    assert decode_compiler_options(4, weight_only, platform="cpu", env={}) == EIGEN
-    assert decode_compiler_options(4, w8a8, platform="cpu", env={}) == {}
-    assert decode_compiler_options(4, (params, w8a8), platform="cpu", env={}) == {}  # ensemble
-    # forced: the user asked for it
-    assert (
-        decode_compiler_options(4, w8a8, platform="cpu", env={"SEQJAX_CPU_DOTS": "eigen"}) == EIGEN
-    )
+    tiny = 1024  # a "cache" small enough that the tiny model's weights count as large
+    assert _opts(4, params, cache=tiny) == EIGEN
+    assert _opts(4, weight_only, cache=tiny // 4) == EIGEN  # int8 bytes: a quarter
+    assert _opts(4, w8a8, cache=tiny // 4) == {}
+    assert _opts(4, (params, w8a8), cache=tiny // 4) == {}  # an ensemble with a w8a8 member
+    assert _opts(4, w8a8, cache=tiny // 4, SEQJAX_CPU_DOTS="eigen") == EIGEN  # forced
 
 
 def test_the_option_compiles_and_computes_the_same_product():

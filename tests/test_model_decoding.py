@@ -249,9 +249,13 @@ def test_translator_compiles_once_per_bucket():
 
 def test_translator_compiles_small_batches_with_eigen_dots(monkeypatch):
     """A batch of few decoding rows compiles with XLA's own matmul kernels on CPU
-    (``seqjax.decoding.compile_options``), a large one with XLA's defaults; both decode
-    the same tokens (the kernels differ only in float rounding)."""
+    (``seqjax.decoding.compile_options``; the tiny model's weights count as large
+    against a 1 kB "cache"), a large one with XLA's defaults; both decode the same tokens
+    (the kernels differ only in float rounding)."""
     from seqjax.app import translate as translate_mod
+    from seqjax.decoding import compile_options
+
+    monkeypatch.setattr(compile_options, "last_level_cache_bytes", lambda: 1024)
 
     cfg = model_preset("tiny", share_embeddings=False, tie_output=False)
     model = Transformer(cfg)
@@ -265,12 +269,13 @@ def test_translator_compiles_small_batches_with_eigen_dots(monkeypatch):
     monkeypatch.setattr(translate_mod, "_PROGRAMS", {})
     monkeypatch.delenv("SEQJAX_CPU_DOTS", raising=False)
     monkeypatch.setenv("XLA_FLAGS", "")
+    default = translate_mod._decode_program(())  # jit caches are shared per function:
+    before = default._cache_size()  # count what this test adds
     out_auto = tr.translate(few)  # 3 sources -> 4 rows
-    assert list(translate_mod._PROGRAMS) == [eigen]
+    assert list(translate_mod._PROGRAMS) == [(), eigen] and default._cache_size() == before
     assert tr.translate(many)[:3] == out_auto  # 64 rows: XLA's defaults
-    assert set(translate_mod._PROGRAMS) == {eigen, ()}
-    assert translate_mod._PROGRAMS[()]._cache_size() == 1
+    assert default._cache_size() == before + 1
     monkeypatch.setenv("SEQJAX_CPU_DOTS", "ynnpack")  # the override: defaults at 4 rows too
     assert tr.translate(few) == out_auto
-    assert translate_mod._PROGRAMS[()]._cache_size() == 2
+    assert default._cache_size() == before + 2
     assert len(set(out_auto)) == 3  # distinct outputs: the comparison means something

@@ -1,44 +1,86 @@
-"""XLA:CPU compile options for a decoder, chosen by the rows its loop multiplies per step.
+"""XLA:CPU compile options for a decoder, chosen by its rows per step and its weights' size.
 
-A decode step multiplies ``rows`` (batch x beams) activation rows by every weight
-matrix of the model, weights that arrive from main memory. XLA:CPU's default matmul
-kernels (YNNPACK) are fast from 64 rows up but slow on 4-32 rows of weights streamed
-from memory, where XLA's own (Eigen) kernels are 1.45-2x faster; from 64 rows YNNPACK
-is 1.06-1.23x faster (``experiments/results/bench_gemm_epyc_cpu_dots.md``, an AVX2
-EPYC; whole decoders: ``bench_decode_cpu_dots_epyc.md``, 1.22-1.34x at 4-16 rows).
-YNNPACK's integer dots are the only fast ones (Eigen's are 3-9x slower), so ``w8a8``
+A decode step multiplies ``rows`` (batch x beams) activation rows by every weight matrix
+of the model. When the weights are much larger than the CPU's last-level cache they
+arrive from main memory at every step, and there XLA:CPU's default matmul kernels
+(YNNPACK) are slow on 4-32 rows while XLA's own (Eigen) kernels are 1.45-2x faster; from
+64 rows YNNPACK is 1.06-1.23x faster (``experiments/results/bench_gemm_epyc_cpu_dots.md``,
+an AVX2 EPYC with a 32 MB L3; whole decoders: ``bench_decode_cpu_dots_epyc.md``,
+transformer-base 1.22-1.34x at 4-16 rows). Weights that stay in cache are the opposite
+case (YNNPACK up to 3x faster: the LSTM ``rnn_small`` and the Transformer ``small``
+presets, in the same file; the turn comes with the cache's size, ``bench_cpu_dots_epyc.md``),
+and YNNPACK's integer dots are the only fast ones (Eigen's are 3-9x slower), so ``w8a8``
 weights keep it at every size.
 
 ``decode_compiler_options(rows, params)`` returns the options for one compiled decoder,
 to pass as ``jax.jit(fn, compiler_options=...)``: ``{}`` (XLA's defaults) unless the
-program runs on CPU with ``rows <= SMALL_ROWS`` float dots. The environment variable
+program runs on CPU with ``rows <= SMALL_ROWS`` float dots on weight matrices of at least
+twice the last-level cache (``params`` counts every leaf of two or more dimensions,
+the encoder's too: about twice what a decoder step reads). The environment variable
 ``SEQJAX_CPU_DOTS`` overrides the choice: ``auto`` (the default, as above), ``ynnpack``
 (always XLA's defaults) or ``eigen`` (always XLA's own kernels); a
 ``--xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` wins over both.
 
->>> decode_compiler_options(64, platform="cpu")
-{}
->>> decode_compiler_options(16, platform="cpu", env={})
+>>> big = {"w": jax.ShapeDtypeStruct((8192, 8192), jnp.float32)}  # 256 MB
+>>> decode_compiler_options(16, big, platform="cpu", env={}, cache_bytes=32 << 20)
 {'xla_cpu_experimental_ynn_fusion_type': ''}
->>> decode_compiler_options(16, platform="gpu", env={})
+>>> decode_compiler_options(64, big, platform="cpu", env={}, cache_bytes=32 << 20)
 {}
->>> decode_compiler_options(16, platform="cpu", env={"SEQJAX_CPU_DOTS": "ynnpack"})
+>>> decode_compiler_options(16, big, platform="cpu", env={}, cache_bytes=256 << 20)
 {}
+>>> decode_compiler_options(16, big, platform="gpu", env={})
+{}
+>>> decode_compiler_options(16, None, platform="cpu", env={"SEQJAX_CPU_DOTS": "eigen"})
+{'xla_cpu_experimental_ynn_fusion_type': ''}
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from seqjax.config import ConfigError
 
 SMALL_ROWS = 32  # measured crossover: Eigen 1.45x ahead at 32 rows, 0.94x at 64
+DEFAULT_CACHE_BYTES = 32 << 20  # when the CPU does not say (a common server L3)
 _FLAG = "xla_cpu_experimental_ynn_fusion_type"
 _CHOICES = ("auto", "ynnpack", "eigen")
+
+
+@functools.cache
+def last_level_cache_bytes() -> int:
+    """The largest CPU cache Linux reports for CPU 0 (``DEFAULT_CACHE_BYTES`` elsewhere)."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes, default=DEFAULT_CACHE_BYTES)
+
+
+def matrix_bytes(params: Any) -> int:
+    """Bytes of the leaves of ``params`` with two or more dimensions (arrays, tracers or
+    ``ShapeDtypeStruct``; int8 ``QuantizedArray`` leaves count their int8 bytes)."""
+    total = 0
+    for x in jax.tree.leaves(params):
+        shape, dtype = getattr(x, "shape", ()), getattr(x, "dtype", None)
+        if len(shape) >= 2 and dtype is not None:
+            n = 1
+            for d in shape:
+                n *= int(d)
+            total += n * jnp.dtype(dtype).itemsize
+    return total
 
 
 def _has_int8_activations(params: Any) -> bool:
@@ -55,13 +97,16 @@ def decode_compiler_options(
     *,
     platform: str | None = None,
     env: Mapping[str, str] | None = None,
+    cache_bytes: int | None = None,
 ) -> dict[str, str]:
     """XLA compile options for a decoder whose loop multiplies ``rows`` rows per step.
 
     ``rows``: batch x beams (x samples) of the decoding loop (static); ``params``: the
-    weights (only their quantisation mode is read); ``platform``: the backend the program
-    compiles for (default ``jax.default_backend()``); ``env``: the environment to read
-    ``SEQJAX_CPU_DOTS`` and ``XLA_FLAGS`` from (default ``os.environ``).
+    weights (their shapes, dtypes and quantisation mode are read; None: unknown, XLA's
+    defaults unless forced); ``platform``: the backend the program compiles for (default
+    ``jax.default_backend()``); ``env``: where ``SEQJAX_CPU_DOTS`` and ``XLA_FLAGS`` are
+    read (default ``os.environ``); ``cache_bytes``: the last-level cache (default: this
+    machine's, ``last_level_cache_bytes``).
     """
     env = os.environ if env is None else env
     choice = env.get("SEQJAX_CPU_DOTS", "auto").strip().lower() or "auto"
@@ -71,8 +116,11 @@ def decode_compiler_options(
         )
     if (platform or jax.default_backend()) != "cpu" or _FLAG in env.get("XLA_FLAGS", ""):
         return {}
-    if choice == "ynnpack":
+    if choice == "eigen":
+        return {_FLAG: ""}
+    if choice == "ynnpack" or params is None or rows > SMALL_ROWS:
         return {}
-    if choice == "auto" and (rows > SMALL_ROWS or _has_int8_activations(params)):
+    cache = last_level_cache_bytes() if cache_bytes is None else cache_bytes
+    if matrix_bytes(params) < 2 * cache or _has_int8_activations(params):
         return {}
     return {_FLAG: ""}
