@@ -84,3 +84,38 @@ def test_the_option_compiles_and_computes_the_same_product():
     np.testing.assert_allclose(np.asarray(ours), np.asarray(default), rtol=1e-5, atol=1e-5)
     with pytest.raises(Exception, match="no_such_option"):
         jax.jit(jnp.matmul, compiler_options={"xla_cpu_no_such_option": ""})(x, w)
+
+
+def test_jitted_decoders_pick_the_kernels_per_call(monkeypatch):
+    """``jitted(decoder)`` compiles a small call on large weights with XLA's own kernels
+    (here the tiny model's weights count as large against a 1 kB "cache"), large calls
+    and calls inside another jit with XLA's defaults; the tokens are the same."""
+    from seqjax.decoding import beam_search, greedy, jitted
+
+    monkeypatch.setattr(compile_options, "last_level_cache_bytes", lambda: 1024)
+    monkeypatch.delenv("SEQJAX_CPU_DOTS", raising=False)
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    model = Transformer(model_preset("tiny"))
+    params = jax.tree.map(lambda x: x * 4.0, jax.jit(model.init)(jax.random.key(1)))
+    src = jnp.asarray(np.random.default_rng(0).integers(4, 64, (3, 7)), jnp.int32)
+    mask = src > 0
+    cache = model.init_cache(params, model.encode(params, src, mask), mask, 8)
+    c = model.config
+    ids = dict(max_len=8, bos_id=c.bos_id, eos_id=c.eos_id, pad_id=c.pad_id, params=params)
+    key = tuple(EIGEN.items())
+    for decoder, extra in ((greedy, {}), (beam_search, {"beam_size": 4})):
+        fast = jitted(decoder)
+        fast._with_options.clear()
+        small = fast(model.step, cache, **ids, **extra)  # 3 or 12 rows
+        assert list(fast._with_options) == [key]
+        monkeypatch.setenv("SEQJAX_CPU_DOTS", "ynnpack")
+        default = fast(model.step, cache, **ids, **extra)
+        monkeypatch.delenv("SEQJAX_CPU_DOTS")
+        np.testing.assert_array_equal(np.asarray(small.tokens), np.asarray(default.tokens))
+        inner = jax.jit(
+            lambda p, ca, f=fast, e=extra: f(model.step, ca, **{**ids, "params": p}, **e)
+        )
+        np.testing.assert_array_equal(
+            np.asarray(inner(params, cache).tokens), np.asarray(small.tokens)
+        )
+    assert len(set(map(tuple, np.asarray(small.tokens)[:, 0].tolist()))) > 1  # rows differ

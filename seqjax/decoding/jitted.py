@@ -16,6 +16,7 @@ import jax
 from seqjax.decoding.arg_checks import check_concrete_call
 from seqjax.decoding.beam_sample import beam_sample
 from seqjax.decoding.beam_search import beam_search
+from seqjax.decoding.compile_options import SMALL_ROWS, decode_compiler_options
 from seqjax.decoding.constrained_beam_search import constrained_beam_search
 from seqjax.decoding.contrastive import contrastive
 from seqjax.decoding.diverse_beam_search import diverse_beam_search
@@ -112,6 +113,10 @@ def jitted(decoder: Callable) -> Callable:
     Numeric options stay traced, so new values never recompile; a new step function,
     ``max_len``, beam size, ... compiles once and is cached by ``jax.jit``. The same
     decoder always gives the same jitted object, so its compilation cache is shared.
+    A call compiles with the XLA:CPU matmul kernels that suit its rows per step and
+    weights (``seqjax.decoding.compile_options``; read from the cache's leading axis,
+    ``beam_size`` / ``num_samples`` and ``params``); called inside another ``jax.jit``,
+    the outer one's options apply.
 
     >>> import jax.numpy as jnp
     >>> logp_V = jnp.log(jnp.array([0.0, 0.7, 0.3]))  # pad, EOS, token 2
@@ -127,6 +132,18 @@ def jitted(decoder: Callable) -> Callable:
     [-0.357, -1.147]
     """
     return _Checked(decoder, jax.jit(decoder, static_argnames=STATIC_ARGNAMES[decoder]))
+
+
+def _loop_rows(args: tuple, kwargs: dict) -> int | None:
+    """Rows per step of a decoder call: the cache's leading axis (or ``batch_size``) times
+    ``beam_size`` or ``num_samples``; None when the call does not tell."""
+    cache = args[1] if len(args) > 1 else kwargs.get("cache", kwargs.get("expert_cache"))
+    leaves = [x for x in jax.tree.leaves(cache) if getattr(x, "ndim", 0) >= 1]
+    batch = leaves[0].shape[0] if leaves else kwargs.get("batch_size")
+    if not isinstance(batch, int):
+        return None
+    per_source = kwargs.get("beam_size", kwargs.get("num_samples", 1))
+    return batch * per_source if isinstance(per_source, int) else None
 
 
 _TUPLES = ("eos_id", "suppress_tokens", "begin_suppress_tokens", "processors")
@@ -154,12 +171,32 @@ class _Checked:
 
     def __init__(self, decoder: Callable, jit: Callable) -> None:
         self._decoder, self._jit = decoder, jit
+        self._with_options: dict[tuple, Callable] = {}  # jits with compile options
         functools.update_wrapper(self, decoder)
 
     def __call__(self, *args, **kwargs):
         kwargs = {k: as_static(k, v) for k, v in kwargs.items()}
         check_concrete_call(self._decoder, args, kwargs)
-        return self._jit(*args, **kwargs)
+        return self._program(args, kwargs)(*args, **kwargs)
+
+    def _program(self, args: tuple, kwargs: dict) -> Callable:
+        """The jit for this call: XLA's defaults, or one with ``compile_options``'."""
+        rows = _loop_rows(args, kwargs)
+        if rows is None or rows > SMALL_ROWS:
+            return self._jit  # the common case, decided without reading the params
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
+            return self._jit  # a nested jit may not set compile options
+        params = (kwargs.get("params"), kwargs.get("amateur_params"))
+        options = tuple(sorted(decode_compiler_options(rows, params).items()))
+        if not options:
+            return self._jit
+        if options not in self._with_options:
+            self._with_options[options] = jax.jit(
+                self._decoder,
+                static_argnames=STATIC_ARGNAMES[self._decoder],
+                compiler_options=dict(options),
+            )
+        return self._with_options[options]
 
     def __getattr__(self, name: str):
         return getattr(self._jit, name)
