@@ -9,7 +9,11 @@ the ``while`` loop too. Events are summed by HLO instruction, divided by the N s
 the rounds, and attributed to the seqjax source function that emitted the op (from the
 compiled HLO's ``source_file``/``source_line`` metadata). Thunk times of the two intra-op
 threads add up, so shares are of summed thunk time; the wall time per step is measured
-separately.
+separately. The decoders compile with seqjax's choice of matmul kernels
+(``seqjax.decoding.compile_options``); where that is XLA's own (Eigen, small batches of
+this model on CPU) the dot thunks' events cover only part of their work (a greedy
+batch-16 step: 7.7 ms of thunks in a 19.5 ms step), so profile with
+``SEQJAX_CPU_DOTS=ynnpack`` for shares.
 
 ``--isa AVX2`` caps XLA's code generation at AVX2 (``--xla_cpu_max_isa``), emulating an
 AVX2-only CPU such as the EPYC of issue 19; the script checks that the cap changes the
@@ -220,10 +224,11 @@ def build(hf_dir: str | None):
     return model, model.init(jax.random.key(0))
 
 
-def decoder(model, method: str, beam: int, n: int):
+def decoder(model, method: str, beam: int, n: int, rows: int, params):
     import jax
 
     from seqjax.decoding import beam_search, greedy
+    from seqjax.decoding.compile_options import decode_compiler_options
 
     c = model.config
 
@@ -237,14 +242,16 @@ def decoder(model, method: str, beam: int, n: int):
             model.step, cache, params=params, beam_size=beam, alpha=1.0, **common
         ).tokens
 
-    return jax.jit(run)
+    # the library's per-size choice of XLA:CPU matmul kernels (SEQJAX_CPU_DOTS overrides)
+    return jax.jit(run, compiler_options=decode_compiler_options(rows, params) or None)
 
 
 def profile_case(model, params, method: str, batch: int, args) -> dict:
     import jax
     import numpy as np
 
-    fn = decoder(model, method, args.beam_size, args.new_tokens)
+    rows = batch * (1 if method == "greedy" else args.beam_size)
+    fn = decoder(model, method, args.beam_size, args.new_tokens, rows, params)
     rng = np.random.default_rng(0)
     src = rng.integers(2, model.config.vocab_size - 1, (batch, args.src_len))
     src[:, -1] = model.config.eos_id
