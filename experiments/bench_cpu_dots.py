@@ -8,7 +8,8 @@ called again and again on the same weights, as a decoding loop calls its step, s
 that fit in the cache stay there between calls and larger ones stream from memory. Each
 (layers, rows) cell compiles the chain twice, with XLA's defaults (YNNPACK) and with
 ``xla_cpu_experimental_ynn_fusion_type=""`` (Eigen), and times them in alternation
-(best of ``--rounds`` calls, three alternations).
+(``bench_gemm.best_interleaved``: best of ``--rounds`` calls each, the two taking turns;
+both use the same weights, so taking turns keeps cache-sized weights in cache).
 
     python experiments/bench_cpu_dots.py --out experiments/results/bench_cpu_dots_epyc
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_gemm import best_interleaved  # noqa: E402
 from results_io import write_results  # noqa: E402
 
 D, F = 512, 2048
@@ -46,16 +47,13 @@ def run(layer_counts: list[int], rows: list[int], rounds: int) -> list[dict]:
         w2 = [jnp.asarray(rng.standard_normal((F, D), np.float32) * 0.02) for _ in range(layers)]
         for m in rows:
             x = jnp.asarray(rng.standard_normal((m, D), np.float32))
-            fns = {"ynnpack": default, "eigen": eigen}
-            best = dict.fromkeys(fns, float("inf"))
-            for fn in fns.values():
-                fn(x, w1, w2).block_until_ready()  # compile, and bring the weights in
-            for _ in range(3):
-                for name, fn in fns.items():
-                    for _ in range(rounds):
-                        t0 = time.perf_counter()
-                        fn(x, w1, w2).block_until_ready()
-                        best[name] = min(best[name], time.perf_counter() - t0)
+            best = best_interleaved(
+                {
+                    "ynnpack": lambda x=x, a=w1, b=w2: default(x, a, b).block_until_ready(),
+                    "eigen": lambda x=x, a=w1, b=w2: eigen(x, a, b).block_until_ready(),
+                },
+                rounds,
+            )
             flops = 2 * (2 * m * D * F) * layers
             row = {
                 "layers": layers,
@@ -79,7 +77,7 @@ def markdown(rows: list[dict], rounds: int) -> str:
         "# XLA's own (Eigen) vs YNNPACK matmul kernels by weight size and rows",
         "",
         f"GFLOP/s of a chain of feed-forward blocks (512 -> 2048 -> 512) called repeatedly on "
-        f"the same weights, best of {rounds} calls x 3 alternations.",
+        f"the same weights, best of {rounds} calls per kernel, the two taking turns.",
         "",
         "| blocks | weights MB | rows | YNNPACK | Eigen | Eigen / YNNPACK |",
         "|---:|---:|---:|---:|---:|---:|",
@@ -96,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--layers", default="1,2,4,8,24", help="feed-forward blocks per chain (list)")
     p.add_argument("--rows", default="4,16,64", help="M: rows per product (list)")
-    p.add_argument("--rounds", type=int, default=5, help="timed calls per alternation")
+    p.add_argument("--rounds", type=int, default=15, help="timed calls per kernel")
     p.add_argument("--out", default="experiments/results/bench_cpu_dots", help="output stem")
     args = p.parse_args(argv)
     layers = [int(v) for v in args.layers.split(",")]

@@ -46,7 +46,7 @@ HOT_CALLS = 48  # products per timed hot call: XLA's dispatch overlaps, as in a 
 EIGEN = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
-def _best_interleaved(cases: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+def best_interleaved(cases: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
     """Best wall time of each case; the cases take turns within every round."""
     for fn in cases.values():
         fn()  # warm-up (and compile)
@@ -140,7 +140,7 @@ def run(rows: list[int], layers: int, rounds: int) -> list[dict]:
         cold_flops = 2 * (2 * m * D * F) * layers
         xq = jnp.asarray(rng.integers(-127, 128, (m, D), dtype=np.int8))
         with torch.no_grad():
-            times = _best_interleaved(cases(jx, tx, xq), rounds)
+            times = best_interleaved(cases(jx, tx, xq), rounds)
         a = np.asarray(_chain(jx, j1, j2))
         b = np.asarray(_chain_nt(jx, j1t, j2t))
         c = np.asarray(_chain_eigen(jx, j1, j2))

@@ -40,7 +40,7 @@ from seqjax.config import ConfigError, DecodeConfig, ModelConfig
 from seqjax.data import Tokenizer, decode_lines, pad_batch
 from seqjax.data.reader import _read_bytes
 from seqjax.decoding import DecodeResult, decode, ensemble, numeric_options, static_part
-from seqjax.decoding.compile_options import decode_compiler_options
+from seqjax.decoding.compile_options import call_compiler_options
 from seqjax.decoding.outputs import hard_alignment
 from seqjax.models import build_model
 
@@ -163,11 +163,12 @@ def loop_rows(config: DecodeConfig, batch: int) -> int:
     return batch * config.beam_size  # beam search (every variant) and contrastive
 
 
-def _decode_options(model: Any, params: Any, src_BxS: Any, config: DecodeConfig) -> dict:
+def _decode_options(params: Any, src_BxS: Any, config: DecodeConfig) -> dict:
     """XLA compile options of ``_decode_batch`` at this size (``compile_options``); an
-    ensemble's params are a tuple, read whole (w8a8 if any member is)."""
-    del model
-    return decode_compiler_options(loop_rows(config, src_BxS.shape[0]), params)
+    ensemble's params are a tuple, read whole (w8a8 if any member is). {} inside a
+    trace (an export: the outer jit's options apply)."""
+    rows = loop_rows(config, src_BxS.shape[0])
+    return call_compiler_options(rows, params, (params, src_BxS))
 
 
 def _decode_batch(
@@ -190,9 +191,7 @@ def _decode_batch(
     A tuple of models (with a tuple of params) decodes as their ensemble (issue 15);
     ``constraints [B, C, P]`` make it constrained beam search (issue 15).
     """
-    options = _decode_options(model, params, src_BxS, config)
-    if isinstance(src_BxS, jax.core.Tracer):  # inside a trace (an export): the outer
-        options = {}  # jit's compile options apply, a nested jit may not set its own
+    options = _decode_options(params, src_BxS, config)
     program = _decode_program(tuple(sorted(options.items())))
     return program(
         model, params, src_BxS, key, numerics, config, max_len,
@@ -455,7 +454,7 @@ class Translator:
         args = (self.params, src_BxS, np.array([cfg.seed, start], np.int32), numeric_options(cfg))
         what = getattr(model, "config", None)
         static = f"_decode_batch {type(model).__qualname__} {what!r} {static_cfg!r} {max_len}"
-        options = _decode_options(model, self.params, src_BxS, static_cfg)
+        options = _decode_options(self.params, src_BxS, static_cfg)
         call = export_cache.exported(fn, static, args, compiler_options=options)
         return None if call is None else call(*args)
 

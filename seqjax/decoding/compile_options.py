@@ -124,3 +124,16 @@ def decode_compiler_options(
     if matrix_bytes(params) < 2 * cache or _has_int8_activations(params):
         return {}
     return {_FLAG: ""}
+
+
+def call_compiler_options(rows: int | None, params: Any, call_args: Any) -> dict[str, str]:
+    """``decode_compiler_options`` for one call of a jitted decoder: ``{}`` where ``rows``
+    is unknown (None), or where ``call_args`` (the call's arguments) hold tracers, i.e. the
+    call runs inside another ``jax.jit``, whose options apply (a nested jit may not set
+    its own). Tracers are looked for only when there are options to set."""
+    if rows is None:
+        return {}
+    options = decode_compiler_options(rows, params)
+    if options and any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(call_args)):
+        return {}
+    return options

@@ -16,7 +16,7 @@ import jax
 from seqjax.decoding.arg_checks import check_concrete_call
 from seqjax.decoding.beam_sample import beam_sample
 from seqjax.decoding.beam_search import beam_search
-from seqjax.decoding.compile_options import SMALL_ROWS, decode_compiler_options
+from seqjax.decoding.compile_options import call_compiler_options
 from seqjax.decoding.constrained_beam_search import constrained_beam_search
 from seqjax.decoding.contrastive import contrastive
 from seqjax.decoding.diverse_beam_search import diverse_beam_search
@@ -181,13 +181,9 @@ class _Checked:
 
     def _program(self, args: tuple, kwargs: dict) -> Callable:
         """The jit for this call: XLA's defaults, or one with ``compile_options``'."""
-        rows = _loop_rows(args, kwargs)
-        if rows is None or rows > SMALL_ROWS:
-            return self._jit  # the common case, decided without reading the params
-        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
-            return self._jit  # a nested jit may not set compile options
         params = (kwargs.get("params"), kwargs.get("amateur_params"))
-        options = tuple(sorted(decode_compiler_options(rows, params).items()))
+        chosen = call_compiler_options(_loop_rows(args, kwargs), params, (args, kwargs))
+        options = tuple(sorted(chosen.items()))
         if not options:
             return self._jit
         if options not in self._with_options:
