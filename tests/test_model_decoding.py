@@ -250,12 +250,12 @@ def test_translator_compiles_once_per_bucket():
 def test_translator_compiles_small_batches_with_eigen_dots(monkeypatch):
     """A batch of few decoding rows compiles with XLA's own matmul kernels on CPU
     (``seqjax.decoding.compile_options``; the tiny model's weights count as large
-    against a 1 kB "cache"), a large one with XLA's defaults; both decode the same tokens
+    against a 2 kB threshold), a large one with XLA's defaults; both decode the same tokens
     (the kernels differ only in float rounding)."""
     from seqjax.app import translate as translate_mod
     from seqjax.decoding import compile_options
 
-    monkeypatch.setattr(compile_options, "last_level_cache_bytes", lambda: 1024)
+    monkeypatch.setattr(compile_options, "LARGE_WEIGHTS_BYTES", 2048)
 
     cfg = model_preset("tiny", share_embeddings=False, tie_output=False)
     model = Transformer(cfg)

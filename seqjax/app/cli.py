@@ -685,7 +685,8 @@ def _add_train_parser(sub: Any) -> None:
         description="Train a model into --out. Rerunning with the same --out resumes from its "
         "latest checkpoint. With no options: the 'rnn_small' preset (bi-LSTM with attention) on "
         "the bundled Bible en->fr corpus for 1,500 updates (the same model and BLEU on every "
-        "machine; about 11 minutes on 2 CPU cores), then test BLEU/chrF and sample translations.",
+        "machine with the same instruction set and core count; about 11-26 minutes on 2 CPU "
+        "cores), then test BLEU/chrF and sample translations.",
     )
     t.add_argument("--out", default=DEFAULT_RUN, help=f"run directory (default {DEFAULT_RUN})")
     t.add_argument(

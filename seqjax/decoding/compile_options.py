@@ -8,25 +8,32 @@ arrive from main memory at every step, and there XLA:CPU's default matmul kernel
 an AVX2 EPYC with a 32 MB L3; whole decoders: ``bench_decode_cpu_dots_epyc.md``,
 transformer-base 1.22-1.34x at 4-16 rows). Weights that stay in cache are the opposite
 case (YNNPACK up to 3x faster: the LSTM ``rnn_small`` and the Transformer ``small``
-presets, in the same file; the turn comes with the cache's size, ``bench_cpu_dots_epyc.md``),
-and YNNPACK's integer dots are the only fast ones (Eigen's are 3-9x slower), so ``w8a8``
-weights keep it at every size.
+presets, in the same file; the turn comes at about twice the 32 MB L3,
+``bench_cpu_dots_epyc.md``), and YNNPACK's integer dots are the only fast ones (Eigen's
+are 3-9x slower), so ``w8a8`` weights keep it at every size.
+
+The size threshold is a constant (``LARGE_WEIGHTS_BYTES``, 64 MB: twice the L3 where it
+was measured), not read from the machine: the two kernels sum in different orders, so
+the choice can change a decoded token, and a threshold that followed each machine's
+cache would let the same model and command decode differently on two machines with the
+same instruction set (issue 17's reproducibility). On a CPU whose cache differs much
+from 32 MB the turn moves, and ``SEQJAX_CPU_DOTS`` sets the kernels by hand.
 
 ``decode_compiler_options(rows, params)`` returns the options for one compiled decoder,
 to pass as ``jax.jit(fn, compiler_options=...)``: ``{}`` (XLA's defaults) unless the
 program runs on CPU with ``rows <= SMALL_ROWS`` float dots on weight matrices of at least
-twice the last-level cache (``params`` counts every leaf of two or more dimensions,
-the encoder's too: about twice what a decoder step reads). The environment variable
+``LARGE_WEIGHTS_BYTES`` (``params`` counts every leaf of two or more dimensions, the
+encoder's too: about twice what a decoder step reads). The environment variable
 ``SEQJAX_CPU_DOTS`` overrides the choice: ``auto`` (the default, as above), ``ynnpack``
 (always XLA's defaults) or ``eigen`` (always XLA's own kernels); a
 ``--xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` wins over both.
 
 >>> big = {"w": jax.ShapeDtypeStruct((8192, 8192), jnp.float32)}  # 256 MB
->>> decode_compiler_options(16, big, platform="cpu", env={}, cache_bytes=32 << 20)
+>>> decode_compiler_options(16, big, platform="cpu", env={})
 {'xla_cpu_experimental_ynn_fusion_type': ''}
->>> decode_compiler_options(64, big, platform="cpu", env={}, cache_bytes=32 << 20)
+>>> decode_compiler_options(64, big, platform="cpu", env={})
 {}
->>> decode_compiler_options(16, big, platform="cpu", env={}, cache_bytes=256 << 20)
+>>> decode_compiler_options(16, big, platform="cpu", env={}, large_bytes=512 << 20)
 {}
 >>> decode_compiler_options(16, big, platform="gpu", env={})
 {}
@@ -36,10 +43,8 @@ the encoder's too: about twice what a decoder step reads). The environment varia
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -48,25 +53,9 @@ import jax.numpy as jnp
 from seqjax.config import ConfigError
 
 SMALL_ROWS = 32  # measured crossover: Eigen 1.45x ahead at 32 rows, 0.94x at 64
-DEFAULT_CACHE_BYTES = 32 << 20  # when the CPU does not say (a common server L3)
+LARGE_WEIGHTS_BYTES = 64 << 20  # 2 x the 32 MB L3 where the turn was measured
 _FLAG = "xla_cpu_experimental_ynn_fusion_type"
 _CHOICES = ("auto", "ynnpack", "eigen")
-
-
-@functools.cache
-def last_level_cache_bytes() -> int:
-    """The largest CPU cache Linux reports for CPU 0 (``DEFAULT_CACHE_BYTES`` elsewhere)."""
-    sizes = []
-    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            text = (index / "size").read_text().strip().upper()
-        except OSError:
-            continue
-        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-        digits = text.rstrip("KMG")
-        if digits.isdigit():
-            sizes.append(int(digits) * scale)
-    return max(sizes, default=DEFAULT_CACHE_BYTES)
 
 
 def matrix_bytes(params: Any) -> int:
@@ -97,7 +86,7 @@ def decode_compiler_options(
     *,
     platform: str | None = None,
     env: Mapping[str, str] | None = None,
-    cache_bytes: int | None = None,
+    large_bytes: int | None = None,
 ) -> dict[str, str]:
     """XLA compile options for a decoder whose loop multiplies ``rows`` rows per step.
 
@@ -105,8 +94,8 @@ def decode_compiler_options(
     weights (their shapes, dtypes and quantisation mode are read; None: unknown, XLA's
     defaults unless forced); ``platform``: the backend the program compiles for (default
     ``jax.default_backend()``); ``env``: where ``SEQJAX_CPU_DOTS`` and ``XLA_FLAGS`` are
-    read (default ``os.environ``); ``cache_bytes``: the last-level cache (default: this
-    machine's, ``last_level_cache_bytes``).
+    read (default ``os.environ``); ``large_bytes``: the weight size from which XLA's own
+    kernels are used (default ``LARGE_WEIGHTS_BYTES``, the same on every machine).
     """
     env = os.environ if env is None else env
     choice = env.get("SEQJAX_CPU_DOTS", "auto").strip().lower() or "auto"
@@ -120,8 +109,8 @@ def decode_compiler_options(
         return {_FLAG: ""}
     if choice == "ynnpack" or params is None or rows > SMALL_ROWS:
         return {}
-    cache = last_level_cache_bytes() if cache_bytes is None else cache_bytes
-    if matrix_bytes(params) < 2 * cache or _has_int8_activations(params):
+    large = LARGE_WEIGHTS_BYTES if large_bytes is None else large_bytes
+    if matrix_bytes(params) < large or _has_int8_activations(params):
         return {}
     return {_FLAG: ""}
 
