@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import write_results  # noqa: E402
 
 from seqjax.config import ModelConfig  # noqa: E402
-from seqjax.decoding import beam_search, greedy  # noqa: E402
+from seqjax.decoding import beam_search, greedy, phases  # noqa: E402
 from seqjax.decoding.diverse_beam_search import diverse_beam_search  # noqa: E402
 from seqjax.models.quantize import QUANT_MODES, quantize_params  # noqa: E402
 from seqjax.models.transformer import Transformer  # noqa: E402
@@ -115,8 +115,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--memory", action="store_true",
                    help="also report each compiled program's temporary buffers (XLA's "
                         "memory analysis; deterministic, unlike the times)")  # fmt: skip
+    p.add_argument("--min-rows", type=int, default=1,
+                   help="phases.MIN_ROWS for the phased program (default 1: phases at every "
+                        "size, to measure them; the library's limit is 64)")  # fmt: skip
     p.add_argument("--out", default="experiments/results/bench_phases")
     args = p.parse_args(argv)
+    phases.MIN_ROWS = args.min_rows  # read when a decoder is traced
 
     cfg = BASE_CONFIG
     model = Transformer(cfg)
@@ -164,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         "max_len": args.new_tokens,
         "eos_bias": args.eos_bias,
         "repeats": args.repeats,
+        "min_rows": args.min_rows,
         "uptime_before": before,
         "uptime_after": os.popen("uptime").read().strip(),
         "command": "python experiments/bench_phases.py " + " ".join(argv or sys.argv[1:]),

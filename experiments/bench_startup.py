@@ -10,7 +10,9 @@ validation sentences:
 3. with ``--no-compile-cache`` (every run pays the compilation).
 
 Each run is timed from process start to the first output line and to exit. Results go
-to ``--out`` as JSON and Markdown. ``--python LABEL=PATH`` (repeatable) times other
+to ``--out`` as JSON and Markdown. ``--checkout LABEL=DIR`` (repeatable) times another
+checkout's code (a ``git worktree`` of an older commit) with this interpreter and its
+packages, interleaved in the same way. ``--python LABEL=PATH`` (repeatable) times other
 interpreters too, e.g. another checkout's virtual environment, interleaved with this one
 round by round (each with its own cache directories), so a before/after comparison
 shares the machine's load.
@@ -20,6 +22,8 @@ Example::
     python experiments/bench_startup.py --preset small --repeats 3
     python experiments/bench_startup.py --checkpoint RUN --repeats 5 \
         --python before=../before/.venv/bin/python
+    git worktree add /tmp/old 173ce84 && python experiments/bench_startup.py --checkpoint RUN \
+        --checkout old=/tmp/old
 """
 
 from __future__ import annotations
@@ -49,16 +53,37 @@ def make_checkpoint(run: Path, preset: str, work: Path) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
 
-def time_translate(run: Path, lines: str, cache: Path, *flags: str, python: str = "") -> dict:
+# Runs `seqjax` from the checkout in argv[1]: the editable install's import hook and the
+# working directory are taken off the path, so that checkout's code is what runs.
+_CHECKOUT_RUNNER = """
+import runpy, sys
+checkout = sys.argv.pop(1)
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+sys.path[:] = [checkout] + [p for p in sys.path if p not in ("", ".")]
+import seqjax
+assert seqjax.__file__.startswith(checkout), seqjax.__file__
+sys.argv[0] = "seqjax"
+runpy.run_module("seqjax.app.cli", run_name="__main__")
+"""
+
+
+def seqjax_command(python: str = "", checkout: str = "") -> list[str]:
+    """The command that runs ``seqjax``: this interpreter, another one, or a checkout's code."""
+    if checkout:
+        return [sys.executable, "-c", _CHECKOUT_RUNNER, checkout]
+    return [python or sys.executable, "-m", "seqjax.app.cli"]
+
+
+def time_translate(run: Path, lines: str, cache: Path, *flags: str, command: list[str]) -> dict:
     """Wall seconds from start to the first output line and to exit of one translate process."""
     env = {**os.environ, "SEQJAX_CACHE_DIR": str(cache)}
     env.pop("SEQJAX_NO_COMPILE_CACHE", None)
-    cmd = [python or sys.executable, "-m", "seqjax.app.cli", "translate", "--checkpoint",
-           str(run), *flags]  # fmt: skip
+    cmd = [*command, "translate", "--checkpoint", str(run), *flags]
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+        cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=cache.parent,  # not a checkout: its seqjax/ would shadow the one meant
+    )  # fmt: skip
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(lines.encode())
     proc.stdin.close()
@@ -86,13 +111,27 @@ def main(argv=None) -> None:
         "--python", action="append", default=[], metavar="LABEL=PATH",
         help="also time this interpreter (another checkout's venv), interleaved; repeatable",
     )  # fmt: skip
+    p.add_argument(
+        "--checkout", action="append", default=[], metavar="LABEL=DIR",
+        help="also time another checkout's code (e.g. a git worktree) with this interpreter",
+    )  # fmt: skip
     args = p.parse_args(argv)
     pythons = {"this": sys.executable}
+    commands = {"this": seqjax_command()}
     for item in args.python:
         label, sep, path = item.partition("=")
-        if not sep or not label or not Path(path).is_file():
+        if not sep or not label or label in commands or not Path(path).is_file():
             p.error(f"--python {item!r}: expected LABEL=PATH of a Python interpreter")
-        pythons[label] = path
+        pythons[label], commands[label] = path, seqjax_command(python=path)
+    for item in args.checkout:
+        label, sep, path = item.partition("=")
+        if not sep or not label or label in commands or not (Path(path) / "seqjax").is_dir():
+            p.error(f"--checkout {item!r}: expected LABEL=DIR of a seqjax checkout")
+        path = str(Path(path).resolve())
+        pythons[label], commands[label] = (
+            f"{sys.executable} + {path}",
+            seqjax_command(checkout=path),
+        )
     from seqjax.data import load_bundled
 
     lines = "\n".join(load_bundled("bible_en_fr", "valid").src[: args.sentences]) + "\n"
@@ -100,16 +139,18 @@ def main(argv=None) -> None:
     rows: dict[str, list[dict]] = {f"{who}: {k}": [] for who in pythons for k in kinds}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        run = Path(args.checkpoint) if args.checkpoint else work / "run"
+        run = Path(args.checkpoint).resolve() if args.checkpoint else work / "run"
         if not args.checkpoint:
             make_checkpoint(run, args.preset, work)
         for r in range(args.repeats):
-            for who, py in pythons.items():
+            for who, command in commands.items():
                 cache = work / f"cache_{who}_{r}"
                 timed = [
-                    time_translate(run, lines, cache, python=py),
-                    time_translate(run, lines, cache, python=py),
-                    time_translate(run, lines, work / "unused", "--no-compile-cache", python=py),
+                    time_translate(run, lines, cache, command=command),
+                    time_translate(run, lines, cache, command=command),
+                    time_translate(
+                        run, lines, work / "unused", "--no-compile-cache", command=command
+                    ),
                 ]
                 for kind, t in zip(kinds, timed, strict=True):
                     rows[f"{who}: {kind}"].append(t)

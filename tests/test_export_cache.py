@@ -113,6 +113,10 @@ def test_keys_keep_programs_apart(translator, cache):
 
 @pytest.mark.parametrize("mode", ["int8", "w8a8"])
 def test_int8_weights_go_through_the_export(translator, cache, monkeypatch, mode):
+    """Quantised params take the exported path too: the same texts as the plain jit path,
+    scores equal to float rounding (XLA compiles the deserialised module's dequantising
+    dots into kernels that may round differently: seen with int8 once the few-row beam
+    ran one loop instead of phases), and exactly the same outputs from the reloaded file."""
     q = translate.Translator(
         translator.model,
         quantize_params(translator.params, mode),
@@ -123,10 +127,11 @@ def test_int8_weights_go_through_the_export(translator, cache, monkeypatch, mode
     with monkeypatch.context() as m:
         m.setattr(export_cache, "cache_dir", lambda: None)
         plain = _nbest(q, CONFIGS["beam"])
-    assert _nbest(q, CONFIGS["beam"]) == plain
+    exported = _nbest(q, CONFIGS["beam"])
+    _assert_same(exported, plain, exact=False)
     with monkeypatch.context() as m:
         _new_process(m)
-        assert _nbest(q, CONFIGS["beam"]) == plain
+        assert _nbest(q, CONFIGS["beam"]) == exported
 
 
 def test_without_a_compile_cache_nothing_is_exported(translator, tmp_path, monkeypatch):

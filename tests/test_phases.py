@@ -13,11 +13,18 @@ import pytest
 from conftest import JIT, model_and_params, model_inputs
 from toy_models import BareStep
 
-from seqjax.decoding import beam_search, contrastive, ensemble, greedy, sample
+from seqjax.decoding import beam_search, contrastive, ensemble, greedy, phases, sample
 from seqjax.decoding.phases import FIRST_PHASE, phase_lengths, run_phases, tuple_resizer
 from seqjax.models import transformer_step
 
 MAX_LEN = 40  # phases of 16, 32 and 40 positions
+
+
+@pytest.fixture(autouse=True)
+def phases_at_any_rows(monkeypatch):
+    """The fixture's few rows would get the one loop (``phases.MIN_ROWS``): test phases
+    at every size, except where a test restores the limit."""
+    monkeypatch.setattr(phases, "MIN_ROWS", 1)
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +118,26 @@ def test_one_loop_per_phase_and_only_where_it_applies(setup):
     # a prefilled prompt starts mid-cache: the single loop keeps it
     prefix = jnp.full((3, 4), 7, jnp.int32)
     assert count(model.step, max_len=MAX_LEN, prefix=prefix, score_prompt=False) == 1
+
+
+def test_phases_need_many_rows(setup, monkeypatch):
+    """With the library's limit (``MIN_ROWS`` = 64), a loop of fewer rows compiles one
+    loop and a loop of 64 rows or more runs in phases: greedy by its rows, beam search
+    by its sources x beams."""
+    monkeypatch.setattr(phases, "MIN_ROWS", 64)
+    model, params, cache, _ = setup
+    rows = jax.tree.leaves(cache)[0].shape[0]
+    ids = dict(bos_id=model.config.bos_id, eos_id=model.config.eos_id, pad_id=0, max_len=MAX_LEN)
+    beam = lambda k: _while_loops(  # noqa: E731
+        lambda: beam_search(model.step, cache, params=params, beam_size=k, **ids)
+    )
+    assert rows * 2 < 64 <= rows * 32
+    assert beam(2) == 1 and beam(32) == len(phase_lengths(MAX_LEN))
+    many = jax.tree.map(lambda x: jnp.repeat(x, -(-64 // rows), axis=0), cache)
+    greedy_loops = lambda c: _while_loops(  # noqa: E731
+        lambda: greedy(model.step, c, params=params, **ids)
+    )
+    assert greedy_loops(cache) == 1 and greedy_loops(many) == len(phase_lengths(MAX_LEN))
 
 
 def test_rnn_step_has_no_resize():

@@ -613,7 +613,7 @@ def run_beam_loop(
         init = init._replace(extras=extras)
     if emit is not None:
         init = init._replace(stream=emit.init(jnp.zeros((B, L), jnp.int32)))
-    s = run_phases(cond, body, init, max_len=L, resize=resize, from_start=start is None)
+    s = run_phases(cond, body, init, max_len=L, resize=resize, from_start=start is None, rows=B * K)
     return DecodeResult(
         tokens=s.finished_tokens,
         lengths=s.finished_lengths,

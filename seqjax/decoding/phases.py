@@ -11,8 +11,18 @@ resize (a copy of the cache) and an immediately false loop condition.
 
 Results are those of the one-loop program up to float rounding: the rows' masks give
 the unfilled positions zero weight either way, and only the length of the reductions
-over them changes (tests/test_phases.py: same tokens, scores within 1e-5). Phases apply when the step offers ``resize``, ``max_len > FIRST_PHASE``
-and the loop starts at position 0 (a prefilled prompt keeps the single loop).
+over them changes (tests/test_phases.py: same tokens, scores within 1e-5). Phases apply
+when the step offers ``resize``, ``max_len > FIRST_PHASE``, the loop starts at position 0
+(a prefilled prompt keeps the single loop) and it steps at least ``MIN_ROWS`` rows
+(batch x beams or samples).
+
+Why the rows: each phase compiles the step again, so a program of ``n`` phases compiles
+about ``n`` times the code. Where the cache is a large share of what a step reads (many
+rows, long outputs) phases pay: transformer-base 1.11-1.18x at 64 and 256 rows. With
+few rows the step is its weights, and they do not: 0.96-1.05x at 1-16 rows, while the
+first call took 1.4-2x as long (``experiments/results/bench_phases_epyc.md``, an AVX2
+EPYC) and a warm ``seqjax translate`` spent 0.23 s more loading the 2.9x larger program
+(``bench_startup_epyc_s22.md``).
 
 ``resize`` contract (static, a method of the step object): return the cache with room
 for exactly ``length`` positions, keeping positions ``< min(old, length)`` and filling
@@ -28,6 +38,7 @@ from typing import Any
 from jax import lax
 
 FIRST_PHASE = 16  # positions of the first phase; each later phase doubles, up to max_len
+MIN_ROWS = 64  # fewer rows per step: one loop (phases gained <= 5% there, see above)
 
 Resize = Callable[[Any, int], Any]
 
@@ -85,13 +96,15 @@ def run_phases(
     max_len: int,
     resize: Resize | None,
     from_start: bool = True,
+    rows: int | None = None,
 ) -> Any:
     """``lax.while_loop(cond, body, init)``, in phases when ``resize`` allows it.
 
     ``init`` is a NamedTuple with ``position`` (``int32[]``) and ``cache`` fields;
     ``from_start`` says the loop begins at position 0 (static: a prefilled prompt
-    passes False and gets the single loop). The returned state's cache has
-    ``max_len`` positions when phased (the caller discards it).
+    passes False and gets the single loop); ``rows`` (static) is the rows each step
+    computes, phases only from ``MIN_ROWS`` (None: no limit). The returned state's
+    cache has ``max_len`` positions when phased (the caller discards it).
 
     >>> import jax.numpy as jnp
     >>> from typing import NamedTuple
@@ -102,11 +115,12 @@ def run_phases(
     >>> cond = lambda s: s.position < 20
     >>> resize = lambda c, n: jnp.pad(c, (0, n - c.shape[0])) if n > c.shape[0] else c[:n]
     >>> out = run_phases(cond, body, S(jnp.int32(0), jnp.zeros(40, jnp.int32)),
-    ...                  max_len=40, resize=resize)
+    ...                  max_len=40, resize=resize, rows=64)
     >>> out.cache.shape, out.cache[:21].tolist() == list(range(20)) + [0]
     ((40,), True)
     """
-    if resize is None or not from_start or max_len <= FIRST_PHASE:
+    few_rows = rows is not None and rows < MIN_ROWS
+    if resize is None or not from_start or max_len <= FIRST_PHASE or few_rows:
         return lax.while_loop(cond, body, init)
     state = init
     for length in phase_lengths(max_len):

@@ -178,7 +178,7 @@ def run_token_loop(
             cache=start.cache,
         )
     final = run_phases(cond, body, init, max_len=max_len, resize=resize,
-                       from_start=start is None)  # fmt: skip
+                       from_start=start is None, rows=num_rows)  # fmt: skip
     return TokenLoopOutput(final.tokens, final.lengths, final.log_probs, final.extras)
 
 
