@@ -202,6 +202,6 @@ def test_run_phases_stops_early_between_phases():
 
     body = lambda s: S(s.position + 1, s.cache.at[s.position].add(1))  # noqa: E731
     out = run_phases(lambda s: s.position < 10, body, S(jnp.int32(0), jnp.zeros(64)),
-                     max_len=64, resize=resize)  # fmt: skip
+                     max_len=64, resize=resize, rows=1)  # fmt: skip
     assert calls == [16, 32, 64]  # every phase is traced; the later loops do not run
     assert int(out.position) == 10 and float(out.cache.sum()) == 10.0

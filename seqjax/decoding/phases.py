@@ -95,15 +95,15 @@ def run_phases(
     *,
     max_len: int,
     resize: Resize | None,
+    rows: int,
     from_start: bool = True,
-    rows: int | None = None,
 ) -> Any:
     """``lax.while_loop(cond, body, init)``, in phases when ``resize`` allows it.
 
     ``init`` is a NamedTuple with ``position`` (``int32[]``) and ``cache`` fields;
     ``from_start`` says the loop begins at position 0 (static: a prefilled prompt
     passes False and gets the single loop); ``rows`` (static) is the rows each step
-    computes, phases only from ``MIN_ROWS`` (None: no limit). The returned state's
+    computes, phases only from ``MIN_ROWS``. The returned state's
     cache has ``max_len`` positions when phased (the caller discards it).
 
     >>> import jax.numpy as jnp
@@ -119,8 +119,7 @@ def run_phases(
     >>> out.cache.shape, out.cache[:21].tolist() == list(range(20)) + [0]
     ((40,), True)
     """
-    few_rows = rows is not None and rows < MIN_ROWS
-    if resize is None or not from_start or max_len <= FIRST_PHASE or few_rows:
+    if resize is None or not from_start or max_len <= FIRST_PHASE or rows < MIN_ROWS:
         return lax.while_loop(cond, body, init)
     state = init
     for length in phase_lengths(max_len):
