@@ -244,6 +244,42 @@ def test_fallback_from_damaged_best_prints_one_warning_line(trained, tmp_path):
     assert "/checkpoints/" in err[0]  # names the checkpoint it falls back to
 
 
+# -- issue 19: a warm start-up imports neither Flax nor rich --------------------------------
+
+_TRANSLATE_AND_LIST_IMPORTS = """
+import sys
+from seqjax.app.cli import main
+code = main(sys.argv[1:])
+print("imported:", *[m for m in ("flax", "rich", "orbax") if m in sys.modules], file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_a_warm_translate_imports_neither_flax_nor_rich(trained, tmp_path):
+    """The second process finds program and params in the cache: it never traces the model,
+    so the Flax layers (and rich, for a bar it does not draw) stay unimported (~0.3 s of a
+    ~1.6 s start-up); the output is the first process's."""
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "SEQJAX_CACHE_DIR": str(tmp_path / "cache"),
+        "SEQJAX_NO_COMPILE_CACHE": "0",
+    }
+    cmd = [sys.executable, "-c", _TRANSLATE_AND_LIST_IMPORTS, "translate", "--checkpoint",
+           str(trained), "--beam", "2", "--max-len", "6"]  # fmt: skip
+    runs = [
+        subprocess.run(cmd, input="alpha beta\ngamma delta eps\n", capture_output=True,
+                       text=True, env=env, timeout=300)
+        for _ in range(2)
+    ]  # fmt: skip
+    for p in runs:
+        assert p.returncode == 0, p.stderr[-3000:]
+    first, second = (p.stderr.strip().splitlines()[-1].split() for p in runs)
+    assert first[1] == "flax" and first[-1] == "orbax"  # traced the decoder, read Orbax
+    assert second == ["imported:"]
+    assert runs[1].stdout == runs[0].stdout and len(runs[0].stdout.splitlines()) == 2
+
+
 # -- 12. untested CLI paths ----------------------------------------------------------------
 
 

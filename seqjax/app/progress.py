@@ -5,27 +5,21 @@ meanwhile appear above it. Anywhere else (a log file, CI) rich draws nothing unt
 so a log would show no progress at all; there the same columns are printed as one plain
 line at most every ``log_interval`` seconds (and once at the end): a log reads line by
 line, with no carriage returns and no escape codes.
+
+rich is imported when the first bar is made: importing ``rich.progress`` takes ~0.1 s,
+which a ``seqjax translate`` of a few lines from stdin (no bar) would pay at start-up.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    ProgressColumn,
-    Task,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.progress import Progress as _RichProgress
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.progress import ProgressColumn
 
 LOG_INTERVAL = 10.0  # seconds between progress lines in a log
 LOG_WIDTH = 200  # characters a progress line in a log may take before rich shortens it
@@ -35,24 +29,32 @@ def _format(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-class _TimeRemaining(ProgressColumn):
-    """Time left at the average rate since the loop (re)started: ``H:MM:SS``.
+@functools.cache
+def _time_remaining_column() -> type[ProgressColumn]:
+    """The ``_TimeRemaining`` column class (made on first use, as rich is imported then)."""
+    from rich.progress import ProgressColumn, Task
+    from rich.text import Text
 
-    rich's own column needs two updates inside its speed window; a train loop updates
-    every ``log_every`` steps (minutes apart in a fine-tune) and a resumed one has had a
-    single update at its first line, so it would show ``-:--:--``. The rate here counts
-    only this process's steps (``task.fields["initial"]`` are the resumed ones).
-    """
+    class _TimeRemaining(ProgressColumn):
+        """Time left at the average rate since the loop (re)started: ``H:MM:SS``.
 
-    def render(self, task: Task) -> Text:
-        done = task.completed - task.fields.get("initial", 0)
-        elapsed = task.elapsed
-        if task.total is None or not elapsed or done <= 0:
-            return Text("-:--:--", style="progress.remaining")
-        left = max(task.total - task.completed, 0) * elapsed / done
-        minutes, seconds = divmod(int(round(left)), 60)
-        hours, minutes = divmod(minutes, 60)
-        return Text(f"{hours}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
+        rich's own column needs two updates inside its speed window; a train loop updates
+        every ``log_every`` steps (minutes apart in a fine-tune) and a resumed one has had a
+        single update at its first line, so it would show ``-:--:--``. The rate here counts
+        only this process's steps (``task.fields["initial"]`` are the resumed ones).
+        """
+
+        def render(self, task: Task) -> Text:
+            done = task.completed - task.fields.get("initial", 0)
+            elapsed = task.elapsed
+            if task.total is None or not elapsed or done <= 0:
+                return Text("-:--:--", style="progress.remaining")
+            left = max(task.total - task.completed, 0) * elapsed / done
+            minutes, seconds = divmod(int(round(left)), 60)
+            hours, minutes = divmod(minutes, 60)
+            return Text(f"{hours}:{minutes:02d}:{seconds:02d}", style="progress.remaining")
+
+    return _TimeRemaining
 
 
 class Progress:
@@ -76,6 +78,9 @@ class Progress:
         log_interval: float = LOG_INTERVAL,
         clock: Callable[[], float] | None = None,
     ) -> None:
+        from rich.console import Console
+        from rich.progress import Progress as RichProgress
+
         self.console = Console(file=stream or sys.stderr, highlight=False)
         self.live = (self.console.is_terminal and not self.console.is_dumb_terminal) or (
             self.console.is_jupyter
@@ -86,7 +91,7 @@ class Progress:
         self.disabled = disable
         self.unit = unit
         self.log_interval = log_interval
-        self._bar = _RichProgress(
+        self._bar = RichProgress(
             *self._columns(),
             console=self.console,
             disable=disable or not self.live,
@@ -100,6 +105,14 @@ class Progress:
         self._bar.start()
 
     def _columns(self) -> list[ProgressColumn]:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         bar = [BarColumn()] if self.live else []
         return [
             TextColumn("{task.description}:"),
@@ -109,7 +122,7 @@ class Progress:
             TaskProgressColumn(),
             TextColumn("{task.fields[fields]}"),
             TimeElapsedColumn(),
-            _TimeRemaining(),
+            _time_remaining_column()(),
         ]
 
     @property

@@ -1,10 +1,16 @@
 """The pure-function model interface shared by every family (see DESIGN.md).
 
-A family subclasses ``EncoderDecoder`` and names its Flax module in ``net_class``; the
-module (an ``EncoderDecoderNet``) provides ``encode``, ``decode`` and ``init_cache``,
-and ``decode_step`` unless the family overrides ``EncoderDecoder.decode_step`` (the
-Transformer's step lives in ``transformer_step``); ``forward`` comes from the base.
-The wrapper is a frozen (hashable) dataclass so it can be a static ``jax.jit`` argument.
+A family subclasses ``EncoderDecoder`` and returns its Flax module class from
+``net_class()``; the module (an ``EncoderDecoderNet``, ``seqjax.models.net``) provides
+``encode``, ``decode`` and ``init_cache``, and ``decode_step`` unless the family
+overrides ``EncoderDecoder.decode_step`` (the Transformer's step lives in
+``transformer_step``); ``forward`` comes from the base. The wrapper is a frozen
+(hashable) dataclass so it can be a static ``jax.jit`` argument.
+
+This module, the families' wrappers (``Transformer``, ``RNN``) and the step functions do
+not import Flax: a process that only runs a program it finds compiled on disk (a warm
+``seqjax translate``) never traces the model, and importing ``flax.linen`` costs ~0.2 s
+of its ~1.6 s start-up (issue 19). ``net_class()`` imports the module on first use.
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -25,42 +30,25 @@ Params = Any
 Cache = dict[str, Any]
 
 
-class EncoderDecoderNet(nn.Module):
-    """Base of a family's Flax module: ``forward`` is ``decode(encode(src), tgt_in)``.
-
-    Subclasses define ``encode(src, mask, deterministic)`` and
-    ``decode(memory, mask, tgt_in, deterministic)``; ``__call__`` is ``forward`` (for init).
-    """
-
-    def forward(
-        self,
-        src_BxS: jax.Array,
-        src_mask_BxS: jax.Array,
-        tgt_in_BxT: jax.Array,
-        deterministic: bool = True,
-    ) -> jax.Array:
-        """Teacher-forced logits ``[B, T, V]``."""
-        memory = self.encode(src_BxS, src_mask_BxS, deterministic)
-        return self.decode(memory, src_mask_BxS, tgt_in_BxT, deterministic)
-
-    def __call__(self, src_BxS, src_mask_BxS, tgt_in_BxT, deterministic: bool = True):
-        return self.forward(src_BxS, src_mask_BxS, tgt_in_BxT, deterministic)
-
-
 @dataclasses.dataclass(frozen=True)
 class EncoderDecoder:
     """Pure functions over an explicit params pytree; the Flax module holds the layers."""
 
     config: ModelConfig
-    net_class: ClassVar[type[nn.Module]]
     # Whether the net's modules take int8 ``QuantizedArray`` leaves as they are (their
     # matmuls then run the quantisation mode's dots); otherwise the int8 weights are
     # dequantised at the start of each jitted function.
     takes_int8: ClassVar[bool] = False
 
+    @classmethod
+    def net_class(cls) -> type:
+        """The family's Flax module class (an ``EncoderDecoderNet``), imported here."""
+        raise NotImplementedError(f"{cls.__name__} names no Flax module (net_class)")
+
     @property
-    def net(self) -> nn.Module:
-        return self.net_class(self.config)
+    def net(self) -> Any:
+        """The Flax module (``net_class()(config)``) behind the pure functions."""
+        return self.net_class()(self.config)
 
     def init(self, key: jax.Array) -> Params:
         """Random parameters (``{"params": ...}``) for this configuration.

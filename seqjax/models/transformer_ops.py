@@ -1,5 +1,5 @@
-"""Pure pieces shared by the Flax Transformer (``transformer.py``, teacher forcing) and its
-incremental decode step (``transformer_step.py``): each HF option is written once here.
+"""Pure pieces shared by the Flax Transformer (``transformer_net.py``, teacher forcing) and
+its incremental decode step (``transformer_step.py``): each HF option is written once here.
 
 - positions: fixed sinusoid tables (seqjax/Vaswani and Marian layouts) or learned rows;
 - ``embed``: scaled token embedding + positions (+ ``layernorm_embedding``);
@@ -13,14 +13,16 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from seqjax.config import ModelConfig
+
+if TYPE_CHECKING:
+    import flax.linen as nn
 
 NEG_INF = -1e9  # large finite negative: keeps fully masked rows finite (no NaN)
 Aux = TypeVar("Aux")
@@ -93,6 +95,8 @@ def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
 
 def layer_norm(cfg: ModelConfig, **kwargs: Any) -> nn.LayerNorm:
     """A float32 LayerNorm with the configured epsilon."""
+    import flax.linen as nn  # here, not at the top: see seqjax.models.interface
+
     return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.float32, **kwargs)
 
 

@@ -1,7 +1,7 @@
 """The Transformer's incremental decoder: one target position on decode-layout weights.
 
 This is the only incremental path (``Transformer.decode_step`` / ``step_fn``); the Flax
-modules in ``transformer.py`` do teacher forcing, and tests pin each step against
+modules in ``transformer_net.py`` do teacher forcing, and tests pin each step against
 their ``forward``. Both build on ``transformer_ops`` (positions, embedding, residual,
 attention, activations), so every option is written once.
 
