@@ -255,10 +255,19 @@ sys.exit(code)
 """
 
 
-def test_a_warm_translate_imports_neither_flax_nor_rich(trained, tmp_path):
+@pytest.fixture(scope="module")
+def trained_rnn(train_cli, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "rnn"
+    train_cli(run, 3, "--preset", "rnn_tiny")
+    return run
+
+
+@pytest.mark.parametrize("family", ["transformer", "rnn"])
+def test_a_warm_translate_imports_neither_flax_nor_rich(family, request, tmp_path):
     """The second process finds program and params in the cache: it never traces the model,
     so the Flax layers (and rich, for a bar it does not draw) stay unimported (~0.3 s of a
     ~1.6 s start-up); the output is the first process's."""
+    trained = request.getfixturevalue("trained" if family == "transformer" else "trained_rnn")
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
@@ -266,7 +275,7 @@ def test_a_warm_translate_imports_neither_flax_nor_rich(trained, tmp_path):
         "SEQJAX_NO_COMPILE_CACHE": "0",
     }
     cmd = [sys.executable, "-c", _TRANSLATE_AND_LIST_IMPORTS, "translate", "--checkpoint",
-           str(trained), "--beam", "2", "--max-len", "6"]  # fmt: skip
+           str(trained), "--greedy", "--max-len", "4"]  # fmt: skip
     runs = [
         subprocess.run(cmd, input="alpha beta\ngamma delta eps\n", capture_output=True,
                        text=True, env=env, timeout=300)
