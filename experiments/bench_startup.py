@@ -29,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -161,8 +162,13 @@ def main(argv=None) -> None:
         k: {m: statistics.median(x[m] for x in v) for m in ("first_line_s", "total_s")}
         for k, v in rows.items()
     }
+    preset = args.preset
+    if args.checkpoint:  # the run's own preset, not --preset's default
+        doc = json.loads((Path(args.checkpoint) / "config.json").read_text())
+        preset = doc.get("train", {}).get("preset") or doc.get("model", {}).get("family", "?")
     meta = {
-        "preset": args.preset,
+        "preset": preset,
+        "checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None,
         "sentences": args.sentences,
         "repeats": args.repeats,
         "decoding": "default (beam 4, GNMT alpha 0.6)",
@@ -173,7 +179,7 @@ def main(argv=None) -> None:
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     md = [
-        f"# `seqjax translate` start-up: {args.preset} checkpoint, {args.sentences} sentences",
+        f"# `seqjax translate` start-up: {preset} checkpoint, {args.sentences} sentences",
         "",
         f"{meta['platform']}, load {meta['load'][0]:.1f}; median of {args.repeats} rounds; "
         f"cache size after one run {cache_mb:.1f} MB. {meta['time_utc']}. Interpreters "
