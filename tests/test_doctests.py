@@ -1,4 +1,5 @@
-"""Every module of seqjax.decoding: its docstring examples run and pass (``doctest``)."""
+"""Every module of seqjax.decoding (and the model interface): its docstring examples run
+and pass (``doctest``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import seqjax.decoding
 
 MODULES = sorted(
     f"seqjax.decoding.{m.name}" for m in pkgutil.iter_modules(seqjax.decoding.__path__)
-)
+) + ["seqjax.models.interface"]
 # Modules whose docstrings hold no runnable example (a dataclass of results).
 NO_EXAMPLES = {"seqjax.decoding.result"}
 

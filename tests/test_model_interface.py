@@ -105,3 +105,28 @@ def test_init_equals_the_eager_flax_init():
     done = subprocess.run([sys.executable, "-c", _EAGER_VS_JITTED], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_a_family_may_name_its_flax_module_directly():
+    """``net_class`` is the module class itself or ``ImportedOnUse`` (the built-in families,
+    so that importing them imports no Flax); both build the same layers. The layers' old
+    import paths still resolve."""
+    import dataclasses
+
+    from seqjax.models import interface, rnn, transformer, transformer_net
+
+    model, params = model_and_params("transformer")
+
+    @dataclasses.dataclass(frozen=True)
+    class Direct(transformer.Transformer):
+        net_class = transformer_net.TransformerNet
+
+    src, mask, tgt = model_inputs(model.config.vocab_size, False)
+    np.testing.assert_array_equal(
+        Direct(model.config).forward(params, src, mask, tgt), model.forward(params, src, mask, tgt)
+    )
+    assert transformer.Transformer.net_class is transformer.TransformerNet
+    assert rnn.RNN.net_class is rnn.RNNNet and rnn.LSTMParams.__module__.endswith("rnn_net")
+    assert issubclass(transformer.TransformerNet, interface.EncoderDecoderNet)
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        transformer.Nope  # noqa: B018

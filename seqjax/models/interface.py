@@ -1,22 +1,24 @@
 """The pure-function model interface shared by every family (see DESIGN.md).
 
-A family subclasses ``EncoderDecoder`` and returns its Flax module class from
-``net_class()``; the module (an ``EncoderDecoderNet``, ``seqjax.models.net``) provides
-``encode``, ``decode`` and ``init_cache``, and ``decode_step`` unless the family
-overrides ``EncoderDecoder.decode_step`` (the Transformer's step lives in
-``transformer_step``); ``forward`` comes from the base. The wrapper is a frozen
-(hashable) dataclass so it can be a static ``jax.jit`` argument.
+A family subclasses ``EncoderDecoder`` and names its Flax module class in ``net_class``
+(the class, or ``ImportedOnUse("module:Name")``); the module (an ``EncoderDecoderNet``,
+``seqjax.models.net``) provides ``encode``, ``decode`` and ``init_cache``, and
+``decode_step`` unless the family overrides ``EncoderDecoder.decode_step`` (the
+Transformer's step lives in ``transformer_step``); ``forward`` comes from the base. The
+wrapper is a frozen (hashable) dataclass so it can be a static ``jax.jit`` argument.
 
 This module, the families' wrappers (``Transformer``, ``RNN``) and the step functions do
 not import Flax: a process that only runs a program it finds compiled on disk (a warm
 ``seqjax translate``) never traces the model, and importing ``flax.linen`` costs ~0.2 s
-of its ~1.6 s start-up (issue 19). ``net_class()`` imports the module on first use.
+of its ~1.6 s start-up (issue 19). The built-in families name theirs with
+``ImportedOnUse``, so the module is imported when ``net_class`` is first read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -30,25 +32,38 @@ Params = Any
 Cache = dict[str, Any]
 
 
+class ImportedOnUse:
+    """A class attribute naming a class as ``"module:Name"``, imported when first read.
+
+    >>> class Holder:
+    ...     cls = ImportedOnUse("collections:OrderedDict")
+    >>> Holder.cls.__name__
+    'OrderedDict'
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        module, _, name = self.path.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
 @dataclasses.dataclass(frozen=True)
 class EncoderDecoder:
     """Pure functions over an explicit params pytree; the Flax module holds the layers."""
 
     config: ModelConfig
+    net_class: ClassVar[Any]  # the family's EncoderDecoderNet subclass (or ImportedOnUse)
     # Whether the net's modules take int8 ``QuantizedArray`` leaves as they are (their
     # matmuls then run the quantisation mode's dots); otherwise the int8 weights are
     # dequantised at the start of each jitted function.
     takes_int8: ClassVar[bool] = False
 
-    @classmethod
-    def net_class(cls) -> type:
-        """The family's Flax module class (an ``EncoderDecoderNet``), imported here."""
-        raise NotImplementedError(f"{cls.__name__} names no Flax module (net_class)")
-
     @property
     def net(self) -> Any:
-        """The Flax module (``net_class()(config)``) behind the pure functions."""
-        return self.net_class()(self.config)
+        """The Flax module (``net_class(config)``) behind the pure functions."""
+        return self.net_class(self.config)
 
     def init(self, key: jax.Array) -> Params:
         """Random parameters (``{"params": ...}``) for this configuration.
@@ -231,3 +246,10 @@ class ModelStep:
 )
 def _jitted_init(model: EncoderDecoder, key: jax.Array) -> Params:
     return model._init_eager(key)
+
+
+def __getattr__(name: str) -> Any:
+    # EncoderDecoderNet moved to seqjax.models.net (Flax); imported here only when asked for.
+    if name == "EncoderDecoderNet":
+        return importlib.import_module("seqjax.models.net").EncoderDecoderNet
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -39,14 +39,15 @@ a source's beams attend over it together.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+import importlib
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from seqjax.config import ModelConfig
-from seqjax.models.interface import Cache, EncoderDecoder
+from seqjax.models.interface import Cache, EncoderDecoder, ImportedOnUse
 
 _NEG_INF = -1e9  # large finite negative: keeps an all-PAD row finite (no NaN)
 
@@ -223,12 +224,18 @@ def decoder_cell(
 class RNN(EncoderDecoder):
     """The bi-LSTM encoder / attentional LSTM decoder on the shared interface."""
 
-    @classmethod
-    def net_class(cls) -> type:
-        from seqjax.models.rnn_net import RNNNet
-
-        return RNNNet
+    net_class = ImportedOnUse("seqjax.models.rnn_net:RNNNet")  # Flax: imported when traced
 
     def expand_cache(self, cache: Cache, times: int) -> Cache:
         """Beams share the memory (module-level ``expand_cache``)."""
         return expand_cache(cache, times)
+
+
+_MOVED = ("RNNNet", "LSTMParams", "AttentionParams")  # Flax layers, now in seqjax.models.rnn_net
+
+
+def __getattr__(name: str) -> Any:
+    # Old imports of the layers from here still work, without importing Flax up front.
+    if name in _MOVED:
+        return getattr(importlib.import_module("seqjax.models.rnn_net"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,12 +22,14 @@ activations), and tests pin the step against ``forward``.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+from typing import Any
 
 import jax
 import numpy as np
 
 from seqjax.models import transformer_step
-from seqjax.models.interface import Cache, EncoderDecoder, Params
+from seqjax.models.interface import Cache, EncoderDecoder, ImportedOnUse, Params
 from seqjax.models.transformer_ops import (
     activation_fn,
     attention,
@@ -56,11 +58,9 @@ class Transformer(EncoderDecoder):
 
     takes_int8 = True  # Dense/Embed/projections handle QuantizedArray kernels
 
-    @classmethod
-    def net_class(cls) -> type:
-        from seqjax.models.transformer_net import TransformerNet
-
-        return TransformerNet
+    net_class = ImportedOnUse(
+        "seqjax.models.transformer_net:TransformerNet"
+    )  # Flax: imported when traced
 
     def decode_step(
         self, params: Params, cache: Cache, token_B: jax.Array, position: jax.Array
@@ -105,3 +105,22 @@ class Transformer(EncoderDecoder):
 
 def count_params(params: Params) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+_MOVED = (
+    "TransformerNet",
+    "MultiHeadProjection",
+    "OutputProjection",
+    "FeedForward",
+    "EncoderLayer",
+    "DecoderLayer",
+    "Dense",
+    "Embed",
+)  # Flax layers, now in seqjax.models.transformer_net
+
+
+def __getattr__(name: str) -> Any:
+    # Old imports of the layers from here still work, without importing Flax up front.
+    if name in _MOVED:
+        return getattr(importlib.import_module("seqjax.models.transformer_net"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
