@@ -47,8 +47,6 @@ from seqjax.config import (
 )
 from seqjax.data import DataError, ParallelText, Tokenizer, load_bundled, read_parallel
 from seqjax.data import load_tokenizers as _load_tokenizers
-from seqjax.data.prepare import pid_alive
-from seqjax.data.shards import read_text
 from seqjax.data.tokenizer import JOINT_FILE, SRC_FILE, TGT_FILE
 from seqjax.models import build_model
 
@@ -182,6 +180,8 @@ class RunLock:
                 if holder is None:
                     continue  # released meanwhile: try again
                 pid, host = holder.get("pid"), holder.get("host")
+                from seqjax.data.prepare import pid_alive  # here: ~20 ms off translate's start
+
                 if host == me["host"] and isinstance(pid, int) and not pid_alive(pid):
                     self.warn(
                         f"warning: taking over the stale lock {self.path} of process {pid} "
@@ -538,6 +538,8 @@ def evaluation_split(run_dir: str | Path, split: str) -> tuple[str, ParallelText
                 f"{run_dir} was trained on a prepared directory ({cfg.data}); evaluate with "
                 "--src FILE --ref FILE"
             )
+        from seqjax.data.shards import read_text
+
         src, tgt = read_text(cfg.data, "valid")
         return "valid", ParallelText(src, tgt, f"{cfg.data}/valid", f"{cfg.data}/valid")
     name = cfg.corpus if cfg.src is None else "valid"
