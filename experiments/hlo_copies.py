@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results_io import machine_info, machine_line, write_results  # noqa: E402
+from results_io import write_results  # noqa: E402
 
 # One HLO instruction: ``%name = f32[8000,1024]{1,0} op(`` (tuples and tokens are skipped).
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w\-.]+) = (\w+)\[([\d,]*)\]\S* ([\w\-]+)\(", re.M)
@@ -125,13 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     moves = layout_moves(hlo)
     rows = grouped(moves, args.min_elements)
     total = sum(m["bytes"] for m in moves)
-    info = machine_info()
     meta = {"preset": args.preset, "batch": args.batch, "src_len": args.src_len,
-            "tgt_len": args.tgt_len, "instructions": len(moves), "bytes_total": total,
-            "machine": info}  # fmt: skip
+            "tgt_len": args.tgt_len, "instructions": len(moves), "bytes_total": total}  # fmt: skip
     md = [
-        machine_line(info),
-        "",
         f"# Layout copies in the compiled `{args.preset}` train step",
         "",
         f"Batch {args.batch} x {args.src_len}/{args.tgt_len} tokens; {len(moves)} copy or "
@@ -146,8 +142,7 @@ def main(argv: list[str] | None = None) -> None:
             for r in rows
         ),
     ]
-    write_results(args.out, meta, rows, "\n".join(md) + "\n")
-    print("\n".join(md))
+    write_results(args.out, meta, rows, "\n".join(md) + "\n")  # prints it too
 
 
 if __name__ == "__main__":
