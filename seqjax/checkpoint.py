@@ -238,12 +238,19 @@ class Checkpointer:
     # ---- bookkeeping
 
     def _open(self, name: str) -> ocp.CheckpointManager:
-        options = _orbax().CheckpointManagerOptions(
+        orbax = _orbax()
+        options = orbax.CheckpointManagerOptions(
             max_to_keep=self._keep_last if name == LATEST_DIR else 1,
             enable_async_checkpointing=self._async,
             create=True,
+            # Both managers save at once when a validation sets a new best; over several
+            # processes their background threads would wait on the same barrier names
+            # (Orbax aborts: "Barrier ... is already ongoing"), so each gets its own.
+            multiprocessing_options=orbax.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=f"seqjax_{name}"
+            ),
         )
-        return _orbax().CheckpointManager(self.run_dir / name, options=options)
+        return orbax.CheckpointManager(self.run_dir / name, options=options)
 
     def _managers(self) -> list[ocp.CheckpointManager]:
         return [m for m in (self._latest, self._best) if m is not None]

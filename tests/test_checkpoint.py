@@ -392,3 +392,25 @@ def test_symlinked_step_dir_is_refused_before_training_writes(ckpt: Checkpointer
     with pytest.raises(CheckpointError, match="symbolic link") as e:
         Checkpointer(run_dir).check_step_dirs()
     assert len(str(e.value).splitlines()) == 1 and "checkpoints/1" in str(e.value)
+
+
+def test_the_two_managers_wait_on_barriers_of_their_own(run_dir: Path, monkeypatch):
+    """A new best saves to both managers at once. Over several processes their background
+    threads synchronise through named barriers, and two threads waiting on one name abort
+    the run (seen in the two-process test: "Barrier ... is already ongoing"): every name
+    carries its manager's prefix. One process runs the same calls, so the names show here."""
+    from orbax.checkpoint._src.multihost import multihost
+
+    keys: list[str] = []
+
+    def recording_barrier(processes=None):
+        return lambda key, timeout_ms: keys.append(key)
+
+    monkeypatch.setattr(multihost, "get_barrier_sync_fn", recording_barrier)
+    with Checkpointer(run_dir) as c:
+        save_steps(c, [1, 2], scores=[10.0, 20.0])
+    progress = [k for k in keys if "ThreadSaveMultiHostValueHolder" in k]
+    assert {k.split("_Thread")[0] for k in progress} == {
+        f"seqjax_{LATEST_DIR}",
+        f"seqjax_{BEST_DIR}",
+    }, keys
