@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import math
 import re
 import sys
 from pathlib import Path
@@ -65,9 +66,7 @@ def layout_moves(hlo: str) -> list[dict]:
         if "copy" not in kind and "transpose" not in kind:
             continue
         shape = tuple(int(d) for d in dims.split(",") if d)
-        elements = 1
-        for d in shape:
-            elements *= d
+        elements = math.prod(shape)
         moves.append({"name": name, "kind": kind, "dtype": dtype, "shape": shape,
                       "elements": elements, "bytes": elements * _BYTES.get(dtype, 4)})  # fmt: skip
     return moves
