@@ -49,6 +49,28 @@ class ImportedOnUse:
         return getattr(importlib.import_module(module), name)
 
 
+def moved_names(old: str, new: str, names: tuple[str, ...]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` for ``old`` that finds ``names`` in module ``new`` on use.
+
+    Old import paths of names that moved keep working without importing ``new`` up
+    front (the families' Flax layers moved out so a warm start imports no Flax).
+
+    >>> __getattr__ = moved_names("mine", "collections", ("OrderedDict",))
+    >>> __getattr__("OrderedDict").__name__
+    'OrderedDict'
+    >>> __getattr__("Missing")
+    Traceback (most recent call last):
+    AttributeError: module 'mine' has no attribute 'Missing'
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name in names:
+            return getattr(importlib.import_module(new), name)
+        raise AttributeError(f"module {old!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
 @dataclasses.dataclass(frozen=True)
 class EncoderDecoder:
     """Pure functions over an explicit params pytree; the Flax module holds the layers."""
@@ -248,8 +270,5 @@ def _jitted_init(model: EncoderDecoder, key: jax.Array) -> Params:
     return model._init_eager(key)
 
 
-def __getattr__(name: str) -> Any:
-    # EncoderDecoderNet moved to seqjax.models.net (Flax); imported here only when asked for.
-    if name == "EncoderDecoderNet":
-        return importlib.import_module("seqjax.models.net").EncoderDecoderNet
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# EncoderDecoderNet moved to seqjax.models.net (Flax); imported here only when asked for.
+__getattr__ = moved_names(__name__, "seqjax.models.net", ("EncoderDecoderNet",))

@@ -39,15 +39,14 @@ a source's beams attend over it together.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from seqjax.config import ModelConfig
-from seqjax.models.interface import Cache, EncoderDecoder, ImportedOnUse
+from seqjax.models.interface import Cache, EncoderDecoder, ImportedOnUse, moved_names
 
 _NEG_INF = -1e9  # large finite negative: keeps an all-PAD row finite (no NaN)
 
@@ -234,8 +233,5 @@ class RNN(EncoderDecoder):
 _MOVED = ("RNNNet", "LSTMParams", "AttentionParams")  # Flax layers, now in seqjax.models.rnn_net
 
 
-def __getattr__(name: str) -> Any:
-    # Old imports of the layers from here still work, without importing Flax up front.
-    if name in _MOVED:
-        return getattr(importlib.import_module("seqjax.models.rnn_net"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Old imports of the layers from here still work, without importing Flax up front.
+__getattr__ = moved_names(__name__, "seqjax.models.rnn_net", _MOVED)

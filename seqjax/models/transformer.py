@@ -22,14 +22,12 @@ activations), and tests pin the step against ``forward``.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from typing import Any
 
 import jax
 import numpy as np
 
 from seqjax.models import transformer_step
-from seqjax.models.interface import Cache, EncoderDecoder, ImportedOnUse, Params
+from seqjax.models.interface import Cache, EncoderDecoder, ImportedOnUse, Params, moved_names
 from seqjax.models.transformer_ops import (
     activation_fn,
     attention,
@@ -119,8 +117,5 @@ _MOVED = (
 )  # Flax layers, now in seqjax.models.transformer_net
 
 
-def __getattr__(name: str) -> Any:
-    # Old imports of the layers from here still work, without importing Flax up front.
-    if name in _MOVED:
-        return getattr(importlib.import_module("seqjax.models.transformer_net"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Old imports of the layers from here still work, without importing Flax up front.
+__getattr__ = moved_names(__name__, "seqjax.models.transformer_net", _MOVED)
