@@ -193,14 +193,24 @@ class TorchPeer:
         return loss.item()  # the copy back also waits for the GPU
 
 
+def bench_step(cfg: ModelConfig) -> tuple[Any, Any, Any]:
+    """``(model, optimizer, train_step)``: the step this benchmark times, for ``cfg``.
+
+    AdamW with warm-up and global-norm clipping (``make_optimizer``), label smoothing 0.1;
+    the step is jitted and donates its state. ``hlo_copies.py`` and ``profile_train.py``
+    read the same step.
+    """
+    model = build_model(cfg)
+    opt = make_optimizer(TrainConfig(learning_rate=1e-4, warmup_steps=10))
+    return model, opt, make_train_step(model, opt, label_smoothing=0.1, pad_id=cfg.pad_id)
+
+
 def bench_cell(preset: str, rows: int, args, rng) -> dict:
     """Time the step, interleaved with the best GEMM shape; rates by wall and by CPU time."""
     cfg = model_preset(preset, dtype=args.dtype)
     gemms = gemm_shapes(cfg, rows * args.tgt_len, args.dtype, args.gemm_repeats)
     best_name, best = next(iter(gemms.items()))
-    model = build_model(cfg)
-    opt = make_optimizer(TrainConfig(learning_rate=1e-4, warmup_steps=10))
-    step = make_train_step(model, opt, label_smoothing=0.1, pad_id=cfg.pad_id)
+    model, opt, step = bench_step(cfg)
     state = init_train_state(jax.jit(model.init)(jax.random.key(0)), opt)
     batch = random_batch(cfg, rows, args.src_len, args.tgt_len, rng)
     key = jax.random.key(1)

@@ -88,17 +88,13 @@ def compiled_train_step_hlo(preset: str, batch: int, src_len: int, tgt_len: int)
     """Optimised HLO text of ``bench_train.py``'s step for ``preset`` at these shapes."""
     import jax
     import numpy as np
-    from bench_train import random_batch
+    from bench_train import bench_step, random_batch
 
-    from seqjax.config import TrainConfig, model_preset
-    from seqjax.models import build_model
-    from seqjax.training.optimizer import make_optimizer
-    from seqjax.training.steps import init_train_state, make_train_step
+    from seqjax.config import model_preset
+    from seqjax.training.steps import init_train_state
 
     cfg = model_preset(preset)
-    model = build_model(cfg)
-    opt = make_optimizer(TrainConfig(learning_rate=1e-4, warmup_steps=10))
-    step = make_train_step(model, opt, label_smoothing=0.1, pad_id=cfg.pad_id)
+    model, opt, step = bench_step(cfg)
     state = jax.eval_shape(lambda: init_train_state(model.init(jax.random.key(0)), opt))
     data = random_batch(cfg, batch, src_len, tgt_len, np.random.default_rng(0))
     return step.lower(state, data, jax.random.key(1)).compile().as_text()

@@ -1,0 +1,33 @@
+"""experiments/bench_finite_guard.py: the train step's finite guard in two forms."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+
+import bench_finite_guard  # noqa: E402
+
+
+def test_both_guards_learn_the_same_bits_and_skip_a_nan_step(tmp_path):
+    """The comparison is only worth timing if the two forms are the same training step:
+    identical params and optimizer state after a few updates, and a NaN step skipped."""
+    out = tmp_path / "g"
+    bench_finite_guard.main(
+        ["--preset", "tiny", "--batch", "2", "--src-len", "6", "--tgt-len", "5",
+         "--repeats", "1", "--check-steps", "3", "--out", str(out)]
+    )  # fmt: skip
+    r = json.loads(out.with_suffix(".json").read_text())["results"][0]
+    assert r["bit_identical"] and r["leaves_differing"] == 0
+    for form in ("cond", "select"):
+        assert r["nonfinite_step"][form] == {"skipped": 1, "params_unchanged": True}
+
+
+def test_same_bits_sees_one_flipped_bit_and_equal_nans():
+    import numpy as np
+
+    a = {"w": np.array([1.0, np.nan], np.float32)}
+    b = {"w": np.array([1.0, np.nan], np.float32)}
+    assert bench_finite_guard.same_bits(a, b) == (True, 0)
+    b["w"] = np.array([np.nextafter(np.float32(1), np.float32(2)), np.nan], np.float32)
+    assert bench_finite_guard.same_bits(a, b) == (False, 1)
