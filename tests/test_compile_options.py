@@ -31,6 +31,17 @@ def test_few_rows_on_weights_from_memory_get_xlas_own_kernels_on_cpu_only():
         assert decode_compiler_options(4, BIG, platform=platform, env={}) == {}
 
 
+def test_a_jaxlib_without_the_option_gets_none(monkeypatch):
+    """jaxlib 0.6.2-0.8.0 refuse the option ("No such compile option"): a base-size model
+    decoded on CPU failed there. Their dots are XLA's own anyway, so no option is set."""
+    assert compile_options.jaxlib_knows_the_option()  # the jaxlib under test has it
+    monkeypatch.setattr(compile_options, "jaxlib_knows_the_option", lambda: False)
+    assert _opts(4) == {}
+    assert _opts(4, SEQJAX_CPU_DOTS="eigen") == {}
+    with pytest.raises(ConfigError):  # a bad value is still an error
+        _opts(4, SEQJAX_CPU_DOTS="fast")
+
+
 def test_weights_that_fit_in_cache_keep_ynnpack():
     assert matrix_bytes(BIG) == 64 * MB  # the 1-D leaf does not count
     assert _opts(4, large=64 * MB) == EIGEN

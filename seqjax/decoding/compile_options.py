@@ -26,7 +26,9 @@ program runs on CPU with ``rows <= SMALL_ROWS`` float dots on weight matrices of
 encoder's too: about twice what a decoder step reads). The environment variable
 ``SEQJAX_CPU_DOTS`` overrides the choice: ``auto`` (the default, as above), ``ynnpack``
 (always XLA's defaults) or ``eigen`` (always XLA's own kernels); a
-``--xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` wins over both.
+``--xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` wins over both. jaxlib before
+0.8.1 knows no such option (it refuses the compile) and has no choice to make: there the
+options are always ``{}``.
 
 >>> big = {"w": jax.ShapeDtypeStruct((8192, 8192), jnp.float32)}  # 256 MB
 >>> decode_compiler_options(16, big, platform="cpu", env={})
@@ -43,7 +45,9 @@ encoder's too: about twice what a decoder step reads). The environment variable
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,7 +59,25 @@ from seqjax.config import ConfigError
 SMALL_ROWS = 32  # measured crossover: Eigen 1.45x ahead at 32 rows, 0.94x at 64
 LARGE_WEIGHTS_BYTES = 64 << 20  # 2 x the 32 MB L3 where the turn was measured
 _FLAG = "xla_cpu_experimental_ynn_fusion_type"
+_FLAG_SINCE = (0, 8, 1)  # the first jaxlib whose XLA accepts _FLAG (0.6.2-0.8.0 refuse it)
 _CHOICES = ("auto", "ynnpack", "eigen")
+
+
+@functools.cache
+def jaxlib_knows_the_option(version: str | None = None) -> bool:
+    """Whether this jaxlib (or ``version``, e.g. "0.8.0") accepts the dot-kernel option.
+
+    >>> jaxlib_knows_the_option("0.8.0"), jaxlib_knows_the_option("0.8.1")
+    (False, True)
+    >>> jaxlib_knows_the_option("0.10.2.dev20260101")
+    True
+    """
+    if version is None:
+        import jaxlib.version
+
+        version = jaxlib.version.__version__
+    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+    return parts >= _FLAG_SINCE
 
 
 def matrix_bytes(params: Any) -> int:
@@ -104,6 +126,8 @@ def decode_compiler_options(
             f"SEQJAX_CPU_DOTS={env['SEQJAX_CPU_DOTS']!r}: use one of {', '.join(_CHOICES)}"
         )
     if (platform or jax.default_backend()) != "cpu" or _FLAG in env.get("XLA_FLAGS", ""):
+        return {}
+    if not jaxlib_knows_the_option():
         return {}
     if choice == "eigen":
         return {_FLAG: ""}
