@@ -7,11 +7,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 import bench_finite_guard  # noqa: E402
+import pytest  # noqa: E402
+
+from seqjax.decoding import compile_options  # noqa: E402
 
 
 def test_both_guards_learn_the_same_bits_and_skip_a_nan_step(tmp_path):
     """The comparison is only worth timing if the two forms are the same training step:
-    identical params and optimizer state after a few updates, and a NaN step skipped."""
+    identical params and optimizer state after a few updates, and a NaN step skipped.
+    (Identical bits are XLA's doing, not a law: jax 0.6.2 fuses the two differently.)"""
+    if not compile_options.jaxlib_knows_the_option():
+        pytest.skip("bits compared on jaxlib >= 0.8.1 (0.6.2 fuses the two forms differently)")
     out = tmp_path / "g"
     bench_finite_guard.main(
         ["--preset", "tiny", "--batch", "2", "--src-len", "6", "--tgt-len", "5",

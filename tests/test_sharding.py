@@ -173,15 +173,34 @@ def test_finished_processes_wait_for_process_0_at_shutdown(monkeypatch):
     """Process 0 evaluates the test set alone after training while the others exit: the
     shutdown barrier must wait far longer than JAX's 300 s default, in both launch modes."""
     calls = []
-    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+
+    def initialize(coordinator_address=None, num_processes=None, process_id=None,
+                   shutdown_timeout_seconds=300):  # fmt: skip
+        calls.append(dict(process_id=process_id, shutdown_timeout_seconds=shutdown_timeout_seconds))
+
+    monkeypatch.setattr(jax.distributed, "initialize", initialize)
     monkeypatch.setattr(sharding, "_initialized", False)
-    env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2",
-           "JAX_PROCESS_ID": "1"}  # fmt: skip
-    assert sharding.maybe_initialize_distributed(env) is True
+    assert sharding.maybe_initialize_distributed(_EXPLICIT) is True
     monkeypatch.setattr(sharding, "_initialized", False)
     assert sharding.maybe_initialize_distributed({"SEQJAX_DISTRIBUTED": "1", "SLURM_JOB_ID": "7"})
     assert [kw["shutdown_timeout_seconds"] for kw in calls] == [sharding.SHUTDOWN_TIMEOUT_S] * 2
     assert sharding.SHUTDOWN_TIMEOUT_S >= 3600 and calls[0]["process_id"] == 1
+
+
+_EXPLICIT = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2",
+             "JAX_PROCESS_ID": "1"}  # fmt: skip
+
+
+def test_a_jax_without_the_shutdown_timeout_still_initializes(monkeypatch):
+    """jax before 0.8.1 has no ``shutdown_timeout_seconds``: passing it was a TypeError."""
+    calls = []
+
+    def initialize(coordinator_address=None, num_processes=None, process_id=None):
+        calls.append(process_id)
+
+    monkeypatch.setattr(jax.distributed, "initialize", initialize)
+    monkeypatch.setattr(sharding, "_initialized", False)
+    assert sharding.maybe_initialize_distributed(_EXPLICIT) is True and calls == [1]
 
 
 def test_default_cache_dir():

@@ -31,16 +31,19 @@ encoder's too: about twice what a decoder step reads). The environment variable
 options are always ``{}``.
 
 >>> big = {"w": jax.ShapeDtypeStruct((8192, 8192), jnp.float32)}  # 256 MB
->>> decode_compiler_options(16, big, platform="cpu", env={})
+>>> cpu = dict(platform="cpu", jaxlib_version="0.10.2")
+>>> decode_compiler_options(16, big, env={}, **cpu)
 {'xla_cpu_experimental_ynn_fusion_type': ''}
->>> decode_compiler_options(64, big, platform="cpu", env={})
+>>> decode_compiler_options(64, big, env={}, **cpu)
 {}
->>> decode_compiler_options(16, big, platform="cpu", env={}, large_bytes=512 << 20)
+>>> decode_compiler_options(16, big, env={}, large_bytes=512 << 20, **cpu)
 {}
 >>> decode_compiler_options(16, big, platform="gpu", env={})
 {}
->>> decode_compiler_options(16, None, platform="cpu", env={"SEQJAX_CPU_DOTS": "eigen"})
+>>> decode_compiler_options(16, None, env={"SEQJAX_CPU_DOTS": "eigen"}, **cpu)
 {'xla_cpu_experimental_ynn_fusion_type': ''}
+>>> decode_compiler_options(16, big, env={}, platform="cpu", jaxlib_version="0.8.0")
+{}
 """
 
 from __future__ import annotations
@@ -109,6 +112,7 @@ def decode_compiler_options(
     platform: str | None = None,
     env: Mapping[str, str] | None = None,
     large_bytes: int | None = None,
+    jaxlib_version: str | None = None,
 ) -> dict[str, str]:
     """XLA compile options for a decoder whose loop multiplies ``rows`` rows per step.
 
@@ -117,7 +121,8 @@ def decode_compiler_options(
     defaults unless forced); ``platform``: the backend the program compiles for (default
     ``jax.default_backend()``); ``env``: where ``SEQJAX_CPU_DOTS`` and ``XLA_FLAGS`` are
     read (default ``os.environ``); ``large_bytes``: the weight size from which XLA's own
-    kernels are used (default ``LARGE_WEIGHTS_BYTES``, the same on every machine).
+    kernels are used (default ``LARGE_WEIGHTS_BYTES``, the same on every machine);
+    ``jaxlib_version``: the compiler the options are for (default: the installed jaxlib).
     """
     env = os.environ if env is None else env
     choice = env.get("SEQJAX_CPU_DOTS", "auto").strip().lower() or "auto"
@@ -127,7 +132,7 @@ def decode_compiler_options(
         )
     if (platform or jax.default_backend()) != "cpu" or _FLAG in env.get("XLA_FLAGS", ""):
         return {}
-    if not jaxlib_knows_the_option():
+    if not jaxlib_knows_the_option(jaxlib_version):
         return {}
     if choice == "eigen":
         return {_FLAG: ""}
