@@ -31,6 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_train import add_step_args, require_positive  # noqa: E402
 from results_io import write_results  # noqa: E402
 
 
@@ -201,18 +202,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--preset", default="base", help="model preset (as bench_train.py)")
-    p.add_argument("--batch", type=int, default=32, help="sentence pairs per step")
-    p.add_argument("--src-len", type=int, default=32, help="source tokens per sentence")
-    p.add_argument("--tgt-len", type=int, default=32, help="target tokens per sentence")
+    add_step_args(p)
     p.add_argument("--repeats", type=int, default=7, help="timed steps of each form")
     p.add_argument("--check-steps", type=int, default=5, help="updates compared bit for bit")
     p.add_argument("--out", default="experiments/results/bench_finite_guard",
                    help="writes OUT.json and OUT.md")  # fmt: skip
     args = p.parse_args(argv)
-    for name in ("batch", "src_len", "tgt_len", "repeats", "check_steps"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    require_positive(p, args, "batch", "src_len", "tgt_len", "repeats", "check_steps")
     r = run(args)
     meta = {"src_len": args.src_len, "tgt_len": args.tgt_len, "repeats": args.repeats}
     write_results(args.out, meta, [r], markdown(r, meta))

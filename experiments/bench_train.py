@@ -193,6 +193,22 @@ class TorchPeer:
         return loss.item()  # the copy back also waits for the GPU
 
 
+def add_step_args(p: argparse.ArgumentParser) -> None:
+    """``--preset --batch --src-len --tgt-len``: one step's shape, for the scripts that read
+    this benchmark's step (hlo_copies.py, profile_train.py, bench_finite_guard.py)."""
+    p.add_argument("--preset", default="base", help="model preset (as bench_train.py)")
+    p.add_argument("--batch", type=int, default=32, help="sentence pairs per step")
+    p.add_argument("--src-len", type=int, default=32, help="source tokens per sentence")
+    p.add_argument("--tgt-len", type=int, default=32, help="target tokens per sentence")
+
+
+def require_positive(p: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    """A one-line usage error for the first of ``names`` (attributes of ``args``) below 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+
+
 def bench_step(cfg: ModelConfig) -> tuple[Any, Any, Any]:
     """``(model, optimizer, train_step)``: the step this benchmark times, for ``cfg``.
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_train import add_step_args, require_positive  # noqa: E402
 from results_io import write_results  # noqa: E402
 
 # One HLO instruction: ``%name = f32[8000,1024]{1,0} op(`` (tuples and tokens are skipped).
@@ -104,18 +105,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--preset", default="base", help="model preset (as bench_train.py)")
-    p.add_argument("--batch", type=int, default=32, help="sentence pairs per step")
-    p.add_argument("--src-len", type=int, default=32, help="source tokens per sentence")
-    p.add_argument("--tgt-len", type=int, default=32, help="target tokens per sentence")
+    add_step_args(p)
     p.add_argument("--min-elements", type=int, default=65536,
                    help="list copies of at least this many elements (all count in the total)")  # fmt: skip
     p.add_argument("--out", default="experiments/results/hlo_copies",
                    help="writes OUT.json and OUT.md")  # fmt: skip
     args = p.parse_args(argv)
-    for name in ("batch", "src_len", "tgt_len"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    require_positive(p, args, "batch", "src_len", "tgt_len")
     hlo = compiled_train_step_hlo(args.preset, args.batch, args.src_len, args.tgt_len)
     moves = layout_moves(hlo)
     rows = grouped(moves, args.min_elements)

@@ -51,6 +51,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_train import add_step_args, require_positive  # noqa: E402
 from results_io import write_results  # noqa: E402
 
 CLASSES = ("dot", "copy/transpose", "dropout", "optimizer", "other")
@@ -349,10 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--preset", default="base", help="model preset (as bench_train.py)")
-    p.add_argument("--batch", type=int, default=32, help="sentence pairs per step")
-    p.add_argument("--src-len", type=int, default=32, help="source tokens per sentence")
-    p.add_argument("--tgt-len", type=int, default=32, help="target tokens per sentence")
+    add_step_args(p)
     p.add_argument("--steps", type=int, default=3, help="timed steps, then as many traced")
     p.add_argument("--top", type=int, default=30, help="sources and ops listed")
     p.add_argument("--torch", action="store_true",
@@ -360,9 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="experiments/results/profile_train",
                    help="writes OUT.json and OUT.md")  # fmt: skip
     args = p.parse_args(argv)
-    for name in ("batch", "src_len", "tgt_len", "steps"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    require_positive(p, args, "batch", "src_len", "tgt_len", "steps")
     case = profile_step(args.preset, args.batch, args.src_len, args.tgt_len, args.steps)
     if args.torch:
         case["torch"] = profile_torch(

@@ -74,4 +74,4 @@ def test_every_copy_of_a_real_compiled_step_is_found():
 def test_bad_sizes_are_refused(capsys):
     with pytest.raises(SystemExit):
         hlo_copies.main(["--batch", "0", "--out", "/nonexistent/x"])
-    assert "--batch must be >= 1" in capsys.readouterr().err
+    assert "--batch must be at least 1, got 0" in capsys.readouterr().err
