@@ -25,13 +25,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train import add_step_args, require_positive  # noqa: E402
+from bench_train import add_step_args, require_positive, timed  # noqa: E402
 from results_io import write_results  # noqa: E402
 
 
@@ -83,15 +82,6 @@ def same_bits(a: Any, b: Any) -> tuple[bool, int]:
     bits = lambda x: np.ascontiguousarray(np.asarray(x)).view(np.uint8)  # noqa: E731 (NaN == NaN)
     differ = sum(not np.array_equal(bits(x), bits(y)) for x, y in zip(la, lb, strict=True))
     return differ == 0 and len(la) == len(lb), differ
-
-
-def timed(fn, *args) -> tuple[Any, float, float]:
-    import jax
-
-    w0, c0 = time.perf_counter(), time.process_time()
-    out = fn(*args)
-    jax.block_until_ready(out)
-    return out, time.perf_counter() - w0, time.process_time() - c0
 
 
 def run(args) -> dict:

@@ -288,20 +288,20 @@ def markdown(case: dict, meta: dict, top: int) -> str:
         f"{case['dot_gflop_hlo']:.1f} in the compiled step's matmuls; those run at "
         f"{case['dot_gflops_per_thunk_s']:.0f} GFLOP per second of their thunk time.",
         "",
-        "| class | ms/step | share of thunk time |",
-        "|---|---:|---:|",
     ]
-    peer = case.get("torch")
+    peer = case.get("torch")  # its columns beside seqjax's when --torch profiled it
+    lines += [
+        "| class | ms/step | share of thunk time |"
+        + (" PyTorch ms/step | PyTorch share |" if peer else ""),
+        "|---|---:|---:|" + ("---:|---:|" if peer else ""),
+    ]
+    for c, ms in case["by_class"].items():
+        row = f"| {c} | {ms:.1f} | {100 * ms / total:.1f}% |"
+        if peer:
+            row += (f" {peer['by_class'][c]:.1f} | "
+                    f"{100 * peer['by_class'][c] / (peer['self_ms_per_step'] or 1):.1f}% |")  # fmt: skip
+        lines.append(row)
     if peer:
-        lines[-2:] = [
-            "| class | ms/step | share of thunk time | PyTorch ms/step | PyTorch share |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        lines += [
-            f"| {c} | {ms:.1f} | {100 * ms / total:.1f}% | {peer['by_class'][c]:.1f} | "
-            f"{100 * peer['by_class'][c] / (peer['self_ms_per_step'] or 1):.1f}% |"
-            for c, ms in case["by_class"].items()
-        ]
         lines += [
             "",
             f"PyTorch (`bench_train.TorchPeer`, {meta['steps']} steps under `torch.profiler`, "
@@ -312,10 +312,6 @@ def markdown(case: dict, meta: dict, top: int) -> str:
             f"(the most seqjax could gain with every other op free). Its steps run after "
             f"seqjax's here, not interleaved: for the ratio of the two steps use "
             f"`bench_train.py --torch`.",
-        ]
-    else:
-        lines += [
-            f"| {c} | {ms:.1f} | {100 * ms / total:.1f}% |" for c, ms in case["by_class"].items()
         ]
     lines += [
         "",
