@@ -196,9 +196,6 @@ def thunk_times(trace_dir: str) -> dict[str, float]:
     """Summed event nanoseconds per thunk name over XLA's CPU threads."""
     import jax
 
-    if getattr(jax.profiler, "ProfileData", None) is None:
-        raise SystemExit(f"reading a trace needs jax.profiler.ProfileData (jax >= 0.7), not "
-                         f"jax {jax.__version__}")  # fmt: skip
     (path,) = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)
     data = jax.profiler.ProfileData.from_file(path)
     total: dict[str, float] = collections.defaultdict(float)

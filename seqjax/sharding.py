@@ -20,7 +20,6 @@ array with ``jax.make_array_from_process_local_data``.
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -245,17 +244,6 @@ _initialized = False
 SHUTDOWN_TIMEOUT_S = 6 * 3600
 
 
-def _shutdown_timeout() -> dict[str, int]:
-    """``shutdown_timeout_seconds`` for ``jax.distributed.initialize`` where it takes one
-    (jax >= 0.8.1; before, there is no such argument and the barrier waits 300 s)."""
-    params = inspect.signature(jax.distributed.initialize).parameters
-    return (
-        {"shutdown_timeout_seconds": SHUTDOWN_TIMEOUT_S}
-        if "shutdown_timeout_seconds" in params
-        else {}
-    )
-
-
 def maybe_initialize_distributed(env: Mapping[str, str] | None = None) -> bool:
     """Call ``jax.distributed.initialize()`` when a multi-process launch is configured.
 
@@ -281,10 +269,10 @@ def maybe_initialize_distributed(env: Mapping[str, str] | None = None) -> bool:
             coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
             num_processes=int(env["JAX_NUM_PROCESSES"]),
             process_id=int(env["JAX_PROCESS_ID"]),
-            **_shutdown_timeout(),
+            shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S,
         )
     elif env.get("SEQJAX_DISTRIBUTED") == "1" and any(env.get(k) for k in _CLUSTER_ENV):
-        jax.distributed.initialize(**_shutdown_timeout())
+        jax.distributed.initialize(shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S)
     else:
         return False
     _initialized = True

@@ -18,16 +18,8 @@ MB = 1 << 20
 BIG = {"enc": jax.ShapeDtypeStruct((4096, 4096), jnp.float32), "b": jnp.zeros(8)}  # 64 MB
 
 
-def _opts(rows, params=BIG, large=32 * MB, jaxlib="0.10.2", **env):
-    return decode_compiler_options(
-        rows, params, platform="cpu", env=env, large_bytes=large, jaxlib_version=jaxlib
-    )
-
-
-# Tests that compile with the option need a jaxlib that has it (0.8.1 and later).
-needs_the_option = pytest.mark.skipif(
-    not compile_options.jaxlib_knows_the_option(), reason="this jaxlib has no dot-kernel option"
-)
+def _opts(rows, params=BIG, large=32 * MB, **env):
+    return decode_compiler_options(rows, params, platform="cpu", env=env, large_bytes=large)
 
 
 def test_few_rows_on_weights_from_memory_get_xlas_own_kernels_on_cpu_only():
@@ -37,17 +29,6 @@ def test_few_rows_on_weights_from_memory_get_xlas_own_kernels_on_cpu_only():
         assert _opts(rows) == {}
     for platform in ("gpu", "tpu", "cuda"):
         assert decode_compiler_options(4, BIG, platform=platform, env={}) == {}
-
-
-def test_a_jaxlib_without_the_option_gets_none():
-    """jaxlib 0.6.2-0.8.0 refuse the option ("No such compile option"): a base-size model
-    decoded on CPU failed there. Their dots are XLA's own anyway, so no option is set."""
-    for old in ("0.6.2", "0.7.2", "0.8.0"):
-        assert _opts(4, jaxlib=old) == {}
-        assert _opts(4, jaxlib=old, SEQJAX_CPU_DOTS="eigen") == {}
-    assert _opts(4, jaxlib="0.8.1") == EIGEN
-    with pytest.raises(ConfigError):  # a bad value is still an error
-        _opts(4, jaxlib="0.8.0", SEQJAX_CPU_DOTS="fast")
 
 
 def test_weights_that_fit_in_cache_keep_ynnpack():
@@ -68,7 +49,7 @@ def test_the_size_threshold_is_the_same_on_every_machine(preset, eigen):
     model = build_model(model_preset(preset))
     shapes = jax.eval_shape(model.init, jax.random.key(0))
     assert (matrix_bytes(shapes) >= compile_options.LARGE_WEIGHTS_BYTES) is eigen
-    got = decode_compiler_options(4, shapes, platform="cpu", env={}, jaxlib_version="0.10.2")
+    got = decode_compiler_options(4, shapes, platform="cpu", env={})
     assert got == (EIGEN if eigen else {})
 
 
@@ -100,7 +81,6 @@ def test_w8a8_weights_keep_the_integer_kernels():
     assert _opts(4, w8a8, large=tiny // 4, SEQJAX_CPU_DOTS="eigen") == EIGEN  # forced
 
 
-@needs_the_option
 def test_the_option_compiles_and_computes_the_same_product():
     """The option is one XLA accepts (a typo would fail to compile) and changes only
     the kernel: a decode-shaped product agrees with the default's to float rounding."""
@@ -114,7 +94,6 @@ def test_the_option_compiles_and_computes_the_same_product():
         jax.jit(jnp.matmul, compiler_options={"xla_cpu_no_such_option": ""})(x, w)
 
 
-@needs_the_option
 def test_jitted_decoders_pick_the_kernels_per_call(monkeypatch):
     """``jitted(decoder)`` compiles a small call on large weights with XLA's own kernels
     (here the tiny model's weights count as large against a 2 kB threshold), large calls

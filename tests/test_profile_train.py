@@ -40,13 +40,6 @@ ENTRY %main (a: f32[3,5], b: f32[5,7], c: f32[7,2]) -> f32[3,2] {
     assert profile_train.op_class("fusion.9", "fusion", "?", "fusion.9" in flops) == "dot"
 
 
-needs_profile_data = pytest.mark.skipif(
-    getattr(__import__("jax").profiler, "ProfileData", None) is None,
-    reason="jax.profiler.ProfileData (reading a trace) is missing from this jax (0.6)",
-)
-
-
-@needs_profile_data
 def test_a_tiny_step_profile_accounts_for_every_matmul(tmp_path):
     """On XLA's own output: the matmul FLOPs read from the compiled step equal
     bench_train's analytic count, the classes add up to the summed thunk time, and
@@ -71,7 +64,6 @@ def test_bad_sizes_are_refused(capsys):
     assert "--steps must be at least 1" in capsys.readouterr().err
 
 
-@needs_profile_data
 def test_the_torch_peer_is_profiled_in_the_same_classes(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "p"

@@ -191,18 +191,6 @@ _EXPLICIT = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2
              "JAX_PROCESS_ID": "1"}  # fmt: skip
 
 
-def test_a_jax_without_the_shutdown_timeout_still_initializes(monkeypatch):
-    """jax before 0.8.1 has no ``shutdown_timeout_seconds``: passing it was a TypeError."""
-    calls = []
-
-    def initialize(coordinator_address=None, num_processes=None, process_id=None):
-        calls.append(process_id)
-
-    monkeypatch.setattr(jax.distributed, "initialize", initialize)
-    monkeypatch.setattr(sharding, "_initialized", False)
-    assert sharding.maybe_initialize_distributed(_EXPLICIT) is True and calls == [1]
-
-
 def test_default_cache_dir():
     assert sharding.default_cache_dir({"XDG_CACHE_HOME": "/x"}) == Path("/x/seqjax/jax")
     assert sharding.default_cache_dir({"SEQJAX_CACHE_DIR": "/c"}) == Path("/c")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
-from jax import export as jax_export  # jax 0.6 binds jax.export only once it is imported
+from jax import export as jax_export
 
 from seqjax import sharding
 from seqjax.app import run_dir

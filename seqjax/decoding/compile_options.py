@@ -26,12 +26,11 @@ program runs on CPU with ``rows <= SMALL_ROWS`` float dots on weight matrices of
 encoder's too: about twice what a decoder step reads). The environment variable
 ``SEQJAX_CPU_DOTS`` overrides the choice: ``auto`` (the default, as above), ``ynnpack``
 (always XLA's defaults) or ``eigen`` (always XLA's own kernels); a
-``--xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` wins over both. jaxlib before
-0.8.1 knows no such option (it refuses the compile) and has no choice to make: there the
-options are always ``{}``.
+``--xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` wins over both. (jaxlib before
+0.8.1 refuses the option; pyproject requires jax >= 0.10.)
 
 >>> big = {"w": jax.ShapeDtypeStruct((8192, 8192), jnp.float32)}  # 256 MB
->>> cpu = dict(platform="cpu", jaxlib_version="0.10.2")
+>>> cpu = dict(platform="cpu")
 >>> decode_compiler_options(16, big, env={}, **cpu)
 {'xla_cpu_experimental_ynn_fusion_type': ''}
 >>> decode_compiler_options(64, big, env={}, **cpu)
@@ -42,15 +41,11 @@ options are always ``{}``.
 {}
 >>> decode_compiler_options(16, None, env={"SEQJAX_CPU_DOTS": "eigen"}, **cpu)
 {'xla_cpu_experimental_ynn_fusion_type': ''}
->>> decode_compiler_options(16, big, env={}, platform="cpu", jaxlib_version="0.8.0")
-{}
 """
 
 from __future__ import annotations
 
-import functools
 import os
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,25 +57,7 @@ from seqjax.config import ConfigError
 SMALL_ROWS = 32  # measured crossover: Eigen 1.45x ahead at 32 rows, 0.94x at 64
 LARGE_WEIGHTS_BYTES = 64 << 20  # 2 x the 32 MB L3 where the turn was measured
 _FLAG = "xla_cpu_experimental_ynn_fusion_type"
-_FLAG_SINCE = (0, 8, 1)  # the first jaxlib whose XLA accepts _FLAG (0.6.2-0.8.0 refuse it)
 _CHOICES = ("auto", "ynnpack", "eigen")
-
-
-@functools.cache
-def jaxlib_knows_the_option(version: str | None = None) -> bool:
-    """Whether this jaxlib (or ``version``, e.g. "0.8.0") accepts the dot-kernel option.
-
-    >>> jaxlib_knows_the_option("0.8.0"), jaxlib_knows_the_option("0.8.1")
-    (False, True)
-    >>> jaxlib_knows_the_option("0.10.2.dev20260101")
-    True
-    """
-    if version is None:
-        import jaxlib.version
-
-        version = jaxlib.version.__version__
-    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
-    return parts >= _FLAG_SINCE
 
 
 def matrix_bytes(params: Any) -> int:
@@ -112,7 +89,6 @@ def decode_compiler_options(
     platform: str | None = None,
     env: Mapping[str, str] | None = None,
     large_bytes: int | None = None,
-    jaxlib_version: str | None = None,
 ) -> dict[str, str]:
     """XLA compile options for a decoder whose loop multiplies ``rows`` rows per step.
 
@@ -121,8 +97,7 @@ def decode_compiler_options(
     defaults unless forced); ``platform``: the backend the program compiles for (default
     ``jax.default_backend()``); ``env``: where ``SEQJAX_CPU_DOTS`` and ``XLA_FLAGS`` are
     read (default ``os.environ``); ``large_bytes``: the weight size from which XLA's own
-    kernels are used (default ``LARGE_WEIGHTS_BYTES``, the same on every machine);
-    ``jaxlib_version``: the compiler the options are for (default: the installed jaxlib).
+    kernels are used (default ``LARGE_WEIGHTS_BYTES``, the same on every machine).
     """
     env = os.environ if env is None else env
     choice = env.get("SEQJAX_CPU_DOTS", "auto").strip().lower() or "auto"
@@ -131,8 +106,6 @@ def decode_compiler_options(
             f"SEQJAX_CPU_DOTS={env['SEQJAX_CPU_DOTS']!r}: use one of {', '.join(_CHOICES)}"
         )
     if (platform or jax.default_backend()) != "cpu" or _FLAG in env.get("XLA_FLAGS", ""):
-        return {}
-    if not jaxlib_knows_the_option(jaxlib_version):
         return {}
     if choice == "eigen":
         return {_FLAG: ""}
