@@ -87,19 +87,6 @@ def test_phased_equals_one_loop(setup, decoder, ends_early):
         assert lengths.min() < FIRST_PHASE < lengths.max()
 
 
-def _sub_jaxprs(params: dict) -> list:
-    """The jaxprs an equation's params hold (cond branches, loop bodies, pjit's jaxpr);
-    written here because ``jax.extend.core.jaxprs_in_params`` is missing from older jax."""
-    out = []
-    for v in params.values():
-        for x in v if isinstance(v, (tuple, list)) else (v,):
-            if isinstance(x, jax_core.ClosedJaxpr):
-                out.append(x.jaxpr)
-            elif isinstance(x, jax_core.Jaxpr):
-                out.append(x)
-    return out
-
-
 def _while_loops(fn) -> int:
     """The decode loops of ``fn``'s program: ``while`` loops not nested in another one (the
     beam step's in-place cache reorder runs a loop of its own inside each)."""
@@ -110,7 +97,7 @@ def _while_loops(fn) -> int:
             if eqn.primitive.name == "while":
                 n += 1
                 continue
-            for sub in _sub_jaxprs(eqn.params):
+            for sub in jax_core.jaxprs_in_params(eqn.params):
                 n += count(sub)
         return n
 

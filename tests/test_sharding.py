@@ -180,15 +180,13 @@ def test_finished_processes_wait_for_process_0_at_shutdown(monkeypatch):
 
     monkeypatch.setattr(jax.distributed, "initialize", initialize)
     monkeypatch.setattr(sharding, "_initialized", False)
-    assert sharding.maybe_initialize_distributed(_EXPLICIT) is True
+    env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2",
+           "JAX_PROCESS_ID": "1"}  # fmt: skip
+    assert sharding.maybe_initialize_distributed(env) is True
     monkeypatch.setattr(sharding, "_initialized", False)
     assert sharding.maybe_initialize_distributed({"SEQJAX_DISTRIBUTED": "1", "SLURM_JOB_ID": "7"})
     assert [kw["shutdown_timeout_seconds"] for kw in calls] == [sharding.SHUTDOWN_TIMEOUT_S] * 2
     assert sharding.SHUTDOWN_TIMEOUT_S >= 3600 and calls[0]["process_id"] == 1
-
-
-_EXPLICIT = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2",
-             "JAX_PROCESS_ID": "1"}  # fmt: skip
 
 
 def test_default_cache_dir():

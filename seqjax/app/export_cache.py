@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-from jax import export as jax_export
 
 from seqjax import sharding
 from seqjax.app import run_dir
@@ -41,8 +40,8 @@ EXPORT_DIR = "seqjax-exported"  # inside JAX's compile cache directory
 _LOADED: dict[str, Callable[..., Any] | None] = {}
 
 # Custom pytree nodes in a program's inputs or outputs need a name to be serialised.
-jax_export.register_namedtuple_serialization(DecodeResult, serialized_name="seqjax.DecodeResult")
-jax_export.register_pytree_node_serialization(
+jax.export.register_namedtuple_serialization(DecodeResult, serialized_name="seqjax.DecodeResult")
+jax.export.register_pytree_node_serialization(
     QuantizedArray,  # int8 weights (`--quantize`): the static field is ``act``, a str
     serialized_name="seqjax.QuantizedArray.v2",
     serialize_auxdata=lambda aux: json.dumps(list(aux)).encode(),
@@ -109,12 +108,12 @@ def exported(
     path = root / f"{key}.jaxexport"
     exp = None
     try:
-        exp = jax_export.deserialize(bytearray(path.read_bytes()))
+        exp = jax.export.deserialize(bytearray(path.read_bytes()))
     except Exception:  # absent, torn by a crash or from an incompatible writer: export again
         exp = None
     if exp is None:
         try:
-            exp = jax_export.export(jax.jit(fn))(*args)
+            exp = jax.export.export(jax.jit(fn))(*args)
             data = exp.serialize()
         except Exception:  # e.g. host callbacks, or no flatbuffers: the ordinary path
             _LOADED[loaded_key] = None

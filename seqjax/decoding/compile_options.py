@@ -30,16 +30,15 @@ encoder's too: about twice what a decoder step reads). The environment variable
 0.8.1 refuses the option; pyproject requires jax >= 0.10.)
 
 >>> big = {"w": jax.ShapeDtypeStruct((8192, 8192), jnp.float32)}  # 256 MB
->>> cpu = dict(platform="cpu")
->>> decode_compiler_options(16, big, env={}, **cpu)
+>>> decode_compiler_options(16, big, platform="cpu", env={})
 {'xla_cpu_experimental_ynn_fusion_type': ''}
->>> decode_compiler_options(64, big, env={}, **cpu)
+>>> decode_compiler_options(64, big, platform="cpu", env={})
 {}
->>> decode_compiler_options(16, big, env={}, large_bytes=512 << 20, **cpu)
+>>> decode_compiler_options(16, big, platform="cpu", env={}, large_bytes=512 << 20)
 {}
 >>> decode_compiler_options(16, big, platform="gpu", env={})
 {}
->>> decode_compiler_options(16, None, env={"SEQJAX_CPU_DOTS": "eigen"}, **cpu)
+>>> decode_compiler_options(16, None, platform="cpu", env={"SEQJAX_CPU_DOTS": "eigen"})
 {'xla_cpu_experimental_ynn_fusion_type': ''}
 """
 
