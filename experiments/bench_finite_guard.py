@@ -47,22 +47,14 @@ from results_io import write_results  # noqa: E402
 FORMS = ("select", "cond", "adam")  # the library's first: speed-ups are over it
 
 
-def _finite(loss, grads):
-    import jax.numpy as jnp
-    import optax
-
-    grad_norm = optax.global_norm(grads)
-    return jnp.isfinite(loss) & jnp.isfinite(grad_norm), grad_norm
-
-
 def cond_guard(optimizer, state, loss, grads):
     """The update runs inside ``lax.cond`` and writes the state in place."""
     import optax
     from jax import lax
 
-    from seqjax.training.steps import TrainState
+    from seqjax.training.steps import TrainState, update_is_finite
 
-    ok, grad_norm = _finite(loss, grads)
+    ok, grad_norm = update_is_finite(loss, grads)
 
     def update(params, opt_state):
         updates, new_opt = optimizer.update(grads, opt_state, params)
@@ -115,9 +107,9 @@ def adam_guard(optimizer, state, loss, grads):
     import jax.numpy as jnp
     import optax
 
-    from seqjax.training.steps import TrainState
+    from seqjax.training.steps import TrainState, update_is_finite
 
-    ok, grad_norm = _finite(loss, grads)
+    ok, grad_norm = update_is_finite(loss, grads)
     updates, new_opt = optimizer.update(grads, state.opt_state, state.params, finite=ok)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
     adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
@@ -132,16 +124,13 @@ def compiled_steps(cfg, params: Any, batch: dict, key) -> dict[str, tuple[Any, A
     each form for these shapes (the state is donated when called)."""
     from bench_train import bench_step
 
-    from seqjax.config import TrainConfig
     from seqjax.training import steps
+    from seqjax.training.optimizer import make_optimizer
 
     guards = {"select": steps.apply_if_finite, "cond": cond_guard, "adam": adam_guard}
     out = {}
     for form in FORMS:
-        model, opt, step = bench_step(cfg)
-        if form == "adam":
-            opt = guarded_optimizer(TrainConfig(learning_rate=1e-4, warmup_steps=10))
-            step = steps.make_train_step(model, opt, label_smoothing=0.1, pad_id=cfg.pad_id)
+        _, opt, step = bench_step(cfg, guarded_optimizer if form == "adam" else make_optimizer)
         library_guard = steps.apply_if_finite
         steps.apply_if_finite = guards[form]  # build_step's step reads the global when traced
         try:

@@ -61,6 +61,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -209,15 +210,18 @@ def require_positive(p: argparse.ArgumentParser, args: argparse.Namespace, *name
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
 
 
-def bench_step(cfg: ModelConfig) -> tuple[Any, Any, Any]:
+def bench_step(
+    cfg: ModelConfig, optimizer_for: Callable[[TrainConfig], Any] = make_optimizer
+) -> tuple[Any, Any, Any]:
     """``(model, optimizer, train_step)``: the step this benchmark times, for ``cfg``.
 
-    AdamW with warm-up and global-norm clipping (``make_optimizer``), label smoothing 0.1;
-    the step is jitted and donates its state. ``hlo_copies.py`` and ``profile_train.py``
-    read the same step.
+    AdamW with warm-up and global-norm clipping (``make_optimizer``, or ``optimizer_for``
+    given the same ``TrainConfig``), label smoothing 0.1; the step is jitted and donates
+    its state. ``hlo_copies.py``, ``profile_train.py`` and ``bench_finite_guard.py`` read
+    the same step.
     """
     model = build_model(cfg)
-    opt = make_optimizer(TrainConfig(learning_rate=1e-4, warmup_steps=10))
+    opt = optimizer_for(TrainConfig(learning_rate=1e-4, warmup_steps=10))
     return model, opt, make_train_step(model, opt, label_smoothing=0.1, pad_id=cfg.pad_id)
 
 

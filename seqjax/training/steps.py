@@ -46,6 +46,13 @@ def token_loss(
     return loss_sum / jnp.maximum(n, 1.0), {"nll_sum": nll_sum, "tokens": n}
 
 
+def update_is_finite(loss: jax.Array, grads: Any) -> tuple[jax.Array, jax.Array]:
+    """``(ok bool[], grad_norm float32[])``: whether ``loss`` and the global norm of
+    ``grads`` are both finite, the rule by which ``apply_if_finite`` keeps an update."""
+    grad_norm = optax.global_norm(grads)
+    return jnp.isfinite(loss) & jnp.isfinite(grad_norm), grad_norm
+
+
 def apply_if_finite(
     optimizer: optax.GradientTransformation, state: TrainState, loss: jax.Array, grads: Any
 ) -> tuple[TrainState, jax.Array, jax.Array]:
@@ -54,8 +61,7 @@ def apply_if_finite(
     Returns ``(new_state, ok bool[], grad_norm float32[])``; the step counter always
     advances, so a skipped batch is not retried.
     """
-    grad_norm = optax.global_norm(grads)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    ok, grad_norm = update_is_finite(loss, grads)
     updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
