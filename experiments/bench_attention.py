@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--src-len", type=int, default=32, help="S: memory positions")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median)")
     p.add_argument("--calls", type=int, default=30, help="calls timed per round")
-    p.add_argument("--out", default="experiments/results/bench_attention")
+    p.add_argument(
+        "--out", default="experiments/results/bench_attention", help="writes OUT.json and OUT.md"
+    )
     args = p.parse_args(argv)
     rng = np.random.default_rng(0)
 

@@ -88,12 +88,14 @@ def origin_gather_step(ks_RxTxHxD, vs_RxTxHxD, origin_RxT, parent_R, q_RxHxD, t,
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--batches", default="1,16,64")
-    p.add_argument("--beam", type=int, default=4)
-    p.add_argument("--max-len", type=int, default=64)
+    p.add_argument("--batches", default="1,16,64", help="comma-separated batch sizes")
+    p.add_argument("--beam", type=int, default=4, help="beams per source")
+    p.add_argument("--max-len", type=int, default=64, help="cache positions")
     p.add_argument("--position", type=int, default=32, help="the step's position t")
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--out", default="experiments/results/bench_beam_reorder")
+    p.add_argument("--repeats", type=int, default=7, help="timed rounds per cell")
+    p.add_argument(
+        "--out", default="experiments/results/bench_beam_reorder", help="writes OUT.json and OUT.md"
+    )
     args = p.parse_args(argv)
     before = os.popen("uptime").read().strip()
     rows = []

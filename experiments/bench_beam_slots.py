@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batches", default="1,16,64", help="comma-separated batch sizes")
     p.add_argument("--regimes", default="forced,eos", help="forced and/or eos")
-    p.add_argument("--src-len", type=int, default=32)
+    p.add_argument("--src-len", type=int, default=32, help="source tokens per row")
     p.add_argument("--new-tokens", type=int, default=64, help="max_len of every decode")
     p.add_argument("--eos-bias", type=float, default=0.7, help="added to EOS's output bias")
     p.add_argument("--quantize", choices=QUANT_MODES, help="int8 weights (default float32)")
@@ -126,8 +126,10 @@ def main(argv: list[str] | None = None) -> None:
         help="also report the share of moved rows with this trained run (beam 4 "
         "over the first --moved-batch test sentences of the bundled corpus)",
     )
-    p.add_argument("--moved-batch", type=int, default=64)
-    p.add_argument("--out", default="experiments/results/bench_beam_slots")
+    p.add_argument("--moved-batch", type=int, default=64, help="sentences for --moved-on")
+    p.add_argument(
+        "--out", default="experiments/results/bench_beam_slots", help="writes OUT.json and OUT.md"
+    )
     args = p.parse_args(argv)
     trained = moved_on_run(args.moved_on, args.moved_batch) if args.moved_on else None
     if trained:

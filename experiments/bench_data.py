@@ -374,7 +374,9 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=2000, help="timed pipeline batches")
     ap.add_argument("--tmp", default="/tmp/seqjax_bench_data", help="corpora and prepared data")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
-    ap.add_argument("--out", default=str(HERE / "results" / "bench_data"))
+    ap.add_argument(
+        "--out", default=str(HERE / "results" / "bench_data"), help="writes OUT.json and OUT.md"
+    )
     ap.add_argument(
         "--from-log",
         metavar="LOG",

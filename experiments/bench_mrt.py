@@ -89,7 +89,7 @@ def main() -> None:
     p.add_argument("--rows", default="16,32", help="sentences per batch, comma-separated")
     p.add_argument("--length", type=int, default=48, help="padded source/target length")
     p.add_argument("--steps", type=int, default=4, help="steps per timed pass")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="interleaved timed passes (median)")
     p.add_argument("--out", default="experiments/results", help="output folder")
     args = p.parse_args()
 

@@ -47,11 +47,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--checkpoint", required=True, help="trained run directory")
-    p.add_argument("--rows", type=int, default=64)
-    p.add_argument("--length", type=int, default=32)
+    p.add_argument("--rows", type=int, default=64, help="sentences per batch")
+    p.add_argument("--length", type=int, default=32, help="padded source/target length")
     p.add_argument("--samples", type=int, default=8, help="MRT candidates per source")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", default="experiments/results/bench_objectives")
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per objective (median)")
+    p.add_argument(
+        "--out", default="experiments/results/bench_objectives", help="writes OUT.json and OUT.md"
+    )
     args = p.parse_args()
 
     model, params = run_dir.load_model(args.checkpoint)

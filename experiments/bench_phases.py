@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cells", default="greedy:1,greedy:64,beam:1,beam:16,beam:64",
                    help="method:batch pairs (method greedy or beam 4)")  # fmt: skip
     p.add_argument("--regimes", default="forced,eos", help="forced and/or eos (see above)")
-    p.add_argument("--src-len", type=int, default=32)
+    p.add_argument("--src-len", type=int, default=32, help="source tokens per row")
     p.add_argument("--new-tokens", type=int, default=64, help="max_len of every decode")
     p.add_argument("--eos-bias", type=float, default=0.7, help="added to EOS's output bias")
     p.add_argument("--quantize", choices=QUANT_MODES, help="int8 weights (default float32)")
@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--min-rows", type=int, default=1,
                    help="phases.MIN_ROWS for the phased program (default 1: phases at every "
                         "size, to measure them; the library's limit is 64)")  # fmt: skip
-    p.add_argument("--out", default="experiments/results/bench_phases")
+    p.add_argument(
+        "--out", default="experiments/results/bench_phases", help="writes OUT.json and OUT.md"
+    )
     args = p.parse_args(argv)
     phases.MIN_ROWS = args.min_rows  # read when a decoder is traced
 

@@ -115,7 +115,11 @@ def main(argv: list[str] | None = None) -> None:
         default="beam",
         help="beam search (beam 4) or diverse beam search (2 groups of 2 beams)",
     )
-    p.add_argument("--out", default="experiments/results/bench_shared_memory")
+    p.add_argument(
+        "--out",
+        default="experiments/results/bench_shared_memory",
+        help="writes OUT.json and OUT.md",
+    )
     args = p.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     before = os.popen("uptime").read().strip()

@@ -94,17 +94,19 @@ def bench_method(model, params, src, method: str, args) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="small", help="model preset (tiny, small, base)")
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--src-len", type=int, default=16)
-    p.add_argument("--beam-size", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=9)
-    p.add_argument("--methods", default="greedy,beam")
+    p.add_argument("--new-tokens", type=int, default=64, help="output tokens per row")
+    p.add_argument("--src-len", type=int, default=16, help="source tokens per row")
+    p.add_argument("--beam-size", type=int, default=4, help="beams for the beam method")
+    p.add_argument("--repeats", type=int, default=9, help="interleaved timed rounds (median)")
+    p.add_argument("--methods", default="greedy,beam", help="greedy and/or beam")
     p.add_argument(
         "--stream-every",
         default="1,8,16",
         help="comma-separated stream_every values to time against no streaming",
     )
-    p.add_argument("--out", default="experiments/results/bench_stream")
+    p.add_argument(
+        "--out", default="experiments/results/bench_stream", help="writes OUT.json and OUT.md"
+    )
     args = p.parse_args()
     model = build_model(model_preset(args.model, dropout=0.0, max_len=args.new_tokens + 8))
     params = model.init(jax.random.key(0))

@@ -360,14 +360,19 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--batches", default="1,16,64")
-    p.add_argument("--methods", default="greedy,beam")
-    p.add_argument("--beam-size", type=int, default=4)
-    p.add_argument("--src-len", type=int, default=32)
-    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--batches", default="1,16,64", help="comma-separated batch sizes")
+    p.add_argument("--methods", default="greedy,beam", help="greedy and/or beam")
+    p.add_argument("--beam-size", type=int, default=4, help="beams for the beam method")
+    p.add_argument("--src-len", type=int, default=32, help="source tokens per row")
+    p.add_argument("--new-tokens", type=int, default=64, help="output tokens of every system")
     p.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds per cell")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch and CT2 threads (default: CPUs)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random Marian weights")
     p.add_argument(
         "--device",
         choices=("cpu", "cuda"),
@@ -394,7 +399,9 @@ def main(argv: list[str] | None = None) -> None:
         "level, e.g. AVX2 to emulate an AVX2-only CPU such as issue 19's EPYC on an AVX-512 one",
     )
     p.add_argument("--workdir", help="where to keep the model dirs (default: a temp dir)")
-    p.add_argument("--out", default="experiments/results/bench_vs_peers")
+    p.add_argument(
+        "--out", default="experiments/results/bench_vs_peers", help="writes OUT.json and OUT.md"
+    )
     args = p.parse_args(argv)
     if args.isa:
         cap_isa(args.isa)  # before JAX's backend, torch and CT2 initialise

@@ -98,7 +98,9 @@ def main() -> None:
     p.add_argument("--checkpoint", required=True, help="run directory (seqjax train --out)")
     p.add_argument("--amateur", help="run directory of a smaller model, for contrastive decoding")
     p.add_argument("--train-amateur", metavar="DIR", help="train rnn_tiny into DIR as amateur")
-    p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.add_argument(
+        "--split", default="test", choices=["valid", "test"], help="bundled split to decode"
+    )
     p.add_argument("--limit", type=int, default=0, help="first N sentences only (0 = all)")
     p.add_argument("--max-beam", type=int, default=64, help="largest beam size (default 64)")
     p.add_argument("--out", default="experiments/results", help="output folder")

@@ -331,17 +331,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--isa", help="cap XLA's code generation, e.g. AVX2 (--xla_cpu_max_isa)")
     p.add_argument("--threads", type=int, choices=(1, 2), help="1: one intra-op thread")
-    p.add_argument("--cases", default="greedy:1,greedy:16,beam:1,beam:16")
-    p.add_argument("--beam-size", type=int, default=4)
-    p.add_argument("--src-len", type=int, default=32)
-    p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--cases", default="greedy:1,greedy:16,beam:1,beam:16", help="method:batch pairs"
+    )
+    p.add_argument("--beam-size", type=int, default=4, help="beams for the beam method")
+    p.add_argument("--src-len", type=int, default=32, help="source tokens per row")
+    p.add_argument("--new-tokens", type=int, default=32, help="output tokens per call")
+    p.add_argument("--rounds", type=int, default=3, help="profiled calls per case")
     p.add_argument("--top", type=int, default=15, help="ops listed per case")
     p.add_argument("--hf", help="a HF Marian dir (default: the random Marian-base config)")
     p.add_argument(
         "--quantize", choices=("int8", "w8a8"), help="int8 weights (models/quantize.py modes)"
     )
-    p.add_argument("--out", default="experiments/results/profile_decode")
+    p.add_argument(
+        "--out", default="experiments/results/profile_decode", help="writes OUT.json and OUT.md"
+    )
     args = p.parse_args(argv)
     flags = set_xla_flags(args.isa, args.threads)
 

@@ -88,9 +88,13 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--run", action="append", required=True, help="a run directory (repeat)")
-    p.add_argument("--split", default="test", choices=("valid", "test"))
+    p.add_argument(
+        "--split", default="test", choices=("valid", "test"), help="bundled split to score"
+    )
     p.add_argument("--samples", type=int, default=1000, help="bootstrap resamples")
-    p.add_argument("--out", default="experiments/results/quantize_bleu")
+    p.add_argument(
+        "--out", default="experiments/results/quantize_bleu", help="writes OUT.json and OUT.md"
+    )
     args = p.parse_args(argv)
     rows = [row for run in args.run for row in one_run(run, args.split, args.samples)]
     meta = {
