@@ -16,10 +16,14 @@ from seqjax.models.transformer import Transformer
 EIGEN = {"xla_cpu_experimental_ynn_fusion_type": ""}
 MB = 1 << 20
 BIG = {"enc": jax.ShapeDtypeStruct((4096, 4096), jnp.float32), "b": jnp.zeros(8)}  # 64 MB
+AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma"})  # Zen 3: where Eigen was measured faster
+AVX512 = AVX2 | {"avx512f", "avx512bw", "avx512_vnni"}  # Zen 4, Xeon: where it was not
 
 
-def _opts(rows, params=BIG, large=32 * MB, **env):
-    return decode_compiler_options(rows, params, platform="cpu", env=env, large_bytes=large)
+def _opts(rows, params=BIG, large=32 * MB, flags=AVX2, **env):
+    return decode_compiler_options(
+        rows, params, platform="cpu", env=env, large_bytes=large, cpu_flags=flags
+    )
 
 
 def test_few_rows_on_weights_from_memory_get_xlas_own_kernels_on_cpu_only():
@@ -28,7 +32,24 @@ def test_few_rows_on_weights_from_memory_get_xlas_own_kernels_on_cpu_only():
     for rows in (SMALL_ROWS + 1, 64, 256):
         assert _opts(rows) == {}
     for platform in ("gpu", "tpu", "cuda"):
-        assert decode_compiler_options(4, BIG, platform=platform, env={}) == {}
+        assert decode_compiler_options(4, BIG, platform=platform, env={}, cpu_flags=AVX2) == {}
+
+
+def test_cpus_with_avx512_or_without_avx2_keep_ynnpack():
+    """Eigen's kernels lose to YNNPACK's with AVX-512 (Zen 4: 0.82-0.96x whole decoders at
+    1-16 rows), and were never measured off x86 (no flags: another OS or an ARM CPU)."""
+    for rows in (1, 4, 16, SMALL_ROWS):
+        assert _opts(rows, flags=AVX512) == {}
+        assert _opts(rows, flags=frozenset()) == {}
+        assert _opts(rows, flags={"sse4_2", "avx"}) == {}
+        assert _opts(rows, flags=AVX512, SEQJAX_CPU_DOTS="eigen") == EIGEN  # still forced
+
+
+def test_cpu_flags_are_read_from_cpuinfo():
+    text = "processor\t: 0\nflags\t\t: fpu avx2 avx512f\n\nprocessor\t: 1\nflags\t\t: fpu\n"
+    assert compile_options.parse_cpu_flags(text) == {"fpu", "avx2", "avx512f"}  # the first
+    assert compile_options.parse_cpu_flags("processor : 0\n") == frozenset()
+    assert isinstance(compile_options.host_cpu_flags(), frozenset)
 
 
 def test_weights_that_fit_in_cache_keep_ynnpack():
@@ -49,7 +70,7 @@ def test_the_size_threshold_is_the_same_on_every_machine(preset, eigen):
     model = build_model(model_preset(preset))
     shapes = jax.eval_shape(model.init, jax.random.key(0))
     assert (matrix_bytes(shapes) >= compile_options.LARGE_WEIGHTS_BYTES) is eigen
-    got = decode_compiler_options(4, shapes, platform="cpu", env={})
+    got = decode_compiler_options(4, shapes, platform="cpu", env={}, cpu_flags=AVX2)
     assert got == (EIGEN if eigen else {})
 
 
@@ -101,6 +122,7 @@ def test_jitted_decoders_pick_the_kernels_per_call(monkeypatch):
     from seqjax.decoding import beam_search, greedy, jitted
 
     monkeypatch.setattr(compile_options, "LARGE_WEIGHTS_BYTES", 2048)
+    monkeypatch.setattr(compile_options, "host_cpu_flags", lambda: AVX2)
     monkeypatch.delenv("SEQJAX_CPU_DOTS", raising=False)
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     model = Transformer(model_preset("tiny"))

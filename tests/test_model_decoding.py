@@ -256,6 +256,7 @@ def test_translator_compiles_small_batches_with_eigen_dots(monkeypatch):
     from seqjax.decoding import compile_options
 
     monkeypatch.setattr(compile_options, "LARGE_WEIGHTS_BYTES", 2048)
+    monkeypatch.setattr(compile_options, "host_cpu_flags", lambda: frozenset({"avx", "avx2"}))
 
     cfg = model_preset("tiny", share_embeddings=False, tie_output=False)
     model = Transformer(cfg)

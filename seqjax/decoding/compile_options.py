@@ -1,42 +1,51 @@
-"""XLA:CPU compile options for a decoder, chosen by its rows per step and its weights' size.
+"""XLA:CPU compile options for a decoder, chosen by its rows per step, its weights' size
+and the CPU's vector instructions.
 
 A decode step multiplies ``rows`` (batch x beams) activation rows by every weight matrix
 of the model. When the weights are much larger than the CPU's last-level cache they
-arrive from main memory at every step, and there XLA:CPU's default matmul kernels
-(YNNPACK) are slow on 4-32 rows while XLA's own (Eigen) kernels are 1.45-2x faster; from
-64 rows YNNPACK is 1.06-1.23x faster (``experiments/results/bench_gemm_epyc_cpu_dots.md``,
-an AVX2 EPYC with a 32 MB L3; whole decoders: ``bench_decode_cpu_dots_epyc.md``,
-transformer-base 1.22-1.34x at 4-16 rows). Weights that stay in cache are the opposite
-case (YNNPACK up to 3x faster: the LSTM ``rnn_small`` and the Transformer ``small``
-presets, in the same file; the turn comes at about twice the 32 MB L3,
-``bench_cpu_dots_epyc.md``), and YNNPACK's integer dots are the only fast ones (Eigen's
-are 3-9x slower), so ``w8a8`` weights keep it at every size.
+arrive from main memory at every step, and there, on an AVX2 CPU without AVX-512,
+XLA:CPU's default matmul kernels (YNNPACK) are slow on 4-32 rows while XLA's own (Eigen)
+kernels are 1.45-2x faster; from 64 rows YNNPACK is 1.06-1.23x faster
+(``experiments/results/bench_gemm_epyc_cpu_dots.md``, a Zen 3 EPYC with a 32 MB L3; whole
+decoders: ``bench_decode_cpu_dots_epyc.md``, transformer-base 1.22-1.34x at 4-16 rows).
+With AVX-512 YNNPACK's kernels win at those sizes too: on a Zen 4 EPYC (same L3)
+Eigen's are 0.71-0.78x on 16 rows (``bench_cpu_dots_zen4.md``) and whole decoders
+0.82-0.96x at 1-16 rows (``bench_decode_cpu_dots_zen4.md``), so there XLA's defaults stay.
+Weights that stay in cache are the opposite case (YNNPACK up to 3x faster: the LSTM
+``rnn_small`` and the Transformer ``small`` presets, in the same file; the turn comes at
+about twice the 32 MB L3, ``bench_cpu_dots_epyc.md``), and YNNPACK's integer dots are
+the only fast ones (Eigen's are 3-9x slower), so ``w8a8`` weights keep it at every size.
 
 The size threshold is a constant (``LARGE_WEIGHTS_BYTES``, 64 MB: twice the L3 where it
 was measured), not read from the machine: the two kernels sum in different orders, so
 the choice can change a decoded token, and a threshold that followed each machine's
 cache would let the same model and command decode differently on two machines with the
-same instruction set (issue 17's reproducibility). On a CPU whose cache differs much
-from 32 MB the turn moves, and ``SEQJAX_CPU_DOTS`` sets the kernels by hand.
+same instruction set (issue 17's reproducibility). The instruction set does enter the
+choice (``host_cpu_flags``: AVX2 present, AVX-512 absent), as it enters the sums of every
+kernel anyway. On a CPU whose cache differs much from 32 MB the turn moves, and
+``SEQJAX_CPU_DOTS`` sets the kernels by hand.
 
 ``decode_compiler_options(rows, params)`` returns the options for one compiled decoder,
 to pass as ``jax.jit(fn, compiler_options=...)``: ``{}`` (XLA's defaults) unless the
-program runs on CPU with ``rows <= SMALL_ROWS`` float dots on weight matrices of at least
-``LARGE_WEIGHTS_BYTES`` (``params`` counts every leaf of two or more dimensions, the
-encoder's too: about twice what a decoder step reads). The environment variable
-``SEQJAX_CPU_DOTS`` overrides the choice: ``auto`` (the default, as above), ``ynnpack``
-(always XLA's defaults) or ``eigen`` (always XLA's own kernels); a
+program runs on an x86 CPU with AVX2 and without AVX-512, with ``rows <= SMALL_ROWS``
+float dots on weight matrices of at least ``LARGE_WEIGHTS_BYTES`` (``params`` counts every
+leaf of two or more dimensions, the encoder's too: about twice what a decoder step reads).
+The environment variable ``SEQJAX_CPU_DOTS`` overrides the choice: ``auto`` (the default,
+as above), ``ynnpack`` (always XLA's defaults) or ``eigen`` (always XLA's own kernels); a
 ``--xla_cpu_experimental_ynn_fusion_type`` in ``XLA_FLAGS`` wins over both. (jaxlib before
 0.8.1 refuses the option; pyproject requires jax >= 0.10.)
 
 >>> big = {"w": jax.ShapeDtypeStruct((8192, 8192), jnp.float32)}  # 256 MB
->>> decode_compiler_options(16, big, platform="cpu", env={})
+>>> avx2 = frozenset({"avx", "avx2", "fma"})
+>>> decode_compiler_options(16, big, platform="cpu", env={}, cpu_flags=avx2)
 {'xla_cpu_experimental_ynn_fusion_type': ''}
->>> decode_compiler_options(64, big, platform="cpu", env={})
+>>> decode_compiler_options(64, big, platform="cpu", env={}, cpu_flags=avx2)
 {}
->>> decode_compiler_options(16, big, platform="cpu", env={}, large_bytes=512 << 20)
+>>> decode_compiler_options(16, big, platform="cpu", env={}, cpu_flags=avx2 | {"avx512f"})
 {}
->>> decode_compiler_options(16, big, platform="gpu", env={})
+>>> decode_compiler_options(16, big, platform="cpu", env={}, cpu_flags=avx2, large_bytes=512 << 20)
+{}
+>>> decode_compiler_options(16, big, platform="gpu", env={}, cpu_flags=avx2)
 {}
 >>> decode_compiler_options(16, None, platform="cpu", env={"SEQJAX_CPU_DOTS": "eigen"})
 {'xla_cpu_experimental_ynn_fusion_type': ''}
@@ -44,8 +53,10 @@ encoder's too: about twice what a decoder step reads). The environment variable
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -57,6 +68,35 @@ SMALL_ROWS = 32  # measured crossover: Eigen 1.45x ahead at 32 rows, 0.94x at 64
 LARGE_WEIGHTS_BYTES = 64 << 20  # 2 x the 32 MB L3 where the turn was measured
 _FLAG = "xla_cpu_experimental_ynn_fusion_type"
 _CHOICES = ("auto", "ynnpack", "eigen")
+
+
+@functools.cache
+def host_cpu_flags() -> frozenset[str]:
+    """This machine's CPU feature flags as Linux lists them (``avx2``, ``avx512f``, ...);
+    empty where ``/proc/cpuinfo`` has none (another OS, another architecture), which
+    keeps XLA's defaults. Read once per process."""
+    try:
+        return parse_cpu_flags(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return frozenset()
+
+
+def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
+    r"""The first ``flags`` line of a ``/proc/cpuinfo`` text, as a set (empty if none).
+
+    >>> sorted(parse_cpu_flags("processor : 0\nflags\t\t: fpu avx2 fma\n"))
+    ['avx2', 'fma', 'fpu']
+    """
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def eigen_can_help(cpu_flags: frozenset[str] | set[str]) -> bool:
+    """True on the CPUs where XLA's own kernels were measured faster on few rows: x86
+    with AVX2 and without AVX-512 (module docstring)."""
+    return "avx2" in cpu_flags and "avx512f" not in cpu_flags
 
 
 def matrix_bytes(params: Any) -> int:
@@ -88,6 +128,7 @@ def decode_compiler_options(
     platform: str | None = None,
     env: Mapping[str, str] | None = None,
     large_bytes: int | None = None,
+    cpu_flags: frozenset[str] | set[str] | None = None,
 ) -> dict[str, str]:
     """XLA compile options for a decoder whose loop multiplies ``rows`` rows per step.
 
@@ -96,7 +137,8 @@ def decode_compiler_options(
     defaults unless forced); ``platform``: the backend the program compiles for (default
     ``jax.default_backend()``); ``env``: where ``SEQJAX_CPU_DOTS`` and ``XLA_FLAGS`` are
     read (default ``os.environ``); ``large_bytes``: the weight size from which XLA's own
-    kernels are used (default ``LARGE_WEIGHTS_BYTES``, the same on every machine).
+    kernels are used (default ``LARGE_WEIGHTS_BYTES``, the same on every machine);
+    ``cpu_flags``: the CPU's feature flags (default ``host_cpu_flags()``).
     """
     env = os.environ if env is None else env
     choice = env.get("SEQJAX_CPU_DOTS", "auto").strip().lower() or "auto"
@@ -112,6 +154,8 @@ def decode_compiler_options(
         return {}
     large = LARGE_WEIGHTS_BYTES if large_bytes is None else large_bytes
     if matrix_bytes(params) < large or _has_int8_activations(params):
+        return {}
+    if not eigen_can_help(host_cpu_flags() if cpu_flags is None else cpu_flags):
         return {}
     return {_FLAG: ""}
 
