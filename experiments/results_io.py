@@ -54,19 +54,16 @@ def cap_isa(isa: str) -> dict[str, str]:
     return values
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
+def _cpu_model() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return platform.processor() or platform.machine(), set()
-    model, flags = platform.machine(), set()
+        return platform.processor() or platform.machine()
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "model name" and model == platform.machine():
-            model = value.strip()
-        elif key.strip() == "flags" and not flags:
-            flags = set(value.split())
-    return model, flags
+        if key.strip() == "model name":
+            return value.strip()
+    return platform.machine()
 
 
 def machine_info() -> dict[str, Any]:
@@ -74,9 +71,12 @@ def machine_info() -> dict[str, Any]:
     import jax
     import jaxlib
 
-    model, flags = _cpuinfo()
+    # the flags the library itself reads to pick its CPU kernels (compile_options)
+    from seqjax.decoding.compile_options import host_cpu_flags
+
+    flags = host_cpu_flags()
     return {
-        "cpu": model,
+        "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "isa": [f for f in ISA_FLAGS if f in flags],
         "jax": jax.__version__,

@@ -43,7 +43,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
-                found.update({f"seqjax {name}": sub})
+                found[f"seqjax {name}"] = sub
     return found
 
 

@@ -88,8 +88,9 @@ def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
     ['avx2', 'fma', 'fpu']
     """
     for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
     return frozenset()
 
 
