@@ -13,7 +13,11 @@ same sources (32 tokens, the last one ``</s>``) to exactly ``--new-tokens`` toke
 
 Cells are batch 1/16/64 x greedy/beam 4. Within a cell the systems run interleaved
 (seqjax, HF, CT2, seqjax, ...) for ``--repeats`` rounds after one warm-up call each,
-so machine load hits all of them alike; the table gives median tokens/s (batch x N
+so machine load hits all of them alike. Each system runs in **its own worker process**
+(spawned; the call's time is taken inside the worker): sharing one process with XLA
+halved CTranslate2's speed on a 2-core Zen 3 EPYC (session 28: 103 vs 215 tokens/s at
+greedy batch 1 in the same interleaved rounds), so every result before session 28 was
+taken with CT2 handicapped; ``--same-process`` keeps that old arrangement for comparison; the table gives median tokens/s (batch x N
 output tokens; beams not counted) and the ratios seqjax/peer computed within the run.
 seqjax's first call (trace + compile + one run) is reported separately. Threads: torch
 ``set_num_threads`` and CT2 ``intra_threads`` = the CPU count (XLA uses every core).
@@ -47,6 +51,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from peer_worker import Worker
 from results_io import cap_isa, write_results
 
 from seqjax.decoding import beam_search, greedy
@@ -143,6 +148,49 @@ class SeqjaxRunner:
     def __call__(self, src_BxS: np.ndarray, method: str, beam: int) -> np.ndarray:
         fn = self._fn(method, beam, src_BxS.shape[0])
         return np.asarray(fn(self.params, jnp.asarray(src_BxS, jnp.int32)))
+
+
+WORKER_CLASSES = ("SeqjaxRunner", "HFRunner", "CT2Runner")  # what a worker may build
+
+
+class WorkerRunner:
+    """A runner in a worker process of its own (``peer_worker.Worker``); ``last_s`` is the
+    last call's time measured inside the worker. Why: next to XLA in one process the peers
+    lost up to half their speed (``bench_process_isolation.py``)."""
+
+    def __init__(self, cls_name: str, *args: Any) -> None:
+        self._w = Worker("bench_vs_peers", cls_name, *args)
+        self.name = self._w.name
+        self.last_s, self.traces = 0.0, 0
+
+    def __call__(self, src_BxS: np.ndarray, method: str, beam: int) -> np.ndarray:
+        out = self._w.call("__call__", src_BxS, method, beam)
+        self.last_s = self._w.last_s
+        self.traces = self._w.attr("traces") or 0
+        return out
+
+    def close(self) -> None:
+        self._w.close()
+
+
+class InProcess:
+    """The same interface for a runner in this process (``--same-process``)."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner, self.name, self.last_s = runner, runner.name, 0.0
+
+    @property
+    def traces(self) -> int:
+        return getattr(self.runner, "traces", 0)
+
+    def __call__(self, src_BxS: np.ndarray, method: str, beam: int) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self.runner(src_BxS, method, beam)
+        self.last_s = time.perf_counter() - t0
+        return out
+
+    def close(self) -> None:
+        pass
 
 
 def gemm_probe(threads: int, m: int = 64, k: int = 512, n: int = 2048) -> dict[str, Any]:
@@ -302,7 +350,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "",
         f"{meta['platform']}; source {meta['src_len']} tokens, exactly {meta['new_tokens']} "
         f"output tokens; median of {meta['repeats']} interleaved rounds; tokens/s = batch x "
-        f"output tokens. Threads: {meta['threads']}. Versions: "
+        f"output tokens. Threads: {meta['threads']}. Processes: "
+        f"{meta.get('processes', 'one')}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
         + ".",
         "",
@@ -398,11 +447,20 @@ def main(argv: list[str] | None = None) -> None:
         help="cap every system's instruction set (XLA, CTranslate2, ATen, MKL, oneDNN) at this "
         "level, e.g. AVX2 to emulate an AVX2-only CPU such as issue 19's EPYC on an AVX-512 one",
     )
+    p.add_argument(
+        "--same-process",
+        action="store_true",
+        help="run every system in this one process (before session 28's default; CT2 "
+        "loses about half its speed next to XLA there) instead of one worker process each",
+    )
     p.add_argument("--workdir", help="where to keep the model dirs (default: a temp dir)")
     p.add_argument(
         "--out", default="experiments/results/bench_vs_peers", help="writes OUT.json and OUT.md"
     )
     args = p.parse_args(argv)
+    # several processes may hold the GPU (this one's GEMM probe, seqjax's workers, torch):
+    # none may take JAX's default 75% of its memory up front (the workers inherit this)
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if args.isa:
         cap_isa(args.isa)  # before JAX's backend, torch and CT2 initialise
 
@@ -416,17 +474,25 @@ def main(argv: list[str] | None = None) -> None:
     print("GEMM 64x512x2048 GFLOP/s:", probe_gemm, flush=True)
     before = uptime()
     print("load:", before, flush=True)
-    sj = SeqjaxRunner(hf_dir, args.new_tokens)
-    peers: list[Any] = [HFRunner(hf_dir, args.new_tokens, args.threads, args.device)]
+
+    def runner(cls_name: str, *a: Any) -> Any:
+        if args.same_process:
+            return InProcess(globals()[cls_name](*a))
+        return WorkerRunner(cls_name, *a)
+
+    sj = runner("SeqjaxRunner", hf_dir, args.new_tokens)
+    peers: list[Any] = [runner("HFRunner", hf_dir, args.new_tokens, args.threads, args.device)]
     ct2_ok = args.device == "cpu" or ct2_runs_on_gpu(ct2_dir)
     if ct2_ok:
-        peers.append(CT2Runner(ct2_dir, args.new_tokens, args.threads, args.device))
+        peers.append(runner("CT2Runner", ct2_dir, args.new_tokens, args.threads, args.device))
     else:
         print("CTranslate2 cannot run on CUDA here: CT2 is left out of this run", flush=True)
     if args.int8:
-        peers.append(SeqjaxRunner(hf_dir, args.new_tokens, args.int8_mode))
+        peers.append(runner("SeqjaxRunner", hf_dir, args.new_tokens, args.int8_mode))
         if ct2_ok:
-            peers.append(CT2Runner(ct2_dir, args.new_tokens, args.threads, args.device, "int8"))
+            peers.append(
+                runner("CT2Runner", ct2_dir, args.new_tokens, args.threads, args.device, "int8")
+            )
     systems = [sj, *peers]
     rng = np.random.default_rng(args.seed)
 
@@ -441,9 +507,8 @@ def main(argv: list[str] | None = None) -> None:
         for batch in (int(b) for b in args.batches.split(",")):
             beam = args.beam_size
             src = sources(rng, batch, args.src_len)
-            t0 = time.perf_counter()
             sj_first = sj(src, method, beam)  # trace + compile + run (first call of this shape)
-            first = time.perf_counter() - t0
+            first = sj.last_s
             for s in peers:
                 out = s(src, method, beam)  # warm-up
                 if out.shape != (batch, args.new_tokens):
@@ -456,9 +521,8 @@ def main(argv: list[str] | None = None) -> None:
             for _ in range(args.repeats):
                 src = sources(rng, batch, args.src_len)
                 for s in systems:
-                    t0 = time.perf_counter()
                     s(src, method, beam)
-                    times[s.name].append(time.perf_counter() - t0)
+                    times[s.name].append(s.last_s)
             tokens = batch * args.new_tokens
             med = {k: statistics.median(v) for k, v in times.items()}
             tps = {k: tokens / v for k, v in med.items()}
@@ -497,11 +561,14 @@ def main(argv: list[str] | None = None) -> None:
         "uptime_after": uptime(),
         "greedy_agreement": agree,
         "seqjax_traces": sj.traces,
+        "processes": "one" if args.same_process else "one worker process per system",
         "seqjax_int8_mode": args.int8_mode if args.int8 else None,
         "isa_cap": args.isa,
         "gemm_probe": probe_gemm,
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    for s in systems:
+        s.close()
     write_results(args.out, meta, rows, markdown(rows, meta))
 
 

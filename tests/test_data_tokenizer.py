@@ -1,6 +1,7 @@
 """SentencePiece tokenizers: fixed special ids, exact round trips, save/load, determinism."""
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -127,8 +128,12 @@ def test_vocab_too_large_is_one_line_with_suggestion(
 
 
 def test_vocab_too_small_is_reported(tmp_path: Path, corpus: tuple[list[str], list[str]]) -> None:
-    with pytest.raises(DataError, match="use a larger vocab_size"):
+    with pytest.raises(DataError, match=r"use a larger vocab_size, at least (\d+)") as e:
         train_tokenizer(corpus[0][:50], 100, tmp_path / "small.model")
+    # the size the message names is enough
+    least = int(re.search(r"at least (\d+)", str(e.value)).group(1))
+    train_tokenizer(corpus[0][:50], least, tmp_path / "least.model")
+    assert (tmp_path / "least.model").exists()
 
 
 def test_no_text_and_missing_model(tmp_path: Path) -> None:

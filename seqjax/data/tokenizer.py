@@ -134,7 +134,8 @@ def _training_error(e: RuntimeError, vocab_size: int) -> DataError:
     if too_small:
         return DataError(
             f"vocab_size {vocab_size} cannot hold the {too_small.group(2)} required pieces "
-            "(specials, 256 bytes, every character); use a larger vocab_size"
+            f"(specials, 256 bytes, every character); use a larger vocab_size, at least "
+            f"{too_small.group(2)} (seqjax train --vocab-size)"
         )
     first_line = msg.strip().splitlines()[0] if msg.strip() else "unknown error"
     return DataError(f"tokenizer training failed: {first_line}")

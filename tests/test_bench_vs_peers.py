@@ -1,0 +1,62 @@
+"""experiments/bench_vs_peers.py: each system decodes in a worker process of its own."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+
+import bench_vs_peers as bvp  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_marian(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random Marian of the benchmark's vocabulary layout, small enough to load fast."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.MarianConfig(
+        vocab_size=bvp.VOCAB,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=64,
+        pad_token_id=bvp.PAD,
+        decoder_start_token_id=bvp.PAD,
+        eos_token_id=bvp.EOS,
+        forced_eos_token_id=None,
+    )
+    out = tmp_path_factory.mktemp("marian")
+    transformers.MarianMTModel(cfg).eval().save_pretrained(out)
+    return out
+
+
+def test_a_worker_decodes_what_the_runner_decodes_in_this_process(tiny_marian: Path) -> None:
+    src = bvp.sources(np.random.default_rng(0), 2, 8)
+    here = bvp.InProcess(bvp.SeqjaxRunner(tiny_marian, 5))
+    worker = bvp.WorkerRunner("SeqjaxRunner", tiny_marian, 5)
+    try:
+        assert worker.name == here.name == "seqjax"
+        for method in ("greedy", "beam"):
+            expect = here(src, method, 2)
+            got = worker(src, method, 2)
+            np.testing.assert_array_equal(got, expect)
+            assert got.shape == (2, 5)
+            assert worker.last_s > 0 and here.last_s > 0  # timed where the work ran
+        assert worker.traces == here.traces == 2  # one compile per decoder, as in-process
+    finally:
+        worker.close()
+    assert not worker._w.alive
+
+
+def test_a_worker_that_cannot_start_names_the_runner_and_the_cause(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match=r"SeqjaxRunner worker failed to start: \w+"):
+        bvp.WorkerRunner("SeqjaxRunner", tmp_path / "no_such_model", 5)
+    with pytest.raises(RuntimeError, match="unknown runner os.system"):
+        bvp.WorkerRunner("os.system", "true")
