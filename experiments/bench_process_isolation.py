@@ -8,7 +8,13 @@ worker process of its own (``bench_vs_peers.WorkerRunner``, the arrangement sinc
 peer. The model and sources are ``bench_vs_peers``'s (random transformer-base Marian,
 32-token sources, exactly ``--new-tokens`` output tokens); median of ``--repeats`` rounds.
 
+``--train PRESET:BATCH,...`` does the same for ``bench_train.py``'s PyTorch training peer:
+its step inside this process, where seqjax's jitted train step also runs every round, and
+in a worker of its own.
+
     python experiments/bench_process_isolation.py --out experiments/results/bench_process_isolation_zen3
+    python experiments/bench_process_isolation.py --cells "" --train small:32,base:32 \
+        --out experiments/results/bench_process_isolation_train_zen3
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +32,64 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_vs_peers as bvp  # noqa: E402
 from results_io import write_results  # noqa: E402
+
+TRAIN_MD = [
+    "Training steps (bench_train's step and TorchPeer), target tokens/s, median of the "
+    "interleaved rounds:",
+    "",
+    "| preset | batch | seqjax | torch shared | torch own | torch own/shared | "
+    "seqjax/torch (own) |",
+    "|---|---:|---:|---:|---:|---:|---:|",
+]
+
+
+def train_md(r: dict) -> str:
+    v = r["tokens_per_s"]
+    return (
+        f"| {r['train']} | {r['batch']} | {v['seqjax']:.0f} | {v['torch (shared)']:.0f} | "
+        f"{v['torch (own process)']:.0f} | {r['torch_own_over_shared']:.2f}x | "
+        f"{v['seqjax'] / v['torch (own process)']:.2f}x |"
+    )
+
+
+def train_row(cell: str, args: argparse.Namespace) -> dict:
+    """seqjax's train step, the torch peer here and the torch peer in a worker, interleaved."""
+    import jax
+    from bench_train import TorchPeer, bench_step, random_batch
+    from peer_worker import Worker
+
+    from seqjax.config import model_preset
+    from seqjax.training.steps import init_train_state
+
+    preset, rows = cell.split(":")[0], int(cell.split(":")[1])
+    before = bvp.uptime()
+    cfg = model_preset(preset)
+    model, opt, step = bench_step(cfg)
+    state = init_train_state(jax.jit(model.init)(jax.random.key(0)), opt)
+    batch = random_batch(cfg, rows, 32, 32, np.random.default_rng(0))
+    np_batch = {k: np.asarray(v) for k, v in batch.items()}
+    key = jax.random.key(1)
+    here, own = TorchPeer(cfg, args.threads), Worker("bench_train", "TorchPeer", cfg, args.threads)
+    times: dict[str, list[float]] = {"seqjax": [], "torch (shared)": [], "torch (own process)": []}
+    for r in range(args.repeats + 2):  # two warm-up rounds (seqjax compiles in the first)
+        t0 = time.perf_counter()
+        state, m = step(state, batch, key)
+        jax.block_until_ready(m)
+        t1 = time.perf_counter()
+        here.step(np_batch)
+        t2 = time.perf_counter()
+        own.call("step", np_batch)
+        if r >= 2:
+            times["seqjax"].append(t1 - t0)
+            times["torch (shared)"].append(t2 - t1)
+            times["torch (own process)"].append(own.last_s)
+    own.close()
+    tps = {k: rows * 32 / statistics.median(v) for k, v in times.items()}
+    row = {"train": preset, "batch": rows, "tokens_per_s": tps, "load_before": before}
+    row["torch_own_over_shared"] = tps["torch (own process)"] / tps["torch (shared)"]
+    print(f"train {preset} b{rows}: {tps}  own/shared {row['torch_own_over_shared']:.2f}x",
+          flush=True)  # fmt: skip
+    return row
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,7 +101,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch/CT2 threads")
     p.add_argument("--workdir", help="model dirs of bench_vs_peers (default: built in a temp dir)")
     p.add_argument("--out", default="experiments/results/bench_process_isolation", help="stem")
+    p.add_argument("--train", default="", help="PRESET:BATCH pairs for the training peer")
     args = p.parse_args(argv)
+    rows = [train_row(c, args) for c in args.train.split(",") if c]
+    if not args.cells:
+        md = ["# The PyTorch training peer in seqjax's process vs in its own", "", *TRAIN_MD]
+        md[2] += f" (load before: {rows and rows[0]['load_before']}; after: {bvp.uptime()})"
+        md += [train_md(r) for r in rows]
+        meta = {"repeats": args.repeats, "threads": args.threads, "train": args.train}
+        write_results(args.out, meta, rows, "\n".join(md) + "\n")
+        return
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_vs_peers_"))
     hf_dir, ct2_dir = work / "marian_hf", work / "marian_ct2"
@@ -57,7 +131,6 @@ def main(argv: list[str] | None = None) -> None:
     }
     systems = {**shared, **own}
     rng = np.random.default_rng(0)
-    rows = []
     for cell in args.cells.split(","):
         method, batch = cell.split(":")[0], int(cell.split(":")[1])
         src = bvp.sources(rng, batch, 32)
@@ -100,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         "CT2 own/shared |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
+    for r in (r for r in rows if "method" in r):
         v = r["tokens_per_s"]
         lines.append(
             f"| {r['method']} b{r['batch']} | {v['seqjax (shared)']:.0f} | "
@@ -108,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{v['ct2 (own process)']:.0f} | {r['hf_own_over_shared']:.2f}x | "
             f"{r['ct2_own_over_shared']:.2f}x |"
         )
+    if any("train" in r for r in rows):
+        lines += ["", *TRAIN_MD, *(train_md(r) for r in rows if "train" in r)]
     write_results(args.out, meta, rows, "\n".join(lines) + "\n")
 
 
