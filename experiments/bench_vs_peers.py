@@ -17,8 +17,8 @@ so machine load hits all of them alike. Each system runs in **its own worker pro
 (spawned; the call's time is taken inside the worker): sharing one process with XLA
 halved CTranslate2's speed on a 2-core Zen 3 EPYC (session 28: 103 vs 215 tokens/s at
 greedy batch 1 in the same interleaved rounds), so every result before session 28 was
-taken with CT2 handicapped; ``--same-process`` keeps that old arrangement for comparison; the table gives median tokens/s (batch x N
-output tokens; beams not counted) and the ratios seqjax/peer computed within the run.
+taken with CT2 handicapped; ``--same-process`` keeps that old arrangement for
+comparison. The table gives median tokens/s (batch x N output tokens; beams not counted) and the ratios seqjax/peer computed within the run.
 seqjax's first call (trace + compile + one run) is reported separately. Threads: torch
 ``set_num_threads`` and CT2 ``intra_threads`` = the CPU count (XLA uses every core).
 
