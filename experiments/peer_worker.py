@@ -59,7 +59,11 @@ class Worker:
         )
         self._proc.start()
         child.close()
-        status, name = self._conn.recv()
+        try:
+            status, name = self._conn.recv()
+        except EOFError:  # the process died before it could answer (a crash on import)
+            self._proc.join(timeout=30)
+            status, name = "error", f"the process exited with code {self._proc.exitcode}"
         if status != "ready":
             self._proc.join(timeout=30)
             raise RuntimeError(f"{cls_name} worker failed to start: {name}")
@@ -67,8 +71,14 @@ class Worker:
         self.last_s = 0.0
 
     def _ask(self, kind: str, name: str, args: tuple) -> Any:
-        self._conn.send((kind, name, args))
-        status, out, secs = self._conn.recv()
+        try:
+            self._conn.send((kind, name, args))
+            status, out, secs = self._conn.recv()
+        except (EOFError, OSError):  # the worker is gone (out of memory, a signal)
+            self._proc.join(timeout=30)
+            raise RuntimeError(
+                f"{self.name}.{name}: the worker exited with code {self._proc.exitcode}"
+            ) from None
         if status != "ok":
             raise RuntimeError(f"{self.name}.{name}: {out}")
         if kind == "call":

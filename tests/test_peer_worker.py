@@ -48,3 +48,15 @@ def test_bench_train_times_the_torch_peer_in_a_process_of_its_own(tmp_path: Path
     row = res["rows"][0] if "rows" in res else res["results"][0]
     assert row["torch_tokens_per_s"] > 0 and len(row["torch_step_s_runs"]) == 1
     assert "in a worker process of its own" in out.with_suffix(".md").read_text()
+
+
+def test_a_worker_killed_mid_run_is_reported_with_its_exit_code() -> None:
+    import os
+    import signal
+
+    pytest.importorskip("torch")
+    w = Worker("bench_train", "TorchPeer", model_preset("tiny"), 1)
+    os.kill(w._proc.pid, signal.SIGKILL)
+    w._proc.join(timeout=30)
+    with pytest.raises(RuntimeError, match=r"TorchPeer\.step: the worker exited with code -9"):
+        w.call("step", {})
