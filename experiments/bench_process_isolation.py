@@ -3,7 +3,7 @@
 Until session 28 ``bench_vs_peers.py`` ran seqjax, HF PyTorch and CTranslate2 in one
 process. This script times each peer twice in the same interleaved rounds: inside this
 process, where seqjax's XLA decoder also runs every round (the old arrangement), and in a
-worker process of its own (``bench_vs_peers.WorkerRunner``, the arrangement since session
+worker process of its own (``bench_vs_peers.in_worker``, the arrangement since session
 28). A ratio "own process / shared" well above 1 means the old benchmark handicapped that
 peer. The model and sources are ``bench_vs_peers``'s (random transformer-base Marian,
 32-token sources, exactly ``--new-tokens`` output tokens); median of ``--repeats`` rounds.
@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_vs_peers as bvp  # noqa: E402
+from peer_worker import Local, Worker  # noqa: E402
 from results_io import write_results  # noqa: E402
 
 TRAIN_MD = [
@@ -56,7 +57,6 @@ def train_row(cell: str, args: argparse.Namespace) -> dict:
     """seqjax's train step, the torch peer here and the torch peer in a worker, interleaved."""
     import jax
     from bench_train import TorchPeer, bench_step, random_batch
-    from peer_worker import Worker
 
     from seqjax.config import model_preset
     from seqjax.training.steps import init_train_state
@@ -69,19 +69,19 @@ def train_row(cell: str, args: argparse.Namespace) -> dict:
     batch = random_batch(cfg, rows, 32, 32, np.random.default_rng(0))
     np_batch = {k: np.asarray(v) for k, v in batch.items()}
     key = jax.random.key(1)
-    here, own = TorchPeer(cfg, args.threads), Worker("bench_train", "TorchPeer", cfg, args.threads)
+    here = Local(TorchPeer(cfg, args.threads))
+    own = Worker("bench_train", "TorchPeer", cfg, args.threads)
     times: dict[str, list[float]] = {"seqjax": [], "torch (shared)": [], "torch (own process)": []}
     for r in range(args.repeats + 2):  # two warm-up rounds (seqjax compiles in the first)
         t0 = time.perf_counter()
         state, m = step(state, batch, key)
         jax.block_until_ready(m)
         t1 = time.perf_counter()
-        here.step(np_batch)
-        t2 = time.perf_counter()
+        here.call("step", np_batch)
         own.call("step", np_batch)
         if r >= 2:
             times["seqjax"].append(t1 - t0)
-            times["torch (shared)"].append(t2 - t1)
+            times["torch (shared)"].append(here.last_s)
             times["torch (own process)"].append(own.last_s)
     own.close()
     tps = {k: rows * 32 / statistics.median(v) for k, v in times.items()}
@@ -121,13 +121,13 @@ def main(argv: list[str] | None = None) -> None:
     n, t = args.new_tokens, args.threads
     before = bvp.uptime()
     shared = {  # the old arrangement: all in this process, XLA included
-        "seqjax (shared)": bvp.InProcess(bvp.SeqjaxRunner(hf_dir, n)),
-        "hf (shared)": bvp.InProcess(bvp.HFRunner(hf_dir, n, t)),
-        "ct2 (shared)": bvp.InProcess(bvp.CT2Runner(ct2_dir, n, t)),
+        "seqjax (shared)": bvp.Runner(Local(bvp.SeqjaxRunner(hf_dir, n))),
+        "hf (shared)": bvp.Runner(Local(bvp.HFRunner(hf_dir, n, t))),
+        "ct2 (shared)": bvp.Runner(Local(bvp.CT2Runner(ct2_dir, n, t))),
     }
     own = {
-        "hf (own process)": bvp.WorkerRunner("HFRunner", hf_dir, n, t),
-        "ct2 (own process)": bvp.WorkerRunner("CT2Runner", ct2_dir, n, t),
+        "hf (own process)": bvp.in_worker("HFRunner", hf_dir, n, t),
+        "ct2 (own process)": bvp.in_worker("CT2Runner", ct2_dir, n, t),
     }
     systems = {**shared, **own}
     rng = np.random.default_rng(0)

@@ -70,7 +70,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from peer_worker import Worker
+from peer_worker import Local, Worker
 from results_io import write_results
 
 from seqjax.config import ModelConfig, TrainConfig, model_preset
@@ -249,34 +249,26 @@ def bench_cell(preset: str, rows: int, args, rng) -> dict:
         state, m = step(state, batch, key)
     jax.block_until_ready(m)
     peer, np_batch = None, {k: np.asarray(v) for k, v in batch.items()}
+    peer_args = (cfg, os.cpu_count() or 1, args.torch_device)
     if args.torch and args.same_process:
-        peer = TorchPeer(cfg, os.cpu_count() or 1, args.torch_device)
+        peer = Local(TorchPeer(*peer_args))
     elif args.torch:  # a process of its own: XLA next to it slowed it down
-        peer = Worker("bench_train", "TorchPeer", cfg, os.cpu_count() or 1, args.torch_device)
-
-    def peer_step() -> float:
-        """One timed torch step (timed inside the worker when there is one)."""
-        if isinstance(peer, Worker):
-            peer.call("step", np_batch)
-            return peer.last_s
-        t0 = time.perf_counter()
-        peer.step(np_batch)
-        return time.perf_counter() - t0
-
+        peer = Worker("bench_train", "TorchPeer", *peer_args)
     if peer is not None:
         for _ in range(1 + args.warmup):
-            peer_step()
+            peer.call("step", np_batch)
     wall, cpu, g_wall, g_cpu, t_wall = [], [], [], [], []
     for _ in range(args.repeats):
         (state, m), w, c = timed(step, state, batch, key)
         wall.append(w)
         cpu.append(c)
-        if peer is not None:  # interleaved with seqjax's step
-            t_wall.append(peer_step())
+        if peer is not None:  # interleaved with seqjax's step, timed where it ran
+            peer.call("step", np_batch)
+            t_wall.append(peer.last_s)
         gw, gc = best.run(args.gemm_repeats)
         g_wall.append(gw)
         g_cpu.append(gc)
-    if isinstance(peer, Worker):
+    if peer is not None:
         peer.close()
     if not np.isfinite(float(m["loss"])):
         raise RuntimeError(f"{preset} b{rows}: non-finite loss")

@@ -18,7 +18,8 @@ so machine load hits all of them alike. Each system runs in **its own worker pro
 halved CTranslate2's speed on a 2-core Zen 3 EPYC (session 28: 103 vs 215 tokens/s at
 greedy batch 1 in the same interleaved rounds), so every result before session 28 was
 taken with CT2 handicapped; ``--same-process`` keeps that old arrangement for
-comparison. The table gives median tokens/s (batch x N output tokens; beams not counted) and the ratios seqjax/peer computed within the run.
+comparison. The table gives median tokens/s (batch x N output tokens; beams not
+counted) and the ratios seqjax/peer computed within the run.
 seqjax's first call (trace + compile + one run) is reported separately. Threads: torch
 ``set_num_threads`` and CT2 ``intra_threads`` = the CPU count (XLA uses every core).
 
@@ -51,7 +52,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from peer_worker import Worker
+from peer_worker import Local, Worker
 from results_io import cap_isa, write_results
 
 from seqjax.decoding import beam_search, greedy
@@ -153,44 +154,33 @@ class SeqjaxRunner:
 WORKER_CLASSES = ("SeqjaxRunner", "HFRunner", "CT2Runner")  # what a worker may build
 
 
-class WorkerRunner:
-    """A runner in a worker process of its own (``peer_worker.Worker``); ``last_s`` is the
-    last call's time measured inside the worker. Why: next to XLA in one process the peers
-    lost up to half their speed (``bench_process_isolation.py``)."""
+class Runner:
+    """A runner behind a ``peer_worker.Worker`` (a process of its own, the default) or a
+    ``peer_worker.Local`` (this process, ``--same-process``): the runners' call, with
+    ``last_s`` timed where the call ran. Why a process each: next to XLA in one process the
+    peers lost up to half their speed (``bench_process_isolation.py``)."""
 
-    def __init__(self, cls_name: str, *args: Any) -> None:
-        self._w = Worker("bench_vs_peers", cls_name, *args)
-        self.name = self._w.name
-        self.last_s, self.traces = 0.0, 0
+    def __init__(self, handle: Worker | Local) -> None:
+        self.handle, self.name = handle, handle.name
 
     def __call__(self, src_BxS: np.ndarray, method: str, beam: int) -> np.ndarray:
-        out = self._w.call("__call__", src_BxS, method, beam)
-        self.last_s = self._w.last_s
-        self.traces = self._w.attr("traces") or 0
-        return out
+        return self.handle.call("__call__", src_BxS, method, beam)
 
-    def close(self) -> None:
-        self._w.close()
-
-
-class InProcess:
-    """The same interface for a runner in this process (``--same-process``)."""
-
-    def __init__(self, runner: Any) -> None:
-        self.runner, self.name, self.last_s = runner, runner.name, 0.0
+    @property
+    def last_s(self) -> float:
+        return self.handle.last_s
 
     @property
     def traces(self) -> int:
-        return getattr(self.runner, "traces", 0)
-
-    def __call__(self, src_BxS: np.ndarray, method: str, beam: int) -> np.ndarray:
-        t0 = time.perf_counter()
-        out = self.runner(src_BxS, method, beam)
-        self.last_s = time.perf_counter() - t0
-        return out
+        return self.handle.attr("traces") or 0
 
     def close(self) -> None:
-        pass
+        self.handle.close()
+
+
+def in_worker(cls_name: str, *args: Any) -> Runner:
+    """``cls_name(*args)`` (one of ``WORKER_CLASSES``) in a worker process of its own."""
+    return Runner(Worker("bench_vs_peers", cls_name, *args))
 
 
 def gemm_probe(threads: int, m: int = 64, k: int = 512, n: int = 2048) -> dict[str, Any]:
@@ -475,10 +465,10 @@ def main(argv: list[str] | None = None) -> None:
     before = uptime()
     print("load:", before, flush=True)
 
-    def runner(cls_name: str, *a: Any) -> Any:
+    def runner(cls_name: str, *a: Any) -> Runner:
         if args.same_process:
-            return InProcess(globals()[cls_name](*a))
-        return WorkerRunner(cls_name, *a)
+            return Runner(Local(globals()[cls_name](*a)))
+        return in_worker(cls_name, *a)
 
     sj = runner("SeqjaxRunner", hf_dir, args.new_tokens)
     peers: list[Any] = [runner("HFRunner", hf_dir, args.new_tokens, args.threads, args.device)]

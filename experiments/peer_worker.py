@@ -6,6 +6,8 @@ XLA, CTranslate2 decoded at half its speed and PyTorch 10-33% slower (session 28
 build every timed system in a spawned process (no fork of a process holding XLA's
 threads) and take the time of each call inside it; the pipe's transfer is not counted.
 
+``Local`` gives an object in this process the same interface (``--same-process``).
+
 The worker imports ``module`` (one of the ``experiments/`` scripts, found through the
 parent's ``sys.path``, which spawn passes on) and builds ``cls_name(*args, **kwargs)``; the
 class must be listed in that module's ``WORKER_CLASSES``.
@@ -99,3 +101,25 @@ class Worker:
     @property
     def alive(self) -> bool:
         return self._proc.is_alive()
+
+
+class Local:
+    """``Worker``'s interface for an object in this process (the arrangement before session
+    28, kept for comparison): ``call`` times the method here."""
+
+    def __init__(self, obj: Any) -> None:
+        self.obj, self.name = obj, getattr(obj, "name", type(obj).__name__)
+        self.last_s = 0.0
+
+    def call(self, method: str, *args: Any) -> Any:
+        fn = getattr(self.obj, method)
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.last_s = time.perf_counter() - t0
+        return out
+
+    def attr(self, name: str) -> Any:
+        return getattr(self.obj, name, None)
+
+    def close(self) -> None:
+        pass

@@ -9,6 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 import bench_vs_peers as bvp  # noqa: E402
+from peer_worker import Local  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,8 @@ def tiny_marian(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_worker_decodes_what_the_runner_decodes_in_this_process(tiny_marian: Path) -> None:
     src = bvp.sources(np.random.default_rng(0), 2, 8)
-    here = bvp.InProcess(bvp.SeqjaxRunner(tiny_marian, 5))
-    worker = bvp.WorkerRunner("SeqjaxRunner", tiny_marian, 5)
+    here = bvp.Runner(Local(bvp.SeqjaxRunner(tiny_marian, 5)))
+    worker = bvp.in_worker("SeqjaxRunner", tiny_marian, 5)
     try:
         assert worker.name == here.name == "seqjax"
         for method in ("greedy", "beam"):
@@ -52,11 +53,11 @@ def test_a_worker_decodes_what_the_runner_decodes_in_this_process(tiny_marian: P
         assert worker.traces == here.traces == 2  # one compile per decoder, as in-process
     finally:
         worker.close()
-    assert not worker._w.alive
+    assert not worker.handle.alive
 
 
 def test_a_worker_that_cannot_start_names_the_runner_and_the_cause(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"SeqjaxRunner worker failed to start: \w+"):
-        bvp.WorkerRunner("SeqjaxRunner", tmp_path / "no_such_model", 5)
+        bvp.in_worker("SeqjaxRunner", tmp_path / "no_such_model", 5)
     with pytest.raises(RuntimeError, match="unknown runner os.system"):
-        bvp.WorkerRunner("os.system", "true")
+        bvp.in_worker("os.system", "true")
