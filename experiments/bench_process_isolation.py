@@ -1,4 +1,4 @@
-"""Do the peers lose speed when they share a process with XLA? The same peer, two places.
+"""Do the peers lose speed when they share seqjax's process? The same peer, two places.
 
 Until session 28 ``bench_vs_peers.py`` ran seqjax, HF PyTorch and CTranslate2 in one
 process. This script times each peer twice in the same interleaved rounds: inside this
@@ -7,6 +7,8 @@ worker process of its own (``bench_vs_peers.in_worker``, the arrangement since s
 28). A ratio "own process / shared" well above 1 means the old benchmark handicapped that
 peer. The model and sources are ``bench_vs_peers``'s (random transformer-base Marian,
 32-token sources, exactly ``--new-tokens`` output tokens); median of ``--repeats`` rounds.
+The peers are built in the old benchmark's order, torch first: CTranslate2's OpenMP then
+binds to torch's runtime, the cause of its slowdown here (``bench_openmp_runtimes.py``).
 
 ``--train PRESET:BATCH,...`` does the same for ``bench_train.py``'s PyTorch training peer:
 its step inside this process, where seqjax's jitted train step also runs every round, and
@@ -23,7 +25,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,20 +37,27 @@ from results_io import write_results  # noqa: E402
 
 TRAIN_MD = [
     "Training steps (bench_train's step and TorchPeer), target tokens/s, median of the "
-    "interleaved rounds:",
+    "interleaved rounds; the two torch steps of a round alternate which runs first, right "
+    "after seqjax's step (from session 29; the by-slot columns split them):",
     "",
     "| preset | batch | seqjax | torch shared | torch own | torch own/shared | "
-    "seqjax/torch (own) |",
-    "|---|---:|---:|---:|---:|---:|---:|",
+    "seqjax/torch (own) | shared first / second | own first / second |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
 ]
 
 
 def train_md(r: dict) -> str:
-    v = r["tokens_per_s"]
+    v, by_slot = r["tokens_per_s"], r.get("tokens_per_s_by_slot", {})
+
+    def slot(k: str) -> str:
+        first, second = by_slot.get(f"{k}, first"), by_slot.get(f"{k}, second")
+        return f"{first:.0f} / {second:.0f}" if first and second else "-"
+
     return (
         f"| {r['train']} | {r['batch']} | {v['seqjax']:.0f} | {v['torch (shared)']:.0f} | "
         f"{v['torch (own process)']:.0f} | {r['torch_own_over_shared']:.2f}x | "
-        f"{v['seqjax'] / v['torch (own process)']:.2f}x |"
+        f"{v['seqjax'] / v['torch (own process)']:.2f}x | {slot('torch (shared)')} | "
+        f"{slot('torch (own process)')} |"
     )
 
 
@@ -71,22 +79,32 @@ def train_row(cell: str, args: argparse.Namespace) -> dict:
     key = jax.random.key(1)
     here = Local(TorchPeer(cfg, args.threads))
     own = Worker("bench_train", "TorchPeer", cfg, args.threads)
-    times: dict[str, list[float]] = {"seqjax": [], "torch (shared)": [], "torch (own process)": []}
+    peers = {"torch (shared)": here, "torch (own process)": own}
+    times: dict[str, list[float]] = {"seqjax": [], **{k: [] for k in peers}}
+    # Which torch step runs right after seqjax's alternates by round: the step that follows
+    # an XLA step in the same process was measured ~10% slower than the next one (session
+    # 29), an order effect that a fixed order would charge to one arrangement only.
+    slots: dict[str, list[float]] = {f"{k}, {n}": [] for k in peers for n in ("first", "second")}
     for r in range(args.repeats + 2):  # two warm-up rounds (seqjax compiles in the first)
         t0 = time.perf_counter()
         state, m = step(state, batch, key)
         jax.block_until_ready(m)
         t1 = time.perf_counter()
-        here.call("step", np_batch)
-        own.call("step", np_batch)
+        order = list(peers) if r % 2 == 0 else list(peers)[::-1]
+        for k in order:
+            peers[k].call("step", np_batch)
         if r >= 2:
             times["seqjax"].append(t1 - t0)
-            times["torch (shared)"].append(here.last_s)
-            times["torch (own process)"].append(own.last_s)
+            for k in peers:
+                times[k].append(peers[k].last_s)
+            for n, k in zip(("first", "second"), order, strict=True):
+                slots[f"{k}, {n}"].append(peers[k].last_s)
     own.close()
     tps = {k: rows * 32 / statistics.median(v) for k, v in times.items()}
     row = {"train": preset, "batch": rows, "tokens_per_s": tps, "load_before": before}
     row["torch_own_over_shared"] = tps["torch (own process)"] / tps["torch (shared)"]
+    # tokens/s by slot: "first" ran right after seqjax's step, "second" after the other peer
+    row["tokens_per_s_by_slot"] = {k: rows * 32 / statistics.median(v) for k, v in slots.items()}
     print(f"train {preset} b{rows}: {tps}  own/shared {row['torch_own_over_shared']:.2f}x",
           flush=True)  # fmt: skip
     return row
@@ -112,12 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         write_results(args.out, meta, rows, "\n".join(md) + "\n")
         return
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_vs_peers_"))
-    hf_dir, ct2_dir = work / "marian_hf", work / "marian_ct2"
-    if not (hf_dir / "model.safetensors").is_file():
-        bvp.build_marian(hf_dir, 0)
-    if not (ct2_dir / "model.bin").is_file():
-        bvp.convert_ct2(hf_dir, ct2_dir)
+    hf_dir, ct2_dir = bvp.model_dirs(args.workdir)
     n, t = args.new_tokens, args.threads
     before = bvp.uptime()
     shared = {  # the old arrangement: all in this process, XLA included

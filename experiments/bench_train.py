@@ -45,9 +45,9 @@ trained with the same step: forward, label-smoothed (0.1) cross-entropy ignoring
 backward, global-norm clipping at 1.0 and AdamW, on the same batch shapes and with
 ``torch.set_num_threads`` = the CPU count. Its steps are interleaved with seqjax's in the
 cell, and the table gives seqjax/torch tokens/s from the same run. The peer lives in a
-worker process of its own (``peer_worker.Worker``, its step timed there): next to XLA in one
-process it trained 1.09x / 1.22x slower (``small`` / ``base``, session 28, Zen 3 EPYC);
-``--same-process`` keeps the arrangement of earlier sessions. (torch's attention
+worker process of its own (``peer_worker.Worker``, its step timed there), as every peer
+is; ``--same-process`` keeps the arrangement of earlier sessions (in seqjax's process a
+torch step that directly follows seqjax's ran ~10% slower, session 29). (torch's attention
 also drops out attention weights with the preset's dropout, seqjax's attention dropout is
 0: slightly more work on torch's side.)
 
@@ -392,8 +392,8 @@ def main(argv=None) -> None:
     p.add_argument(
         "--same-process",
         action="store_true",
-        help="run the PyTorch peer in this process, next to XLA (before session 28; it "
-        "trains slower there) instead of in a worker process of its own",
+        help="run the PyTorch peer in this process, next to XLA (the arrangement before "
+        "session 28) instead of in a worker process of its own",
     )
     p.add_argument(
         "--out", default="experiments/results/bench_train", help="writes STEM.json and STEM.md"

@@ -103,6 +103,20 @@ def build_marian(out: Path, seed: int) -> None:
     fast.save_pretrained(out)
 
 
+def model_dirs(workdir: str | None, seed: int = 0) -> tuple[Path, Path]:
+    """``(hf_dir, ct2_dir)`` under ``workdir`` (a new temp dir when None), built when missing.
+
+    Kept between runs with ``--workdir``; the peers' scripts share the one model.
+    """
+    work = Path(workdir or tempfile.mkdtemp(prefix="bench_vs_peers_"))
+    hf_dir, ct2_dir = work / "marian_hf", work / "marian_ct2"
+    if not (hf_dir / "model.safetensors").is_file():
+        build_marian(hf_dir, seed)
+    if not (ct2_dir / "model.bin").is_file():
+        convert_ct2(hf_dir, ct2_dir)
+    return hf_dir, ct2_dir
+
+
 def convert_ct2(hf_dir: Path, out: Path) -> None:
     from ctranslate2.converters import TransformersConverter
 
@@ -157,8 +171,9 @@ WORKER_CLASSES = ("SeqjaxRunner", "HFRunner", "CT2Runner")  # what a worker may 
 class Runner:
     """A runner behind a ``peer_worker.Worker`` (a process of its own, the default) or a
     ``peer_worker.Local`` (this process, ``--same-process``): the runners' call, with
-    ``last_s`` timed where the call ran. Why a process each: next to XLA in one process the
-    peers lost up to half their speed (``bench_process_isolation.py``)."""
+    ``last_s`` timed where the call ran. Why a process each: in one process the peers lost
+    up to half their speed (``bench_process_isolation.py``), CTranslate2's OpenMP calls
+    bound to torch's runtime (``bench_openmp_runtimes.py``)."""
 
     def __init__(self, handle: Worker | Local) -> None:
         self.handle, self.name = handle, handle.name
@@ -441,7 +456,8 @@ def main(argv: list[str] | None = None) -> None:
         "--same-process",
         action="store_true",
         help="run every system in this one process (before session 28's default; CT2 "
-        "loses about half its speed next to XLA there) instead of one worker process each",
+        "loses about half its speed there, its OpenMP bound to torch's) instead of one "
+        "worker process each",
     )
     p.add_argument("--workdir", help="where to keep the model dirs (default: a temp dir)")
     p.add_argument(
@@ -454,12 +470,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.isa:
         cap_isa(args.isa)  # before JAX's backend, torch and CT2 initialise
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_vs_peers_"))
-    hf_dir, ct2_dir = work / "marian_hf", work / "marian_ct2"
-    if not (hf_dir / "model.safetensors").is_file():
-        build_marian(hf_dir, args.seed)
-    if not (ct2_dir / "model.bin").is_file():
-        convert_ct2(hf_dir, ct2_dir)
+    hf_dir, ct2_dir = model_dirs(args.workdir, args.seed)
     probe_gemm = gemm_probe(args.threads)
     print("GEMM 64x512x2048 GFLOP/s:", probe_gemm, flush=True)
     before = uptime()

@@ -1,8 +1,10 @@
 """A benchmark system in a worker process of its own, timed inside the worker.
 
-XLA, torch's OpenMP and CTranslate2's runtime disturb one another in one process: next to
-XLA, CTranslate2 decoded at half its speed and PyTorch 10-33% slower (session 28,
-``bench_process_isolation.py``). So ``bench_vs_peers.py`` and ``bench_train.py --torch``
+Benchmarked systems disturb one another in one process: there CTranslate2 decoded at
+half its speed and PyTorch 10-33% slower (session 28, ``bench_process_isolation.py``),
+because CTranslate2's OpenMP calls bind to torch's copy of GNU OpenMP when torch is imported
+first and the shared runtime then throttles its spin-waits (session 29,
+``bench_openmp_runtimes.py``). So ``bench_vs_peers.py`` and ``bench_train.py --torch``
 build every timed system in a spawned process (no fork of a process holding XLA's
 threads) and take the time of each call inside it; the pipe's transfer is not counted.
 
