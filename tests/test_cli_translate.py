@@ -198,6 +198,20 @@ def test_bad_output_path_fails_before_decoding(
     one_line_error("--output", "is a directory" if where == "directory" else "does not exist")
 
 
+@pytest.mark.parametrize("command", ["translate", "evaluate"])
+@pytest.mark.parametrize("flag", ["--suppress-tokens", "--begin-suppress-tokens"])
+def test_token_ids_outside_the_vocabulary_are_one_line_errors(
+    command, flag, trained, toy_corpus, tmp_path, one_line_error
+):
+    src = str(toy_corpus / "valid.src")
+    io_args = (["--input", src] if command == "translate"
+               else ["--src", src, "--ref", str(toy_corpus / "valid.tgt")])  # fmt: skip
+    rc = main([command, "--checkpoint", str(trained), *io_args, "--greedy", "--max-len", "4",
+               flag, "3,999999"])  # fmt: skip
+    assert rc == 2
+    one_line_error(flag.lstrip("-").replace("-", "_"), "got 999999", "vocabulary")
+
+
 # -- 11. --temperature 0 only refused where it is used -------------------------------------
 
 

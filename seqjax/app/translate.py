@@ -356,6 +356,7 @@ class Translator:
         constraints: Sequence[Sequence[str]] | None = None,
     ) -> tuple[list[list[tuple[str, float]]], list[list[list[tuple[int, int]]]]]:
         """Hypotheses per sentence and, with ``"alignments"`` in ``cfg.outputs``, theirs."""
+        self._check_token_ids(cfg)
         wanted = self._constraint_ids(sentences, constraints)
         ids = self.src_tokenizer.encode(list(sentences))
         cap = self.max_source_tokens
@@ -457,6 +458,18 @@ class Translator:
         options = _decode_options(self.params, src_BxS, static_cfg)
         call = export_cache.exported(fn, static, args, compiler_options=options)
         return None if call is None else call(*args)
+
+    def _check_token_ids(self, cfg: DecodeConfig) -> None:
+        """Token ids given by number must exist in this model's target vocabulary; the decoder
+        checks them too, but only inside its first call, as a traceback."""
+        vocab = self.config.vocab_size
+        for name in ("suppress_tokens", "begin_suppress_tokens"):
+            bad = [t for t in getattr(cfg, name) if not 0 <= t < vocab]
+            if bad:
+                raise ConfigError(
+                    f"decoding options: {name} must be target token ids in [0, {vocab}) "
+                    f"(this model's vocabulary), got {bad[0]}"
+                )
 
     def _constraint_ids(
         self, sentences: Sequence[str], constraints: Sequence[Sequence[str]] | None
