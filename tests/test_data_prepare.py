@@ -195,6 +195,13 @@ def test_refuses_to_replace_a_directory_that_is_not_a_dataset(corpus, tmp_path) 
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
+def test_negative_workers_is_a_data_error_before_any_work(corpus, tmp_path) -> None:  # noqa: ANN001
+    s, t, _, _ = corpus
+    with pytest.raises(DataError, match=r"workers must be >= 0 .*got -2"):
+        prepare(s, t, tmp_path / "ds", options=OPTS, workers=-2)
+    assert not list(tmp_path.iterdir())  # nothing written, not even a temp directory
+
+
 def test_lengths_are_int32_and_memory_mapped(prepared) -> None:  # noqa: ANN001
     lengths = load_lengths(prepared.path, "train")
     assert isinstance(lengths, np.memmap) and lengths.dtype == np.int32

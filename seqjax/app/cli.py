@@ -802,7 +802,8 @@ def _add_prepare_parser(sub: Any) -> None:
         "--workers",
         type=int,
         metavar="N",
-        help="tokenizer processes (default: one per CPU; none below 50k pairs)",
+        help="tokenizer processes, 0 = tokenize in this process (default: one per CPU; "
+        "none below 50k pairs)",
     )
     p.set_defaults(func=cmd_prepare, no_compile_cache=True)
 

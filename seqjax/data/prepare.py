@@ -418,6 +418,8 @@ def prepare(
     Returns at once (``reused=True``) when ``out`` already holds the same input prepared with
     the same options. ``workers``: tokenizer processes (``None``: ``auto_workers``).
     """
+    if workers is not None and workers < 0:
+        raise DataError(f"workers must be >= 0 (0: tokenize in this process), got {workers}")
     log = log or (lambda msg: None)
     out = Path(out)
     roles = _roles(src, tgt, valid_src, valid_tgt)

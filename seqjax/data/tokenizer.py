@@ -135,7 +135,7 @@ def _training_error(e: RuntimeError, vocab_size: int) -> DataError:
         return DataError(
             f"vocab_size {vocab_size} cannot hold the {too_small.group(2)} required pieces "
             f"(specials, 256 bytes, every character); use a larger vocab_size, at least "
-            f"{too_small.group(2)} (seqjax train --vocab-size)"
+            f"{too_small.group(2)} (--vocab-size of seqjax train or prepare)"
         )
     first_line = msg.strip().splitlines()[0] if msg.strip() else "unknown error"
     return DataError(f"tokenizer training failed: {first_line}")
