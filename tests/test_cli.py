@@ -106,6 +106,15 @@ def test_distill_needs_exactly_one_teacher(capsys, tmp_path, teacher):
     assert len(err.splitlines()) == 1 and "--teacher DIR" in err and "--distill-ema" in err
 
 
+def test_missing_teacher_fails_before_any_data_work(tmp_path, one_line_error):
+    out = tmp_path / "r"
+    rc = main(["train", "--out", str(out), "--objective", "distill", "--teacher",
+               str(tmp_path / "no_teacher")])  # fmt: skip
+    assert rc == 2
+    one_line_error("no such checkpoint directory", "no_teacher")
+    assert not out.exists()  # not even the prepared data of the run
+
+
 def test_model_flag_picks_the_family_preset():
     model, train = _train_configs(build_parser().parse_args(["train", "--model", "rnn"]))
     assert (model.family, train.preset) == ("rnn", "rnn_small")

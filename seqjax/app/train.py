@@ -277,6 +277,8 @@ def prepare_run(
     tokenizer the data was prepared with). Raw text is prepared into ``RUN/data`` first
     (``train_data.ensure_prepared``); only process 0 writes, the others wait and read.
     """
+    if cfg.objective == "distill" and cfg.teacher is not None:
+        run_dir.read_run_config(cfg.teacher)  # a missing teacher fails before any data work
     resuming = _resumable(run, log)
     sharding.sync("seqjax-train-start")  # every process has looked before process 0 writes
     started = None
