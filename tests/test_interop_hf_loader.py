@@ -279,6 +279,13 @@ def test_unsupported_config_is_refused_naming_the_field(tmp_path, kind, field, v
     assert field in message and "\n" not in message
 
 
+def test_a_seqjax_run_given_as_hf_checkpoint_points_to_checkpoint(tmp_path):
+    run_cfg = {"model": {"family": "transformer"}, "train": {"total_steps": 10}}
+    d = write_dir(tmp_path, run_cfg, hf_tensors("marian"))
+    with pytest.raises(HFImportError, match=r"seqjax run directory.*--checkpoint DIR"):
+        load_hf(d)
+
+
 def test_missing_or_extra_tensors_are_named(tmp_path):
     t = hf_tensors("marian")
     del t["model.decoder.layers.1.encoder_attn.v_proj.bias"]

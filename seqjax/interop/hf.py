@@ -147,6 +147,11 @@ def read_hf_config(path: str | Path) -> dict[str, Any]:
 
 def _model_type(hf: dict[str, Any]) -> str:
     kind = hf.get("model_type")
+    if kind is None and {"model", "train"} <= hf.keys():
+        raise HFImportError(
+            "config.json: this is a seqjax run directory, not a HuggingFace checkpoint; "
+            "load it with --checkpoint DIR (Python: seqjax.app.translate.load)"
+        )
     if kind not in SUPPORTED_ARCHITECTURES:
         raise HFImportError(
             f"config.json: model_type {kind!r} is not supported; seqjax imports "
