@@ -22,6 +22,7 @@ in a worker of its own.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import statistics
 import sys
@@ -120,7 +121,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workdir", help="model dirs of bench_vs_peers (default: built in a temp dir)")
     p.add_argument("--out", default="experiments/results/bench_process_isolation", help="stem")
     p.add_argument("--train", default="", help="PRESET:BATCH pairs for the training peer")
+    p.add_argument(
+        "--import-order",
+        choices=["torch-first", "ctranslate2-first"],
+        default="torch-first",
+        help="which peer library this process imports first: torch-first is the old "
+        "benchmark's (CT2's OpenMP then runs in torch's runtime); ctranslate2-first keeps "
+        "their runtimes apart, leaving XLA as the only neighbour that differs",
+    )
     args = p.parse_args(argv)
+    if args.cells:  # decoding cells: fix the import order before anything imports either
+        order = ["torch", "ctranslate2"]
+        for name in order if args.import_order == "torch-first" else order[::-1]:
+            importlib.import_module(name)
     rows = [train_row(c, args) for c in args.train.split(",") if c]
     if not args.cells:
         md = ["# The PyTorch training peer in seqjax's process vs in its own", "", *TRAIN_MD]
@@ -173,14 +186,15 @@ def main(argv: list[str] | None = None) -> None:
     for s in own.values():
         s.close()
     meta = {"repeats": args.repeats, "threads": t, "new_tokens": n, "versions": bvp.versions()}
-    meta.update(uptime_before=before, uptime_after=bvp.uptime())
+    meta.update(uptime_before=before, uptime_after=bvp.uptime(), import_order=args.import_order)
     lines = [
         "# The peers in seqjax's process vs in their own",
         "",
         f"tokens/s, median of {args.repeats} interleaved rounds; random transformer-base "
         f"Marian, {n} output tokens; threads {t}. Load before: `{before}`; after: "
         f"`{meta['uptime_after']}`. Shared: one process in which seqjax's XLA decoder runs "
-        "every round too (bench_vs_peers before session 28); own process: a spawned worker.",
+        "every round too (bench_vs_peers before session 28); own process: a spawned worker. "
+        f"Import order in the shared process: {args.import_order}.",
         "",
         "| cell | seqjax | HF shared | HF own | CT2 shared | CT2 own | HF own/shared | "
         "CT2 own/shared |",
