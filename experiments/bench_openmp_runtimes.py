@@ -139,10 +139,6 @@ def run_child(order: str, args: argparse.Namespace, ct2_dir: Path, batch: int) -
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def uptime() -> str:
-    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def summarise(runs: list[dict]) -> list[dict]:
     rows = []
     for batch in sorted({r["batch"] for r in runs}):
@@ -214,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         for o in ORDERS
     }
-    before = uptime()
+    before = bvp.uptime()
     runs = []
     for r in range(args.repeats):
         for batch in batches:
@@ -229,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         "new_tokens": args.new_tokens,
         "binding": binding,
         "load_before": before,
-        "load_after": uptime(),
+        "load_after": bvp.uptime(),
     }
     rows = summarise(runs)
     md = markdown(rows, meta)

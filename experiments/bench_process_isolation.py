@@ -7,8 +7,9 @@ worker process of its own (``bench_vs_peers.in_worker``, the arrangement since s
 28). A ratio "own process / shared" well above 1 means the old benchmark handicapped that
 peer. The model and sources are ``bench_vs_peers``'s (random transformer-base Marian,
 32-token sources, exactly ``--new-tokens`` output tokens); median of ``--repeats`` rounds.
-The peers are built in the old benchmark's order, torch first: CTranslate2's OpenMP then
-binds to torch's runtime, the cause of its slowdown here (``bench_openmp_runtimes.py``).
+This process imports torch first by default, the old benchmark's order: CTranslate2's
+OpenMP then binds to torch's runtime, the main cause of its slowdown here
+(``bench_openmp_runtimes.py``); ``--import-order ctranslate2-first`` keeps them apart.
 
 ``--train PRESET:BATCH,...`` does the same for ``bench_train.py``'s PyTorch training peer:
 its step inside this process, where seqjax's jitted train step also runs every round, and
@@ -82,9 +83,9 @@ def train_row(cell: str, args: argparse.Namespace) -> dict:
     own = Worker("bench_train", "TorchPeer", cfg, args.threads)
     peers = {"torch (shared)": here, "torch (own process)": own}
     times: dict[str, list[float]] = {"seqjax": [], **{k: [] for k in peers}}
-    # Which torch step runs right after seqjax's alternates by round: the step that follows
-    # an XLA step in the same process was measured ~10% slower than the next one (session
-    # 29), an order effect that a fixed order would charge to one arrangement only.
+    # Which torch step runs right after seqjax's alternates by round: a step directly after
+    # seqjax's was measured slower than the next one (session 29), an order effect that a
+    # fixed order would charge to one arrangement only.
     slots: dict[str, list[float]] = {f"{k}, {n}": [] for k in peers for n in ("first", "second")}
     for r in range(args.repeats + 2):  # two warm-up rounds (seqjax compiles in the first)
         t0 = time.perf_counter()

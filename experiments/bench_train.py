@@ -46,8 +46,8 @@ backward, global-norm clipping at 1.0 and AdamW, on the same batch shapes and wi
 ``torch.set_num_threads`` = the CPU count. Its steps are interleaved with seqjax's in the
 cell, and the table gives seqjax/torch tokens/s from the same run. The peer lives in a
 worker process of its own (``peer_worker.Worker``, its step timed there), as every peer
-is; ``--same-process`` keeps the arrangement of earlier sessions (in seqjax's process a
-torch step that directly follows seqjax's ran ~10% slower, session 29). (torch's attention
+is; ``--same-process`` keeps the arrangement of earlier sessions (the peer trains as fast
+there, ``bench_process_isolation.py --train``, session 29). (torch's attention
 also drops out attention weights with the preset's dropout, seqjax's attention dropout is
 0: slightly more work on torch's side.)
 
@@ -252,7 +252,7 @@ def bench_cell(preset: str, rows: int, args, rng) -> dict:
     peer_args = (cfg, os.cpu_count() or 1, args.torch_device)
     if args.torch and args.same_process:
         peer = Local(TorchPeer(*peer_args))
-    elif args.torch:  # a process of its own: XLA next to it slowed it down
+    elif args.torch:  # a process of its own, as every peer of the benchmarks
         peer = Worker("bench_train", "TorchPeer", *peer_args)
     if peer is not None:
         for _ in range(1 + args.warmup):

@@ -14,10 +14,11 @@ same sources (32 tokens, the last one ``</s>``) to exactly ``--new-tokens`` toke
 Cells are batch 1/16/64 x greedy/beam 4. Within a cell the systems run interleaved
 (seqjax, HF, CT2, seqjax, ...) for ``--repeats`` rounds after one warm-up call each,
 so machine load hits all of them alike. Each system runs in **its own worker process**
-(spawned; the call's time is taken inside the worker): sharing one process with XLA
-halved CTranslate2's speed on a 2-core Zen 3 EPYC (session 28: 103 vs 215 tokens/s at
-greedy batch 1 in the same interleaved rounds), so every result before session 28 was
-taken with CT2 handicapped; ``--same-process`` keeps that old arrangement for
+(spawned; the call's time is taken inside the worker): in one process CTranslate2 ran at
+half its speed on a 2-core Zen 3 EPYC (session 28: 103 vs 215 tokens/s at greedy batch 1
+in the same interleaved rounds), its OpenMP bound to torch's runtime (session 29,
+``bench_openmp_runtimes.py``), so every result before session 28 was taken with CT2
+handicapped; ``--same-process`` keeps that old arrangement for
 comparison. The table gives median tokens/s (batch x N output tokens; beams not
 counted) and the ratios seqjax/peer computed within the run.
 seqjax's first call (trace + compile + one run) is reported separately. Threads: torch

@@ -39,6 +39,7 @@ from seqjax.app.progress import Progress
 from seqjax.config import ConfigError, DecodeConfig, ModelConfig
 from seqjax.data import Tokenizer, decode_lines, pad_batch
 from seqjax.data.reader import _read_bytes
+from seqjax.decode_checks import check_token_ids
 from seqjax.decoding import DecodeResult, decode, ensemble, numeric_options, static_part
 from seqjax.decoding.compile_options import call_compiler_options
 from seqjax.decoding.outputs import hard_alignment
@@ -460,16 +461,16 @@ class Translator:
         return None if call is None else call(*args)
 
     def _check_token_ids(self, cfg: DecodeConfig) -> None:
-        """Token ids given by number must exist in this model's target vocabulary; the decoder
-        checks them too, but only inside its first call, as a traceback."""
-        vocab = self.config.vocab_size
-        for name in ("suppress_tokens", "begin_suppress_tokens"):
-            bad = [t for t in getattr(cfg, name) if not 0 <= t < vocab]
-            if bad:
-                raise ConfigError(
-                    f"decoding options: {name} must be target token ids in [0, {vocab}) "
-                    f"(this model's vocabulary), got {bad[0]}"
-                )
+        """Token ids given by number must exist in this model's target vocabulary: the
+        decoder's own check, run before decoding (inside its first call it is a traceback)."""
+        ids = {
+            n: np.asarray(getattr(cfg, n), np.int64)
+            for n in ("suppress_tokens", "begin_suppress_tokens")
+        }
+        try:
+            check_token_ids(self.config.vocab_size, **ids)
+        except ValueError as e:
+            raise ConfigError(f"decoding options: {e}") from None
 
     def _constraint_ids(
         self, sentences: Sequence[str], constraints: Sequence[Sequence[str]] | None
