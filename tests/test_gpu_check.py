@@ -1,5 +1,6 @@
 """experiments/gpu_check.sh --dry-run: the GPU script's plumbing, exercised on the CPU."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -26,6 +27,13 @@ def test_gpu_check_dry_run_writes_one_report(tmp_path):
     assert report.count("_Machine: ") >= 2
     assert "## bench_decode" in report and "| greedy | 1 |" in report
     assert (tmp_path / "bench_train.json").is_file()
+    # The peers' benchmark runs where its peers are installed (CI installs them), else the
+    # report says why it did not.
+    if all(importlib.util.find_spec(m) for m in ("torch", "transformers", "ctranslate2")):
+        assert "| bench_vs_peers | 0 |" in report and "## bench_vs_peers" in report, report
+        assert (tmp_path / "bench_vs_peers.json").is_file()
+    else:
+        assert "| bench_vs_peers | skipped: torch/transformers/ctranslate2 not installed" in report
 
 
 def test_gpu_check_rejects_unknown_options():
