@@ -102,7 +102,11 @@ def run(args, variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
     compiled, compile_s, first_loss, kinds = {}, {}, {}, {}
     for name, options in variants.items():
         t0 = time.perf_counter()
-        compiled[name] = lowered.compile(compiler_options=options or None)
+        try:
+            compiled[name] = lowered.compile(compiler_options=options or None)
+        except Exception as e:  # XLA's own message: an unknown option or a bad value
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"variant {name}: XLA refused its options {options}: {reason}") from e
         compile_s[name] = time.perf_counter() - t0
         kinds[name] = library_fusions(compiled[name].as_text())
         _, m = compiled[name](fresh(), batch, key)  # the first update from one state
@@ -110,7 +114,10 @@ def run(args, variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ref = next(iter(variants))
     for name, loss in first_loss.items():
         if not np.isfinite(loss) or abs(loss - first_loss[ref]) > LOSS_TOLERANCE:
-            raise RuntimeError(f"{name}: first-step loss {loss} against {ref}'s {first_loss[ref]}")
+            raise ValueError(
+                f"variant {name}: first-step loss {loss} against {ref}'s {first_loss[ref]} "
+                f"(beyond {LOSS_TOLERANCE}: another computation, not another kernel choice)"
+            )
 
     state = fresh()
     for _ in range(2):  # warm every program on the state that the timed steps continue
@@ -208,7 +215,10 @@ def main(argv: list[str] | None = None) -> None:
         variants[name] = options
     if not variants:
         p.error("no variants: name some with --variants or --option")
-    r = run(args, variants)
+    try:
+        r = run(args, variants)
+    except ValueError as e:
+        p.error(str(e))
     meta = {"src_len": args.src_len, "tgt_len": args.tgt_len, "repeats": args.repeats}
     write_results(args.out, meta, [r], markdown(r, meta))
 

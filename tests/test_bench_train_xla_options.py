@@ -51,5 +51,14 @@ def test_bad_arguments_are_one_line_usage_errors(argv, message, capsys):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_an_option_xla_refuses_is_a_one_line_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--preset", "tiny", "--batch", "2", "--src-len", "4", "--tgt-len", "4",
+                    "--variants", "default", "--option", "bad:xla_cpu_no_such_option=1"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "variant bad: XLA refused its options" in err, err
+    assert "Traceback" not in err
+
+
 def test_docstring_examples():
     assert doctest.testmod(bench).failed == 0
