@@ -49,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train import add_step_args, require_positive, timed  # noqa: E402
+from bench_train import add_step_args, bench_step, random_batch, require_positive, timed  # noqa: E402
 from results_io import write_results  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -87,7 +87,6 @@ def library_fusions(hlo_text: str) -> dict[str, int]:
 def run(args, variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
     import jax
     import numpy as np
-    from bench_train import bench_step, random_batch
 
     from seqjax.config import model_preset
     from seqjax.training.steps import init_train_state
@@ -105,7 +104,8 @@ def run(args, variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
         try:
             compiled[name] = lowered.compile(compiler_options=options or None)
         except Exception as e:  # XLA's own message: an unknown option or a bad value
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            text = str(e).strip()
+            reason = text.splitlines()[0] if text else type(e).__name__
             raise ValueError(f"variant {name}: XLA refused its options {options}: {reason}") from e
         compile_s[name] = time.perf_counter() - t0
         kinds[name] = library_fusions(compiled[name].as_text())
