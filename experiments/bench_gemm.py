@@ -15,7 +15,13 @@ This script times both, on the CPU it runs on, interleaved per shape:
   kernel of ``--quantize w8a8``), XLA only; GOP/s;
 - ``Eigen``: the cold chains compiled with XLA's own matmul kernels instead of YNNPACK's
   (what ``seqjax.decoding.compile_options`` picks for decoders of <= 32 rows per step),
-  in both layouts.
+  in both layouts;
+- ``stream``: a jitted sum over a float32 array of ``--stream-mb`` MB (8x a 32 MB L3), the
+  rate at which XLA reads memory on this machine with every core, taken in the same
+  rounds. It gives each cold chain a bound: its weights must stream in at every call, so
+  ``M`` rows can run at most ``bandwidth x 2M / 4`` float32 FLOP/s (``x 2M`` int8 OP/s),
+  and the table gives each cold case's share of that bound. A chain near 100% is limited
+  by memory, not by its kernel, and no kernel can make it faster in that precision.
 
 For each, XLA (jitted JAX, its YNNPACK kernels by default) and torch (its MKL/oneDNN
 kernels, ``set_num_threads`` = the CPU count) give GFLOP/s, best of ``--rounds`` rounds in
@@ -23,6 +29,8 @@ which the nine cases take turns.
 
     python experiments/bench_gemm.py --out experiments/results/bench_gemm_epyc
     python experiments/bench_gemm.py --rows 1,4,16,32,64,256 --out experiments/results/bench_gemm_epyc_cpu_dots
+
+Test: ``tests/test_bench_gemm.py`` (the bound and the markdown, on small sizes).
 """
 
 from __future__ import annotations
@@ -58,6 +66,22 @@ def best_interleaved(cases: dict[str, Callable[[], object]], rounds: int) -> dic
             fn()
             best[name] = min(best[name], time.perf_counter() - t0)
     return best
+
+
+def bound_gflops(rows: int, bandwidth_gbps: float, weight_bytes: int = 4) -> float:
+    """The most GFLOP/s (GOP/s for int8) that ``rows`` rows times weights streamed from
+    memory at ``bandwidth_gbps`` GB/s can reach: every weight element (``weight_bytes``
+    bytes) read once per call takes part in ``2 x rows`` operations.
+
+    >>> bound_gflops(1, 30.0)  # one row, float32: 15 GFLOP/s at 30 GB/s
+    15.0
+    >>> bound_gflops(16, 30.0, weight_bytes=1)  # int8 weights: 4x the operations per byte
+    960.0
+    """
+    return bandwidth_gbps * 2 * rows / weight_bytes
+
+
+_sum = jax.jit(jnp.sum)
 
 
 def _nt(x: jax.Array, w_NxK: jax.Array) -> jax.Array:
@@ -102,7 +126,7 @@ _chain_nt = jax.jit(_chain_nt_fn)
 _chain_nt_eigen = jax.jit(_chain_nt_fn, compiler_options=EIGEN)
 
 
-def run(rows: list[int], layers: int, rounds: int) -> list[dict]:
+def run(rows: list[int], layers: int, rounds: int, stream_mb: int = 256) -> list[dict]:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -123,8 +147,11 @@ def run(rows: list[int], layers: int, rounds: int) -> list[dict]:
             x = h @ b.T if nt else h @ b
         return x
 
+    big = jnp.ones(stream_mb * (1 << 20) // 4, jnp.float32)
+
     def cases(jx: jax.Array, tx: torch.Tensor, xq: jax.Array) -> dict[str, Callable[[], object]]:
         return {
+            "stream": lambda: _sum(big).block_until_ready(),
             "hot_xla": lambda: [mm(jx, j1[0]) for _ in range(HOT_CALLS)][-1].block_until_ready(),
             "hot_torch": lambda: [tx @ t1[0] for _ in range(HOT_CALLS)],
             "cold_xla": lambda: _chain(jx, j1, j2).block_until_ready(),
@@ -154,17 +181,26 @@ def run(rows: list[int], layers: int, rounds: int) -> list[dict]:
             "max_diff_nt": float(np.abs(a - b).max()),
             "max_diff_eigen": float(np.abs(a - c).max()),
         }
+        row["stream_gbps"] = big.nbytes / times.pop("stream") / 1e9
         for k, t in times.items():
             row[k + "_gflops"] = (hot_flops if k.startswith("hot") else cold_flops) / t / 1e9
+        for k in times:
+            if k.startswith("cold"):
+                nbytes = 1 if "int8" in k else 4
+                row[k + "_of_bound"] = row[k + "_gflops"] / bound_gflops(
+                    m, row["stream_gbps"], nbytes
+                )
         out.append(row)
         print(
-            f"M={m}: " + "  ".join(f"{k} {row[k + '_gflops']:.0f}" for k in times) + " GFLOP/s",
+            f"M={m}: stream {row['stream_gbps']:.1f} GB/s  "
+            + "  ".join(f"{k} {row[k + '_gflops']:.0f}" for k in times)
+            + " GFLOP/s",
             flush=True,
         )
     return out
 
 
-def markdown(rows: list[dict], layers: int, rounds: int) -> str:
+def markdown(rows: list[dict], layers: int, rounds: int, stream_mb: int = 256) -> str:
     lines = [
         "# Decode-shaped float32 GEMMs: hot vs cold weights, XLA vs torch",
         "",
@@ -191,6 +227,27 @@ def markdown(rows: list[dict], layers: int, rounds: int) -> str:
             f"{r['cold_int8_xla_gflops']:.0f} | {r['cold_int8_xla_eigen_gflops']:.0f} | "
             f"{r['max_diff_nt']:.1e} / {r['max_diff_eigen']:.1e} |"
         )
+    lines += [
+        "",
+        "Share of the memory bound: `stream` is XLA's read rate over "
+        f"{stream_mb} MB (a jitted sum, every core, same rounds); the bound is what the cold "
+        "chain would reach if its weights streamed in at that rate (M rows: stream x 2M / 4 "
+        "float32 FLOP/s, x 2M int8 OP/s). Near 100% a chain is limited by memory, not by "
+        "its kernel.",
+        "",
+        "| M | stream GB/s | float32 bound GFLOP/s | cold XLA | cold XLA Eigen | cold torch |"
+        " cold NT XLA | cold int8 XLA |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        shares = " | ".join(
+            f"{100 * r[k + '_of_bound']:.0f}%"
+            for k in ("cold_xla", "cold_xla_eigen", "cold_torch", "cold_nt_xla", "cold_int8_xla")
+        )
+        lines.append(
+            f"| {r['rows']} | {r['stream_gbps']:.1f} | "
+            f"{bound_gflops(r['rows'], r['stream_gbps']):.0f} | {shares} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -199,11 +256,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rows", default="1,4,16,64,256", help="M: rows per product (batch x beams)")
     p.add_argument("--layers", type=int, default=24, help="feed-forward blocks in the cold chain")
     p.add_argument("--rounds", type=int, default=7, help="timed calls per case (best is kept)")
+    p.add_argument(
+        "--stream-mb",
+        type=int,
+        default=256,
+        help="MB of the array whose sum measures the memory read rate (well above the L3)",
+    )
     p.add_argument("--out", default="experiments/results/bench_gemm", help="output path stem")
     args = p.parse_args(argv)
-    rows = run([int(r) for r in args.rows.split(",")], args.layers, args.rounds)
-    meta = {"layers": args.layers, "rounds": args.rounds, "d": D, "f": F}
-    write_results(args.out, meta, rows, markdown(rows, args.layers, args.rounds))
+    try:
+        rows = [int(r) for r in args.rows.split(",")]
+    except ValueError:
+        p.error(f"--rows {args.rows!r}: give comma-separated integers, e.g. 1,4,16")
+    if min(rows) < 1 or args.layers < 1 or args.rounds < 1 or args.stream_mb < 1:
+        p.error("--rows, --layers, --rounds and --stream-mb must be positive")
+    rows = run(rows, args.layers, args.rounds, args.stream_mb)
+    meta = {
+        "layers": args.layers,
+        "rounds": args.rounds,
+        "d": D,
+        "f": F,
+        "stream_mb": args.stream_mb,
+    }
+    write_results(args.out, meta, rows, markdown(rows, args.layers, args.rounds, args.stream_mb))
 
 
 if __name__ == "__main__":
