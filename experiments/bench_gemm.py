@@ -25,7 +25,7 @@ This script times both, on the CPU it runs on, interleaved per shape:
 
 For each, XLA (jitted JAX, its YNNPACK kernels by default) and torch (its MKL/oneDNN
 kernels, ``set_num_threads`` = the CPU count) give GFLOP/s, best of ``--rounds`` rounds in
-which the nine cases take turns.
+which all the cases (the stream sum too) take turns.
 
     python experiments/bench_gemm.py --out experiments/results/bench_gemm_epyc
     python experiments/bench_gemm.py --rows 1,4,16,32,64,256 --out experiments/results/bench_gemm_epyc_cpu_dots
