@@ -64,6 +64,7 @@ import os
 import platform
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -150,17 +151,21 @@ class TorchPeer:
         self.torch, self.cfg = torch, cfg
         d = cfg.d_model
         self.embed = nn.Embedding(cfg.vocab_size, d)
-        self.core = nn.Transformer(
-            d_model=d,
-            nhead=cfg.num_heads,
-            num_encoder_layers=cfg.num_encoder_layers,
-            num_decoder_layers=cfg.num_decoder_layers,
-            dim_feedforward=cfg.d_ff,
-            dropout=cfg.dropout,
-            activation="relu",
-            batch_first=True,
-            norm_first=cfg.pre_ln,
-        )
+        with warnings.catch_warnings():
+            # torch warns that a pre-LN encoder cannot use nested tensors, an inference-only
+            # fast path for padded batches; the peer trains, so the warning is only noise
+            warnings.filterwarnings("ignore", message="enable_nested_tensor is True")
+            self.core = nn.Transformer(
+                d_model=d,
+                nhead=cfg.num_heads,
+                num_encoder_layers=cfg.num_encoder_layers,
+                num_decoder_layers=cfg.num_decoder_layers,
+                dim_feedforward=cfg.d_ff,
+                dropout=cfg.dropout,
+                activation="relu",
+                batch_first=True,
+                norm_first=cfg.pre_ln,
+            )
         self.drop = nn.Dropout(cfg.dropout)
         pos = np.arange(cfg.max_len)[:, None] / 10000 ** (np.arange(0, d, 2) / d)
         table = np.zeros((cfg.max_len, d), np.float32)
