@@ -184,12 +184,9 @@ def run(rows: list[int], layers: int, rounds: int, stream_mb: int = 256) -> list
         row["stream_gbps"] = big.nbytes / times.pop("stream") / 1e9
         for k, t in times.items():
             row[k + "_gflops"] = (hot_flops if k.startswith("hot") else cold_flops) / t / 1e9
-        for k in times:
-            if k.startswith("cold"):
-                nbytes = 1 if "int8" in k else 4
-                row[k + "_of_bound"] = row[k + "_gflops"] / bound_gflops(
-                    m, row["stream_gbps"], nbytes
-                )
+            if k.startswith("cold"):  # weights streamed from memory: share of the bound
+                bound = bound_gflops(m, row["stream_gbps"], 1 if "int8" in k else 4)
+                row[k + "_of_bound"] = row[k + "_gflops"] / bound
         out.append(row)
         print(
             f"M={m}: stream {row['stream_gbps']:.1f} GB/s  "
