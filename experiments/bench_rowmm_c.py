@@ -9,8 +9,8 @@ cache) in:
 
 - XLA (jitted JAX, its default kernels);
 - ``acc``: a C kernel with AVX-512 intrinsics (``experiments/rowmm_probe.c``, built here
-  with ``cc -O3 -march=native -fopenmp``): two threads, each streams one contiguous half of
-  the weight rows in order, four rows per pass, partial sums kept in L1;
+  with ``cc -O3 -march=native -fopenmp``): one thread per core (OpenMP), each streams one
+  contiguous band of the weight rows in order, four rows per pass, partial sums kept in L1;
 - ``panel`` (4 rows only): the textbook register-blocked form, 4 rows x 64 columns of sums
   in 16 registers down the rows, software prefetch 16 rows ahead;
 - ``stream``: XLA's read rate over ``--stream-mb`` MB (a jitted sum), as in ``bench_gemm``.

@@ -1,6 +1,6 @@
 // Hand-written AVX-512 float32 products of a few rows by a weight matrix read once
 // (experiments/bench_rowmm_c.py): y[M, N] = x[M, K] @ W[K, N], W row-major, M <= 8.
-// Two threads (OpenMP) each take half of W's rows, so each reads one contiguous half.
+// Each OpenMP thread takes one contiguous band of W's rows and reads it alone.
 //   acc:   four W rows per pass, partial sums of all N columns kept in L1 (W streamed in
 //          order, no strides);
 //   panel: M = 4 only; 4 rows x 64 columns of sums held in 16 registers down the band
@@ -74,17 +74,30 @@ static void band_panel4(const float *x, const float *w, float *out, int K, int N
 }
 
 // kernel 0: acc, 1: panel (M = 4, N a multiple of 64). N a multiple of 16, N <= MAXN.
+// One band of W's rows per OpenMP thread (OMP_NUM_THREADS, default every core), then the
+// bands' partial sums are added.
+#define MAXT 64
 static void rowmm(const float *x, const float *w, float *y, int M, int K, int N, int kernel) {
-  static float part[2][MAXM * MAXN] __attribute__((aligned(64)));
-#pragma omp parallel num_threads(2)
+  static float part[MAXT][MAXM * MAXN] __attribute__((aligned(64)));
+  int used = 1;
+#pragma omp parallel
   {
-    int t = omp_get_thread_num(), h = K / 2, k0 = t ? h : 0, k1 = t ? K : h;
-    if (kernel == 1)
-      band_panel4(x, w, part[t], K, N, k0, k1);
-    else
-      band_acc(x, w, part[t], M, K, N, k0, k1);
+    int nt = omp_get_num_threads() < MAXT ? omp_get_num_threads() : MAXT;
+    int t = omp_get_thread_num();
+    if (t == 0) used = nt;
+    if (t < nt) {
+      int k0 = (int)((long)K * t / nt), k1 = (int)((long)K * (t + 1) / nt);
+      if (kernel == 1)
+        band_panel4(x, w, part[t], K, N, k0, k1);
+      else
+        band_acc(x, w, part[t], M, K, N, k0, k1);
+    }
   }
-  for (int i = 0; i < M * N; i++) y[i] = part[0][i] + part[1][i];
+  for (int i = 0; i < M * N; i++) {
+    float s = 0.0f;
+    for (int t = 0; t < used; t++) s += part[t][i];
+    y[i] = s;
+  }
 }
 
 // bench_gemm's cold chain: for each layer x = tanh(x @ W1[l]) @ W2[l] (D -> F -> D).
