@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # ~50 s of three benchmark processes; CI's slow line runs it
 def test_gpu_check_dry_run_writes_one_report(tmp_path):
     env = {**os.environ, "OUT_DIR": str(tmp_path), "PYTHON": sys.executable}
     proc = subprocess.run(

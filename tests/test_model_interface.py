@@ -95,6 +95,7 @@ for family in ("transformer_bart", "rnn_luong"):
 """
 
 
+@pytest.mark.slow  # ~30 s of eager op-by-op init; CI's slow line runs it
 def test_init_equals_the_eager_flax_init():
     """``init`` is jitted for start-up time; its values are those of the plain eager Flax
     init it replaced, bit for bit (checkpoints and seeded runs stay reproducible). In a

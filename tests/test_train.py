@@ -225,6 +225,7 @@ def test_train_replaces_control_chars_and_skips_empty_pairs(tmp_path, capsys):
 # -- resume on another mesh (2 forced host devices, in a subprocess) ------------------------------
 
 
+@pytest.mark.slow  # ~25 s, two training processes; CI's slow line runs it
 def test_resume_on_another_mesh(toy_corpus, tiny_flags, tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "seqjax.app.cli", "train", "--out", str(run), *tiny_flags,
