@@ -42,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gemm import D, F, _chain, best_interleaved  # noqa: E402
 from results_io import write_results  # noqa: E402
 
+from seqjax.decoding.compile_options import host_cpu_flags  # noqa: E402
+
 SOURCE = Path(__file__).resolve().parent / "rowmm_probe.c"
 KERNELS = {"acc": 0, "panel": 1}
 
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--rows {args.rows!r}: the C kernel takes 1 to 8 rows")
     if min(args.layers, args.rounds, args.repeats, args.stream_mb) < 1:
         p.error("--layers, --rounds, --repeats and --stream-mb must be positive")
-    if "avx512f" not in Path("/proc/cpuinfo").read_text():
+    if "avx512f" not in host_cpu_flags():
         p.error("this CPU has no AVX-512 (avx512f): the C kernels use AVX-512 intrinsics")
     with tempfile.TemporaryDirectory() as tmp:
         lib = build(args.cc, Path(tmp))

@@ -11,9 +11,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 import bench_rowmm_c  # noqa: E402
 
-HAS_AVX512 = (
-    "avx512f" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False
-)
+from seqjax.decoding.compile_options import host_cpu_flags  # noqa: E402
+
+HAS_AVX512 = "avx512f" in host_cpu_flags()
 
 
 @pytest.mark.skipif(
