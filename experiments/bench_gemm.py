@@ -248,6 +248,14 @@ def markdown(rows: list[dict], layers: int, rounds: int, stream_mb: int = 256) -
     return "\n".join(lines) + "\n"
 
 
+def parse_rows(p: argparse.ArgumentParser, text: str) -> list[int]:
+    """``--rows`` as a list of ints, or a one-line usage error naming the bad value."""
+    try:
+        return [int(r) for r in text.split(",")]
+    except ValueError:
+        p.error(f"--rows {text!r}: give comma-separated integers, e.g. 1,4,16")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rows", default="1,4,16,64,256", help="M: rows per product (batch x beams)")
@@ -261,10 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--out", default="experiments/results/bench_gemm", help="output path stem")
     args = p.parse_args(argv)
-    try:
-        rows = [int(r) for r in args.rows.split(",")]
-    except ValueError:
-        p.error(f"--rows {args.rows!r}: give comma-separated integers, e.g. 1,4,16")
+    rows = parse_rows(p, args.rows)
     if min(rows) < 1 or args.layers < 1 or args.rounds < 1 or args.stream_mb < 1:
         p.error("--rows, --layers, --rounds and --stream-mb must be positive")
     rows = run(rows, args.layers, args.rounds, args.stream_mb)

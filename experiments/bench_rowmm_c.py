@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gemm import D, F, _chain, best_interleaved  # noqa: E402
+from bench_gemm import D, F, _chain, best_interleaved, parse_rows  # noqa: E402
 from results_io import write_results  # noqa: E402
 
 from seqjax.decoding.compile_options import host_cpu_flags  # noqa: E402
@@ -181,10 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cc", default="cc", help="C compiler (needs -march=native and -fopenmp)")
     p.add_argument("--out", default="experiments/results/bench_rowmm_c", help="output path stem")
     args = p.parse_args(argv)
-    try:
-        rows = [int(r) for r in args.rows.split(",")]
-    except ValueError:
-        p.error(f"--rows {args.rows!r}: give comma-separated integers, e.g. 1,4")
+    rows = parse_rows(p, args.rows)
     if min(rows) < 1 or max(rows) > 8:
         p.error(f"--rows {args.rows!r}: the C kernel takes 1 to 8 rows")
     if min(args.layers, args.rounds, args.repeats, args.stream_mb) < 1:
