@@ -135,11 +135,7 @@ def run_cases(
         out.append(row)
         print(
             f"M={m}: stream {stream:.1f} GB/s  "
-            + "  ".join(
-                f"{k} {v['gbps']:.1f}"
-                for k, v in row.items()
-                if isinstance(v, dict) and "gbps" in v
-            ),
+            + "  ".join(f"{k} {row[k]['gbps']:.1f}" for k in times),
             flush=True,
         )
     return out
