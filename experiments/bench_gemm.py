@@ -13,13 +13,17 @@ This script times both, on the CPU it runs on, interleaved per shape:
   product contracting both operands' minor axes), the layout torch's ``nn.Linear`` keeps;
 - ``cold int8``: the chain's products as int8 x int8 -> int32 dots on int8 weights (the
   kernel of ``--quantize w8a8``), XLA only; GOP/s;
+- ``cold bf16``: the chain with bfloat16 weights (half the bytes): in XLA through
+  ``--quantize bf16``'s own matmul (activations rounded to bfloat16, bf16 x bf16 -> float32
+  dots, one row padded to four), in torch as bfloat16 tensors (its oneDNN bf16 GEMMs);
 - ``Eigen``: the cold chains compiled with XLA's own matmul kernels instead of YNNPACK's
   (what ``seqjax.decoding.compile_options`` picks for decoders of <= 32 rows per step),
   in both layouts;
 - ``stream``: a jitted sum over a float32 array of ``--stream-mb`` MB (8x a 32 MB L3), the
   rate at which XLA reads memory on this machine with every core, taken in the same
   rounds. It gives each cold chain a bound: its weights must stream in at every call, so
-  ``M`` rows can run at most ``bandwidth x 2M / 4`` float32 FLOP/s (``x 2M`` int8 OP/s),
+  ``M`` rows can run at most ``bandwidth x 2M / 4`` float32 FLOP/s (``/ 2`` for bfloat16,
+  ``x 2M`` int8 OP/s),
   and the table gives each cold case's share of that bound. A chain near 100% is limited
   by memory, not by its kernel, and no kernel can make it faster in that precision.
 
@@ -49,6 +53,8 @@ from jax import lax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import write_results  # noqa: E402
+
+from seqjax.models.quantize import quantize_array  # noqa: E402
 
 D, F = 512, 2048
 HOT_CALLS = 48  # products per timed hot call: XLA's dispatch overlaps, as in a loop
@@ -139,6 +145,10 @@ def run(rows: list[int], layers: int, rounds: int, stream_mb: int = 256) -> list
     t1t, t2t = [w.T.contiguous() for w in t1], [w.T.contiguous() for w in t2]
     q1 = [jnp.asarray(rng.integers(-127, 128, (D, F), dtype=np.int8)) for _ in range(layers)]
     q2 = [jnp.asarray(rng.integers(-127, 128, (F, D), dtype=np.int8)) for _ in range(layers)]
+    # bfloat16 weights as --quantize bf16 stores them (its matmul runs inside _chain)
+    b1 = [quantize_array(w, (0,), act="bf16") for w in w1]
+    b2 = [quantize_array(w, (0,), act="bf16") for w in w2]
+    tb1, tb2 = [w.bfloat16() for w in t1], [w.bfloat16() for w in t2]
     mm = jax.jit(jnp.matmul)
 
     def torch_chain(x, a_list, b_list, nt: bool):
@@ -159,6 +169,8 @@ def run(rows: list[int], layers: int, rounds: int, stream_mb: int = 256) -> list
             "cold_nt_xla": lambda: _chain_nt(jx, j1t, j2t).block_until_ready(),
             "cold_nt_torch": lambda: torch_chain(tx, t1t, t2t, True),
             "cold_int8_xla": lambda: _int8_products(xq, q1, q2).block_until_ready(),
+            "cold_bf16_xla": lambda: _chain(jx, b1, b2).block_until_ready(),
+            "cold_bf16_torch": lambda: torch_chain(tx.bfloat16(), tb1, tb2, False),
             "cold_xla_eigen": lambda: _chain_eigen(jx, j1, j2).block_until_ready(),
             "cold_nt_xla_eigen": lambda: _chain_nt_eigen(jx, j1t, j2t).block_until_ready(),
             "cold_int8_xla_eigen": lambda: _int8_products_eigen(xq, q1, q2).block_until_ready(),
@@ -185,7 +197,8 @@ def run(rows: list[int], layers: int, rounds: int, stream_mb: int = 256) -> list
         for k, t in times.items():
             row[k + "_gflops"] = (hot_flops if k.startswith("hot") else cold_flops) / t / 1e9
             if k.startswith("cold"):  # weights streamed from memory: share of the bound
-                bound = bound_gflops(m, row["stream_gbps"], 1 if "int8" in k else 4)
+                nbytes = 1 if "int8" in k else 2 if "bf16" in k else 4
+                bound = bound_gflops(m, row["stream_gbps"], nbytes)
                 row[k + "_of_bound"] = row[k + "_gflops"] / bound
         out.append(row)
         print(
@@ -205,14 +218,16 @@ def markdown(rows: list[dict], layers: int, rounds: int, stream_mb: int = 256) -
         f"same weights; cold: {layers} feed-forward blocks ({D} -> {F} -> {D}, "
         f"{layers * 2 * D * F * 4 / 1e6:.0f} MB of distinct weights) in one call; NT: "
         "weights stored [out, in]; int8: the same products as int8 x int8 -> int32 dots "
-        "on int8 weights (w8a8's kernel; a quarter of the bytes); Eigen: compiled with "
+        "on int8 weights (w8a8's kernel; a quarter of the bytes); bf16: bfloat16 weights "
+        "(half the bytes; XLA: `--quantize bf16`'s matmul, torch: bfloat16 tensors); "
+        "Eigen: compiled with "
         'XLA\'s own matmul kernels (`xla_cpu_experimental_ynn_fusion_type=""`) instead of '
         "YNNPACK's.",
         "",
         "| M | hot XLA | hot torch | cold XLA | cold XLA Eigen | cold torch | cold NT XLA |"
         " cold NT XLA Eigen | cold NT torch | cold int8 XLA (GOP/s) | cold int8 XLA Eigen |"
-        " NT / Eigen max diff |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " cold bf16 XLA | cold bf16 torch | NT / Eigen max diff |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
@@ -222,6 +237,7 @@ def markdown(rows: list[dict], layers: int, rounds: int, stream_mb: int = 256) -
             f"{r['cold_nt_xla_gflops']:.0f} | {r['cold_nt_xla_eigen_gflops']:.0f} | "
             f"{r['cold_nt_torch_gflops']:.0f} | "
             f"{r['cold_int8_xla_gflops']:.0f} | {r['cold_int8_xla_eigen_gflops']:.0f} | "
+            f"{r['cold_bf16_xla_gflops']:.0f} | {r['cold_bf16_torch_gflops']:.0f} | "
             f"{r['max_diff_nt']:.1e} / {r['max_diff_eigen']:.1e} |"
         )
     lines += [
@@ -229,17 +245,25 @@ def markdown(rows: list[dict], layers: int, rounds: int, stream_mb: int = 256) -
         "Share of the memory bound: `stream` is XLA's read rate over "
         f"{stream_mb} MB (a jitted sum, every core, same rounds); the bound is what the cold "
         "chain would reach if its weights streamed in at that rate (M rows: stream x 2M / 4 "
-        "float32 FLOP/s, x 2M int8 OP/s). Near 100% a chain is limited by memory, not by "
-        "its kernel.",
+        "float32 FLOP/s, x 2M / 2 bfloat16, x 2M int8 OP/s). Near 100% a chain is limited "
+        "by memory, not by its kernel.",
         "",
         "| M | stream GB/s | float32 bound GFLOP/s | cold XLA | cold XLA Eigen | cold torch |"
-        " cold NT XLA | cold int8 XLA |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " cold NT XLA | cold int8 XLA | cold bf16 XLA | cold bf16 torch |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         shares = " | ".join(
             f"{100 * r[k + '_of_bound']:.0f}%"
-            for k in ("cold_xla", "cold_xla_eigen", "cold_torch", "cold_nt_xla", "cold_int8_xla")
+            for k in (
+                "cold_xla",
+                "cold_xla_eigen",
+                "cold_torch",
+                "cold_nt_xla",
+                "cold_int8_xla",
+                "cold_bf16_xla",
+                "cold_bf16_torch",
+            )
         )
         lines.append(
             f"| {r['rows']} | {r['stream_gbps']:.1f} | "

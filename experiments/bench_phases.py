@@ -110,7 +110,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--src-len", type=int, default=32, help="source tokens per row")
     p.add_argument("--new-tokens", type=int, default=64, help="max_len of every decode")
     p.add_argument("--eos-bias", type=float, default=0.7, help="added to EOS's output bias")
-    p.add_argument("--quantize", choices=QUANT_MODES, help="int8 weights (default float32)")
+    p.add_argument(
+        "--quantize",
+        choices=QUANT_MODES,
+        help="low-precision weights (models/quantize.py modes; default float32)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds per cell")
     p.add_argument("--memory", action="store_true",
                    help="also report each compiled program's temporary buffers (XLA's "

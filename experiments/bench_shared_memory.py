@@ -107,7 +107,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--new-tokens", type=int, default=64, help="random model: output tokens")
     p.add_argument("--run", action="append", default=[], help="a trained run (repeatable)")
     p.add_argument("--no-random", action="store_true", help="only the --run models")
-    p.add_argument("--quantize", choices=QUANT_MODES, help="int8 weights (default float32)")
+    p.add_argument(
+        "--quantize",
+        choices=QUANT_MODES,
+        help="low-precision weights (models/quantize.py modes; default float32)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds per cell")
     p.add_argument(
         "--method",

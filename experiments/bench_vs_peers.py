@@ -35,6 +35,11 @@ CPU on an AVX-512 one; with ``CT2_USE_MKL=0`` CT2 also takes oneDNN, its GEMM li
 non-Intel CPUs. The results record the caps and one GEMM's speed in JAX and torch::
 
     CT2_USE_MKL=0 python experiments/bench_vs_peers.py --isa AVX2 --repeats 3 --int8
+
+``--bf16`` adds seqjax with ``--quantize bf16`` and HF PyTorch with its model in bfloat16
+(CTranslate2 offers no bfloat16 on CPU), each in its own worker, in the same rounds::
+
+    python experiments/bench_vs_peers.py --repeats 3 --bf16 --out /tmp/bf16
 """
 
 from __future__ import annotations
@@ -129,9 +134,10 @@ class SeqjaxRunner:
 
     def __init__(self, hf_dir: Path, new_tokens: int, quantize: str | None = None) -> None:
         self.model, self.params, _ = load_hf(hf_dir)
-        if quantize is not None:  # int8 weights, per output channel (models/quantize.py)
+        if quantize is not None:  # int8 or bf16 weights (models/quantize.py)
             self.params = quantize_params(self.params, quantize)
-            self.name = "seqjax_int8"  # whichever mode: the results' key for seqjax's int8
+            # the results' key: seqjax_bf16, or seqjax_int8 for either int8 mode
+            self.name = "seqjax_bf16" if quantize == "bf16" else "seqjax_int8"
         self.n = new_tokens
         self.fns: dict[tuple[str, int], Any] = {}
         self.traces = 0
@@ -232,13 +238,23 @@ def gemm_probe(threads: int, m: int = 64, k: int = 512, n: int = 2048) -> dict[s
 class HFRunner:
     name = "hf_pytorch"
 
-    def __init__(self, hf_dir: Path, new_tokens: int, threads: int, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        hf_dir: Path,
+        new_tokens: int,
+        threads: int,
+        device: str = "cpu",
+        dtype: str = "float32",
+    ) -> None:
         import torch
         from transformers import MarianMTModel
 
         torch.set_num_threads(threads)
         self.torch, self.device = torch, device
-        self.model = MarianMTModel.from_pretrained(hf_dir).eval().to(device)
+        model = MarianMTModel.from_pretrained(hf_dir).eval()
+        if dtype != "float32":  # the whole model in that dtype (oneDNN's bf16 GEMMs on CPU)
+            model, self.name = model.to(getattr(torch, dtype)), f"hf_pytorch_{dtype}"
+        self.model = model.to(device)
         self.n = new_tokens
 
     def __call__(self, src_BxS: np.ndarray, method: str, beam: int) -> np.ndarray:
@@ -402,6 +418,28 @@ def markdown(rows: list[dict], meta: dict) -> str:
                 f"{'n/a' if ci is None else f'{ci:.0f}'} | {_ratio(ci and si / ci)} | "
                 f"{si / t['seqjax']:.2f}x | {_ratio(ci and cf and ci / cf)} |"
             )
+    if any("seqjax_bf16" in r["tokens_per_s"] for r in rows):
+        lines += [
+            "",
+            "bfloat16 (seqjax: `--quantize bf16`: bfloat16 weights, matmul inputs rounded to "
+            "bfloat16, float32 sums, everything else float32; HF: the whole model "
+            "`.to(torch.bfloat16)`; CT2 has no bfloat16 on this CPU), same interleaved "
+            "rounds:",
+            "",
+            "| method | batch | seqjax bf16 tok/s | HF bf16 tok/s | seqjax bf16/HF bf16 | "
+            "seqjax bf16/HF fp32 | seqjax bf16/CT2 fp32 | seqjax bf16/seqjax fp32 | "
+            "HF bf16/HF fp32 |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            t = r["tokens_per_s"]
+            sb, hb, ct = t["seqjax_bf16"], t.get("hf_pytorch_bfloat16"), t.get("ctranslate2")
+            lines.append(
+                f"| {r['method']} | {r['batch']} | {sb:.0f} | {_tps(hb)} | "
+                f"{_ratio(hb and sb / hb)} | {sb / t['hf_pytorch']:.2f}x | "
+                f"{_ratio(ct and sb / ct)} | {sb / t['seqjax']:.2f}x | "
+                f"{_ratio(hb and hb / t['hf_pytorch'])} |"
+            )
     lines += [
         "",
         "Targets (issue 19): seqjax >= 3x HF PyTorch and >= 1.3x CTranslate2 fp32 in every "
@@ -441,8 +479,15 @@ def main(argv: list[str] | None = None) -> None:
         help="also time seqjax with int8 weights (--int8-mode) and CT2 with compute_type int8",
     )
     p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="also time seqjax with --quantize bf16 (bfloat16 weights and matmul inputs, "
+        "float32 sums) and HF PyTorch with the model in bfloat16 (CT2 has no bfloat16 CPU "
+        "path); fast only on CPUs with bfloat16 dot instructions (AVX512_BF16, AMX)",
+    )
+    p.add_argument(
         "--int8-mode",
-        choices=QUANT_MODES,
+        choices=[m for m in QUANT_MODES if m != "bf16"],
         default="w8a8",
         help="seqjax's --quantize mode for --int8: w8a8 (int8 activations too, like CT2's "
         "int8; default) or int8 (weight-only)",
@@ -495,6 +540,11 @@ def main(argv: list[str] | None = None) -> None:
             peers.append(
                 runner("CT2Runner", ct2_dir, args.new_tokens, args.threads, args.device, "int8")
             )
+    if args.bf16:
+        peers.append(runner("SeqjaxRunner", hf_dir, args.new_tokens, "bf16"))
+        peers.append(
+            runner("HFRunner", hf_dir, args.new_tokens, args.threads, args.device, "bfloat16")
+        )
     systems = [sj, *peers]
     rng = np.random.default_rng(args.seed)
 
@@ -565,6 +615,7 @@ def main(argv: list[str] | None = None) -> None:
         "seqjax_traces": sj.traces,
         "processes": "one" if args.same_process else "one worker process per system",
         "seqjax_int8_mode": args.int8_mode if args.int8 else None,
+        "bf16": args.bf16,
         "isa_cap": args.isa,
         "gemm_probe": probe_gemm,
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

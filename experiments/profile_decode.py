@@ -341,7 +341,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--top", type=int, default=15, help="ops listed per case")
     p.add_argument("--hf", help="a HF Marian dir (default: the random Marian-base config)")
     p.add_argument(
-        "--quantize", choices=("int8", "w8a8"), help="int8 weights (models/quantize.py modes)"
+        "--quantize",
+        choices=("int8", "w8a8", "bf16"),
+        help="low-precision weights (models/quantize.py modes)",
     )
     p.add_argument(
         "--out", default="experiments/results/profile_decode", help="writes OUT.json and OUT.md"

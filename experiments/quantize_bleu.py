@@ -1,12 +1,14 @@
-"""What int8 weights cost in translation quality: test BLEU/chrF of trained runs decoded in
-float32, ``--quantize int8`` and ``--quantize w8a8``, each quantised system against float32
-with sacrebleu's paired bootstrap (``significance.paired_bootstrap``, 1,000 resamples).
+"""What low-precision weights cost in translation quality: test BLEU/chrF of trained runs
+decoded in float32, ``--quantize int8``, ``--quantize w8a8`` and ``--quantize bf16``, each
+against float32 with sacrebleu's paired bootstrap (``significance.paired_bootstrap``, 1,000
+resamples).
 
 Issue 19's goal is a BLEU loss <= 0.3. Decoding is the run's default (beam 4) on the split of
 the corpus it was trained on; every mode decodes the same sentences with the same settings.
 
     python experiments/quantize_bleu.py --run runs/default --run runs/transformer \\
         --out experiments/results/quantize_bleu
+    python experiments/quantize_bleu.py --run runs/transformer --modes bf16 --out /tmp/bf16
 """
 
 from __future__ import annotations
@@ -25,14 +27,14 @@ from seqjax.app import run_dir  # noqa: E402
 from seqjax.app.evaluate import score_translations  # noqa: E402
 from seqjax.app.translate import load  # noqa: E402
 
-MODES = ("float32", "int8", "w8a8")
+MODES = ("float32", "int8", "w8a8", "bf16")
 
 
-def one_run(run: str, split: str, samples: int) -> list[dict]:
-    """Rows of one run: a row per mode, the quantised ones against float32."""
+def one_run(run: str, split: str, samples: int, modes: tuple[str, ...] = MODES) -> list[dict]:
+    """Rows of one run: a row per mode (float32 first), the others against float32."""
     _, data = run_dir.evaluation_split(run, split)
     hyps, rows = {}, []
-    for mode in MODES:
+    for mode in ("float32", *(m for m in modes if m != "float32")):
         translator = load(run, quantize=None if mode == "float32" else mode)
         cfg = translator.decode_config
         out = Path(run) / f"quantize_bleu_{split}_{mode}.txt"
@@ -58,7 +60,7 @@ def one_run(run: str, split: str, samples: int) -> list[dict]:
 
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
-        "# int8 weights: test BLEU against float32",
+        "# Low-precision weights: test BLEU against float32",
         "",
         f"Split {meta['split']}, the run's decoding settings; paired bootstrap against float32 "
         f"({meta['samples']} resamples, sacrebleu's). Command: `{meta['command']}`.",
@@ -93,10 +95,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--samples", type=int, default=1000, help="bootstrap resamples")
     p.add_argument(
+        "--modes",
+        default=",".join(MODES[1:]),
+        help=f"comma-separated modes to set against float32 (default {','.join(MODES[1:])})",
+    )
+    p.add_argument(
         "--out", default="experiments/results/quantize_bleu", help="writes OUT.json and OUT.md"
     )
     args = p.parse_args(argv)
-    rows = [row for run in args.run for row in one_run(run, args.split, args.samples)]
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        p.error(f"--modes {args.modes!r}: {bad[0]!r} is not one of {', '.join(MODES)}")
+    rows = [row for run in args.run for row in one_run(run, args.split, args.samples, modes)]
     meta = {
         "split": args.split,
         "samples": args.samples,

@@ -16,8 +16,9 @@ import bench_gemm  # noqa: E402
 
 def test_bound_and_shares_follow_the_measured_rates(tmp_path):
     """Every cold case's share of the memory bound is its rate over the bound computed
-    from the same row's stream rate (int8 weights: a quarter of the bytes), and the
-    markdown carries the share table. Tiny sizes: the numbers are not a measurement."""
+    from the same row's stream rate (int8 weights: a quarter of the bytes, bfloat16 half),
+    and the markdown carries the share table. Tiny sizes: the numbers are not a
+    measurement."""
     out = tmp_path / "g"
     bench_gemm.main(
         ["--rows", "1,2", "--layers", "1", "--rounds", "1", "--stream-mb", "4", "--out", str(out)]
@@ -27,13 +28,14 @@ def test_bound_and_shares_follow_the_measured_rates(tmp_path):
     assert [r["rows"] for r in data["results"]] == [1, 2]
     for r in data["results"]:
         assert r["stream_gbps"] > 0
-        for case, nbytes in (("cold_xla", 4), ("cold_torch", 4), ("cold_int8_xla", 1)):
+        cases = (("cold_xla", 4), ("cold_torch", 4), ("cold_int8_xla", 1), ("cold_bf16_xla", 2))
+        for case, nbytes in (*cases, ("cold_bf16_torch", 2)):
             bound = 2 * r["rows"] * r["stream_gbps"] / nbytes
             assert r[case + "_of_bound"] == pytest.approx(r[case + "_gflops"] / bound)
         assert "stream_gflops" not in r  # the read rate is GB/s, not a FLOP rate
     md = out.with_suffix(".md").read_text()
     assert "Share of the memory bound" in md
-    assert md.count("%") >= 2 * 5
+    assert md.count("%") >= 2 * 7
 
 
 @pytest.mark.parametrize(

@@ -89,7 +89,7 @@ def test_environment_overrides_and_bad_values():
         _opts(4, SEQJAX_CPU_DOTS="mkl")
 
 
-def test_w8a8_weights_keep_the_integer_kernels():
+def test_w8a8_and_bf16_weights_keep_the_low_precision_kernels():
     model = Transformer(model_preset("tiny"))
     params = jax.jit(model.init)(jax.random.key(0))
     weight_only = quantize_params(params, "int8", min_size=0)
@@ -100,6 +100,9 @@ def test_w8a8_weights_keep_the_integer_kernels():
     assert _opts(4, w8a8, large=tiny // 4) == {}
     assert _opts(4, (params, w8a8), large=tiny // 4) == {}  # an ensemble with a w8a8 member
     assert _opts(4, w8a8, large=tiny // 4, SEQJAX_CPU_DOTS="eigen") == EIGEN  # forced
+    bf16 = quantize_params(params, "bf16", min_size=0)  # bfloat16 dots: YNNPACK's as well
+    assert _opts(4, bf16, large=tiny // 4) == {}
+    assert _opts(4, (params, bf16), large=tiny // 4) == {}
 
 
 def test_the_option_compiles_and_computes_the_same_product():

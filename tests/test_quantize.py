@@ -1,5 +1,6 @@
-"""int8 weights (``seqjax.models.quantize``): the per-channel error bound, which leaves are
-quantised, the w8a8 matmul against exact integer arithmetic, int8 decoding against float32
+"""int8 and bf16 weights (``seqjax.models.quantize``): the per-channel error bound, which
+leaves are quantised, the w8a8 matmul against exact integer arithmetic, the bf16 matmul
+against bfloat16-rounded float64 arithmetic, int8 decoding against float32
 and against its own dequantised weights, int8 weights as inputs of the compiled step (and
 integer dots inside it for w8a8), and ``--quantize`` on the command line."""
 
@@ -74,6 +75,27 @@ def test_w8a8_matmul_is_exact_integer_arithmetic(lead):
     assert np.all(np.abs(got - x @ w) <= bound * (1 + 1e-4) + 1e-5)
 
 
+@pytest.mark.parametrize("lead", [(1,), (1, 1), (3,), (2, 5)])
+def test_bf16_matmul_is_bfloat16_arithmetic(lead):
+    """``x @ w`` in bf16 mode equals the float64 product of ``x`` and ``w`` each rounded to
+    bfloat16 (to nearest) up to float32 summation (one row, which the code pads to four,
+    included); the weights are rounded with relative error <= 2**-8 and unit scales."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((40, 24)).astype(np.float32) * np.logspace(-2, 1, 24, dtype=np.float32)
+    x = rng.standard_normal((*lead, 40)).astype(np.float32) * 3
+    qa = quantize_array(w, (0,), act="bf16")
+    q = np.asarray(qa.q.astype(jnp.float32), np.float64)
+    assert qa.q.dtype == jnp.bfloat16 and qa.q.shape == w.shape
+    assert np.all(np.asarray(qa.scale) == 1) and qa.scale.shape == (1, 24)
+    assert np.all(np.abs(q - w) <= np.abs(w) * 2**-8)
+    got = np.asarray(jax.jit(lambda x, w: x @ w)(x, qa))
+    assert got.shape == (*lead, 24) and got.dtype == np.float32
+    x_bf = np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
+    assert np.any(x_bf != x)  # the activations are rounded too
+    want = x_bf @ q
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 def test_quantize_rows_round_trips_within_half_a_step():
     x = (
         np.random.default_rng(2).standard_normal((6, 33)).astype(np.float32)
@@ -144,10 +166,11 @@ def test_int8_decode_is_float_decode_of_the_dequantised_weights(family):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["int8", "bf16"])
 @pytest.mark.parametrize("family", list(MODEL_FAMILIES))
-def test_int8_agrees_with_float32_on_most_tokens(family):
-    """Teacher-forced along float32's greedy output, int8 picks the same next token at
-    >= 94% of positions on these random-init tiny models.
+def test_int8_agrees_with_float32_on_most_tokens(family, mode):
+    """Teacher-forced along float32's greedy output, int8 (and bf16) picks the same next
+    token at >= 94% of positions on these random-init tiny models (bf16: >= 97%).
 
     Why 94%: the per-channel error (<= max|w| / 254) moves logits by ~2-3% of their spread
     here (0.005-0.03 against a std of 0.08-0.9), and a random-init model's top-2 gap is below
@@ -163,18 +186,21 @@ def test_int8_agrees_with_float32_on_most_tokens(family):
     forward = jax.jit(model.forward)
     no_eos = jnp.arange(c.vocab_size) == c.eos_id
     want = np.argmax(jnp.where(no_eos, -jnp.inf, forward(params, src, mask, tgt_in)), -1)
-    qp = quantize_params(params, min_size=0)
+    qp = quantize_params(params, mode, min_size=0)
     got = np.argmax(jnp.where(no_eos, -jnp.inf, forward(qp, src, mask, tgt_in)), -1)
     # forward is the greedy step's oracle (up to near-ties and the decoders' own bans)
     assert np.mean(want == np.asarray(f32)) >= 0.98
-    assert np.mean(got == want) >= 0.94
+    # bf16 rounds each weight by <= 2**-8 of itself, int8 by up to a channel max / 254
+    assert np.mean(got == want) >= (0.97 if mode == "bf16" else 0.94)
 
 
+@pytest.mark.parametrize("mode", ["int8", "bf16"])
 @pytest.mark.parametrize("family", ["transformer_marian", "rnn_bahdanau"])
-def test_jitted_step_takes_int8_weights(family):
-    """The compiled step's inputs are the int8 matrices (no float copy made outside it)."""
+def test_jitted_step_takes_int8_weights(family, mode):
+    """The compiled step's inputs are the int8 (bf16) matrices (no float copy made outside
+    it)."""
     model, params = model_and_params(family)
-    qp = quantize_params(params, min_size=0)
+    qp = quantize_params(params, mode, min_size=0)
     weights = model.step.prepare(qp)
     src = _sources(model, rows=2)
     mask = src != model.config.pad_id
@@ -185,11 +211,12 @@ def test_jitted_step_takes_int8_weights(family):
         .as_text()
     )
     signature = next(line for line in text.splitlines() if "func.func public @main" in line)
-    int8_leaves = [x for x in jax.tree.leaves(weights) if x.dtype == jnp.int8]
-    assert int8_leaves
-    for leaf in int8_leaves:
-        assert f"tensor<{'x'.join(map(str, leaf.shape))}xi8>" in signature
-    assert "xi8>" not in text.split("func.func public @main")[0]  # sanity: one main
+    dtype, mlir = (jnp.int8, "i8") if mode == "int8" else (jnp.bfloat16, "bf16")
+    low_leaves = [x for x in jax.tree.leaves(weights) if x.dtype == dtype]
+    assert low_leaves
+    for leaf in low_leaves:
+        assert f"tensor<{'x'.join(map(str, leaf.shape))}x{mlir}>" in signature
+    assert f"x{mlir}>" not in text.split("func.func public @main")[0]  # sanity: one main
 
 
 def test_cli_choices_are_the_quantisation_modes():
@@ -209,12 +236,12 @@ def test_translate_cli_quantize_int8(trained, tmp_path, capsys):
     src = tmp_path / "in.txt"
     src.write_text("hello world\n\nthe cat\n", encoding="utf-8")
     outs = {}
-    for mode in ("", "int8", "w8a8"):
+    for mode in ("", "int8", "w8a8", "bf16"):
         out = tmp_path / f"out{mode}.txt"
         argv = ["translate", "--checkpoint", str(trained), "--input", str(src), "--greedy"]
         assert main([*argv, "--output", str(out), *(["--quantize", mode] if mode else [])]) == 0
         outs[mode] = out.read_text(encoding="utf-8").split("\n")
-    for mode in ("int8", "w8a8"):
+    for mode in ("int8", "w8a8", "bf16"):
         assert len(outs[mode]) == len(outs[""]) == 4 and outs[mode][1] == ""
     with pytest.raises(SystemExit) as e:
         main(["translate", "--checkpoint", str(trained), "--quantize", "int4"])
@@ -268,11 +295,12 @@ def test_w8a8_step_agrees_with_float32_on_most_tokens(family):
     assert np.median(np.abs(got - want) / spread) < 0.1
 
 
-@pytest.mark.parametrize("mode", ["int8", "w8a8"])
+@pytest.mark.parametrize("mode", ["int8", "w8a8", "bf16"])
 def test_w8a8_step_runs_integer_dots(mode):
-    """Only w8a8's compiled step has int8 x int8 -> int32 dots, one per weight matrix of
-    the step (per layer qkv, self_out, cross_q, cross_out, wi, wo; and the output
-    projection), one-row batches (padded to two) included."""
+    """Only w8a8's compiled step has int8 x int8 -> int32 dots, and only bf16's has
+    bfloat16 x bfloat16 -> float32 ones, one per weight matrix of the step (per layer qkv,
+    self_out, cross_q, cross_out, wi, wo; and the output projection), one-row batches
+    (padded) included."""
     model, params = model_and_params("transformer_marian")
     qp = quantize_params(params, mode, min_size=0)
     weights = model.step.prepare(qp)
@@ -281,21 +309,27 @@ def test_w8a8_step_runs_integer_dots(mode):
         mask = src != model.config.pad_id
         cache = model.init_cache(qp, model.encode(qp, src, mask), mask, 4)
         text = jax.jit(model.step).lower(weights, src[:, 0], jnp.int32(0), cache).as_text()
-        int_dots = [
-            line
-            for line in text.splitlines()
-            if "dot_general" in line
-            and re.search(r"xi8>, tensor<[0-9x]*xi8>\) -> tensor<[0-9x]*xi32>", line)
-        ]
+        int_dots, bf16_dots = (
+            [
+                line
+                for line in text.splitlines()
+                if "dot_general" in line and re.search(pattern, line)
+            ]
+            for pattern in (
+                r"xi8>, tensor<[0-9x]*xi8>\) -> tensor<[0-9x]*xi32>",
+                r"xbf16>, tensor<[0-9x]*xbf16>\) -> tensor<[0-9x]*xf32>",
+            )
+        )
         matrices = [
             x
             for x in jax.tree.leaves(weights, is_leaf=lambda x: isinstance(x, QuantizedArray))
             if isinstance(x, QuantizedArray) and x.ndim == 2 and x.scale.shape[0] == 1
         ]
         assert len(int_dots) == (len(matrices) if mode == "w8a8" else 0)
+        assert len(bf16_dots) == (len(matrices) if mode == "bf16" else 0)
 
 
-@pytest.mark.parametrize("mode", ["int8", "w8a8"])
+@pytest.mark.parametrize("mode", ["int8", "w8a8", "bf16"])
 def test_transformer_modules_take_int8_weights(mode):
     """The Transformer's encoder and ``init_cache`` run on the int8 leaves as they are: no
     float copy of a whole embedding table or weight matrix is made, and weight-only int8
@@ -318,6 +352,8 @@ def test_transformer_modules_take_int8_weights(mode):
         assert not scaled, shape
         if mode == "w8a8":  # and the integer dots take the int8 weight as it is
             assert f"(tensor<{shape}xi8>) -> tensor<{shape}xf32>" not in text, shape
+        if mode == "bf16":  # the bfloat16 dots take the bf16 weight as it is
+            assert f"(tensor<{shape}xbf16>) -> tensor<{shape}xf32>" not in text, shape
     memory = jax.jit(model.encode)(qp, src, mask)
     float_memory = jax.jit(model.encode)(dequantize(qp), src, mask)
     cache = jax.jit(model.init_cache, static_argnums=3)(qp, memory, mask, 4)

@@ -279,13 +279,16 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
 def add_quantize_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quantize",
-        choices=["int8", "w8a8"],  # models.quantize.QUANT_MODES (not imported: start-up)
-        help="int8 weights with per-output-channel scales for the big matrices (4x smaller). "
-        "int8: weight-only, dequantised inside the compiled matmuls (the same outputs as "
+        choices=["int8", "w8a8", "bf16"],  # models.quantize.QUANT_MODES (not imported)
+        help="low-precision weights for the big matrices. int8 (4x smaller, per-output-channel "
+        "scales): weight-only, dequantised inside the compiled matmuls (the same outputs as "
         "float weights of those values; no faster on CPU); w8a8: the Transformer also "
         "quantises its activations per row and runs int8 x int8 -> int32 GEMMs "
         "(like CTranslate2's int8: faster on CPUs with VNNI/AMX, small extra rounding; "
-        "the RNN runs it as int8)",
+        "the RNN runs it as int8); bf16 (2x smaller): weights and matmul inputs rounded to "
+        "bfloat16, float32 sums and everything else float32 (faster on CPUs with "
+        "AVX512_BF16/AMX at 4+ rows per step, slower at one; the RNN runs it as float32 on "
+        "the rounded weights)",
     )
 
 

@@ -615,7 +615,8 @@ def load(
     ``amateur``: run directory of the small model for contrastive decoding (its best params;
     it must share the target tokenizer).
     ``quantize``: ``"int8"`` stores the big matrices as int8 with per-channel scales,
-    ``"w8a8"`` also quantises the Transformer's activations per row (integer matmuls)
+    ``"w8a8"`` also quantises the Transformer's activations per row (integer matmuls),
+    ``"bf16"`` stores them as bfloat16 for bfloat16 matmuls with float32 sums
     (``seqjax.models.quantize``); None keeps float32.
     """
     model, params = run_dir.load_model(path, which=which, keep_params=True)

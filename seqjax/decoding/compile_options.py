@@ -14,7 +14,8 @@ Eigen's are 0.71-0.78x on 16 rows (``bench_cpu_dots_zen4.md``) and whole decoder
 Weights that stay in cache are the opposite case (YNNPACK up to 3x faster: the LSTM
 ``rnn_small`` and the Transformer ``small`` presets, in the same file; the turn comes at
 about twice the 32 MB L3, ``bench_cpu_dots_epyc.md``), and YNNPACK's integer dots are
-the only fast ones (Eigen's are 3-9x slower), so ``w8a8`` weights keep it at every size.
+the only fast ones (Eigen's are 3-9x slower), so ``w8a8`` weights keep it at every size;
+so do ``bf16`` weights (Eigen's bfloat16 dots were 3-4.5x slower at 4-64 rows on a Zen 4).
 
 The size threshold is a constant (``LARGE_WEIGHTS_BYTES``, 64 MB: twice the L3 where it
 was measured), not read from the machine: the two kernels sum in different orders, so
@@ -114,12 +115,13 @@ def matrix_bytes(params: Any) -> int:
     return total
 
 
-def _has_int8_activations(params: Any) -> bool:
-    """True when ``params`` hold ``w8a8`` weights (their dots are int8 x int8)."""
+def _has_low_precision_dots(params: Any) -> bool:
+    """True when ``params`` hold ``w8a8`` or ``bf16`` weights (their dots are int8 x int8
+    or bfloat16 x bfloat16, YNNPACK's kernels)."""
     from seqjax.models.quantize import QuantizedArray
 
     leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, QuantizedArray))
-    return any(isinstance(x, QuantizedArray) and x.act == "int8" for x in leaves)
+    return any(isinstance(x, QuantizedArray) and x.act in ("int8", "bf16") for x in leaves)
 
 
 def decode_compiler_options(
@@ -154,7 +156,7 @@ def decode_compiler_options(
     if choice == "ynnpack" or params is None or rows > SMALL_ROWS:
         return {}
     large = LARGE_WEIGHTS_BYTES if large_bytes is None else large_bytes
-    if matrix_bytes(params) < large or _has_int8_activations(params):
+    if matrix_bytes(params) < large or _has_low_precision_dots(params):
         return {}
     if not eigen_can_help(host_cpu_flags() if cpu_flags is None else cpu_flags):
         return {}

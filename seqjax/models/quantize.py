@@ -1,12 +1,13 @@
-"""int8 weights: per-output-channel symmetric quantisation of a params pytree.
+"""Low-precision weights: per-output-channel int8, or bfloat16, for a params pytree.
 
 ``quantize_params(params, mode)`` returns the same pytree with the big matrices replaced by
-``QuantizedArray`` leaves (``q`` int8 of the original shape, ``scale`` float32 with the
-contracted axes kept as size 1); everything else stays float32. The int8 values are what
-the decoders receive as traced weights: the conversion happens inside the compiled program,
+``QuantizedArray`` leaves (``q`` int8, or bfloat16, of the original shape; ``scale`` float32
+with the contracted axes kept as size 1); everything else stays float32. The stored values
+are what the decoders receive as traced weights: the conversion happens inside the compiled
+program,
 
 - in the Transformer (decode step, encoder, ``init_cache``, ``forward``: its modules take
-  ``QuantizedArray`` leaves, ``EncoderDecoder.takes_int8``), inside each matmul. Two modes
+  ``QuantizedArray`` leaves, ``EncoderDecoder.takes_int8``), inside each matmul. Three modes
   (``QUANT_MODES``):
 
   - ``int8`` (weight-only): ``x @ w`` is ``dot_general(x, q) * scale`` (the scale is per
@@ -18,9 +19,17 @@ the decoders receive as traced weights: the conversion happens inside the compil
     (``max|x_row| / 127``), the dot runs int8 x int8 -> int32 (XLA's integer GEMMs, VNNI/AMX
     where the CPU has them), and ``acc * row_scale * col_scale`` restores the float result.
     Adds an activation rounding error of ``max|x_row| / 254`` per element.
+  - ``bf16`` (not int8: bfloat16 weights, half float32's bytes): each weight is rounded to
+    bfloat16 (8 significant bits, relative error <= 2**-8) and ``scale`` is all ones; ``x @
+    w`` rounds ``x`` to bfloat16 as well and runs a bfloat16 x bfloat16 -> float32 dot,
+    everything else (LayerNorm, attention, the caches, softmax) stays float32. On CPUs with
+    bfloat16 dot instructions (AVX512_BF16, AMX) XLA's bf16 GEMMs run 1.4-1.7x float32's
+    at 16-256 rows (a Zen 4 EPYC); a one-row dot is padded to four rows, as XLA:CPU's
+    bfloat16 GEMV is several times slower, and is still slower than float32 there.
 
-  The embedding lookup converts only the looked-up rows (both modes);
-- in the RNN (every entry point, so ``w8a8`` runs as ``int8`` there) ``dequantize`` at
+  The embedding lookup converts only the looked-up rows (all modes);
+- in the RNN (every entry point, so ``w8a8`` runs as ``int8`` there, and ``bf16`` as float32
+  arithmetic on the rounded weights) ``dequantize`` at
   the start of the jitted function (the model interface does it), so a float copy exists
   only as a temporary of that program.
 
@@ -38,7 +47,8 @@ Which leaves, and why (``quantize_rule``):
   tables (small, added rather than multiplied, and where int8 error would shift every
   token alike), and any matrix under ``min_size`` elements (no saving worth the error).
 
-Error bound: ``|w - dequantize(q)| <= scale / 2 = max|w_channel| / 254`` elementwise.
+Error bound: ``|w - dequantize(q)| <= scale / 2 = max|w_channel| / 254`` elementwise
+(int8); ``<= |w| * 2**-8`` (bf16).
 
 >>> import numpy as np
 >>> w = np.array([[1.0, -0.5], [0.25, 2.0]], np.float32)
@@ -61,7 +71,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-QUANT_MODES = ("int8", "w8a8")
+QUANT_MODES = ("int8", "w8a8", "bf16")
+_ACTS = {"int8": "float", "w8a8": "int8", "bf16": "bf16"}  # mode -> QuantizedArray.act
+# XLA:CPU's bfloat16 dot on one row (a GEMV) runs 3-6x slower than on four (its GEMM
+# kernels): a one-row bf16 product is padded to this many rows (zeros, sliced off after).
+_BF16_MIN_ROWS = 4
 _MATRIX_NAMES = ("kernel", "w_x", "w_h", "w_k", "w_q")
 _EMBED_MODULES = ("src_embed", "tgt_embed")
 _HEAD_SPLIT_OUT = ("out", "self_out", "cross_out")  # kernels [H, Dh, D]
@@ -69,17 +83,20 @@ _HEAD_SPLIT_OUT = ("out", "self_out", "cross_out")  # kernels [H, Dh, D]
 
 @dataclasses.dataclass(frozen=True)
 class QuantizedArray:
-    """An int8 array with float scales: ``value = q * scale`` (``scale`` broadcasts).
+    """An int8 (or bfloat16) array with float scales: ``value = q * scale`` (``scale``
+    broadcasts).
 
     ``scale`` has ``q``'s rank, size 1 on the contracted (input) axes. Behaves like the
     float array it stands for where the decode step needs it: ``shape``, ``dtype`` (the
     scale's), ``astype`` (of the scale), ``reshape(rows, -1)``, ``.T``, ``x @ w`` and
     row slicing; anything else should ``dequantize()`` first. ``act`` (static, part of
     the pytree's structure): ``"float"`` multiplies ``x @ w`` in ``x``'s dtype,
-    ``"int8"`` quantises ``x`` per row first (the ``w8a8`` mode).
+    ``"int8"`` quantises ``x`` per row first (the ``w8a8`` mode), ``"bf16"`` rounds ``x``
+    to bfloat16 for a bfloat16 dot with float32 sums (``q`` is bfloat16 and ``scale`` all
+    ones: the ``bf16`` mode).
     """
 
-    q: jax.Array  # int8, the array's shape
+    q: jax.Array  # int8 (bfloat16 when act == "bf16"), the array's shape
     scale: jax.Array  # float, q's rank, 1 on the contracted axes
     act: str = "float"  # static: "float" | "int8" (activations of x @ w)
 
@@ -125,6 +142,8 @@ class QuantizedArray:
             return x @ self.dequantize()  # per-row scales do not factor out of the sum
         if self.act == "int8":
             return self._w8a8_matmul(x)
+        if self.act == "bf16":
+            return self._bf16_matmul(x)
         dims = (((x.ndim - 1,), (0,)), ((), ()))
         y = lax.dot_general(x, self.q, dims, preferred_element_type=x.dtype)
         return y * self.scale[0].astype(x.dtype)
@@ -142,6 +161,17 @@ class QuantizedArray:
         acc = lax.dot_general(xq, self.q, dims, preferred_element_type=jnp.int32)
         y = acc.astype(jnp.float32) * x_scale * self.scale[0].astype(jnp.float32)
         return y[: math.prod(lead)].reshape(*lead, -1).astype(x.dtype)
+
+    def _bf16_matmul(self, x: jax.Array) -> jax.Array:
+        """``x @ w`` with ``x`` rounded to bfloat16: bf16 x bf16 -> float32 (scale is 1)."""
+        lead = x.shape[:-1]
+        x_MxK = x.reshape(-1, x.shape[-1]).astype(jnp.bfloat16)
+        rows = x_MxK.shape[0]
+        if rows == 1:
+            x_MxK = jnp.pad(x_MxK, ((0, _BF16_MIN_ROWS - 1), (0, 0)))
+        dims = (((1,), (0,)), ((), ()))
+        y = lax.dot_general(x_MxK, self.q, dims, preferred_element_type=jnp.float32)
+        return y[:rows].reshape(*lead, -1).astype(x.dtype)
 
 
 jax.tree_util.register_dataclass(QuantizedArray, data_fields=["q", "scale"], meta_fields=["act"])
@@ -164,8 +194,17 @@ def quantize_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def quantize_array(w: Any, contract_axes: Sequence[int], act: str = "float") -> QuantizedArray:
     """Symmetric int8 with one scale per slice over ``contract_axes`` (NumPy, on the host);
-    ``act`` as ``QuantizedArray.act``."""
+    ``act`` as ``QuantizedArray.act``. ``act="bf16"``: ``w`` rounded to bfloat16 (to
+    nearest, ties to even) with unit scales of the same shape.
+
+    >>> qa = quantize_array(np.array([[1.0, 3.14159]], np.float32), (0,), act="bf16")
+    >>> str(qa.q.dtype), qa.q.tolist(), qa.scale.tolist()
+    ('bfloat16', [[1.0, 3.140625]], [[1.0, 1.0]])
+    """
     w = np.asarray(w, np.float32)
+    if act == "bf16":
+        shape = tuple(1 if i in contract_axes else d for i, d in enumerate(w.shape))
+        return QuantizedArray(jnp.asarray(w, jnp.bfloat16), jnp.ones(shape, jnp.float32), act)
     amax = np.max(np.abs(w), axis=tuple(contract_axes), keepdims=True)
     scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
     q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
@@ -191,7 +230,7 @@ def quantize_params(params: Any, mode: str = "int8", *, min_size: int = 1024) ->
     ``mode`` is one of ``QUANT_MODES`` (see the module docstring)."""
     if mode not in QUANT_MODES:
         raise ValueError(f"quantize: mode must be one of {', '.join(QUANT_MODES)}, got {mode!r}")
-    act = "int8" if mode == "w8a8" else "float"
+    act = _ACTS[mode]
 
     def one(path: tuple[Any, ...], leaf: Any) -> Any:
         keys = tuple(str(getattr(k, "key", k)) for k in path)
@@ -227,5 +266,5 @@ def take_rows(table: Any, ids: jax.Array) -> jax.Array:
 
 
 def param_bytes(params: Any) -> int:
-    """Bytes of the params' arrays (int8 leaves count one byte an element)."""
+    """Bytes of the params' arrays (int8 leaves count one byte an element, bf16 two)."""
     return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)))
