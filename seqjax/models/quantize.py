@@ -22,10 +22,11 @@ program,
   - ``bf16`` (not int8: bfloat16 weights, half float32's bytes): each weight is rounded to
     bfloat16 (8 significant bits, relative error <= 2**-8) and ``scale`` is all ones; ``x @
     w`` rounds ``x`` to bfloat16 as well and runs a bfloat16 x bfloat16 -> float32 dot,
-    everything else (LayerNorm, attention, the caches, softmax) stays float32. On CPUs with
-    bfloat16 dot instructions (AVX512_BF16, AMX) XLA's bf16 GEMMs run 1.4-1.7x float32's
-    at 16-256 rows (a Zen 4 EPYC); a one-row dot is padded to four rows, as XLA:CPU's
-    bfloat16 GEMV is several times slower, and is still slower than float32 there.
+    everything else (LayerNorm, attention, the caches, softmax) stays float32. For CPUs
+    with bfloat16 dot instructions (AVX512_BF16, AMX): on a Zen 4 EPYC transformer-base
+    decodes 1.3-1.4x faster than in float32 at 16-256 rows per step, 1.07x at 4 rows and
+    0.73x at one (``experiments/results/bench_vs_peers_zen4_bf16.md``). A one-row dot is
+    padded to four rows, as XLA:CPU's bfloat16 GEMV is ~5x slower than its 4-row GEMM.
 
   The embedding lookup converts only the looked-up rows (all modes);
 - in the RNN (every entry point, so ``w8a8`` runs as ``int8`` there, and ``bf16`` as float32
