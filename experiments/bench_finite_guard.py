@@ -41,8 +41,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train import add_step_args, require_positive, timed  # noqa: E402
-from results_io import write_results  # noqa: E402
+from bench_train import add_step_args, timed  # noqa: E402
+from results_io import require_positive, write_results  # noqa: E402
 
 FORMS = ("select", "cond", "adam")  # the library's first: speed-ups are over it
 

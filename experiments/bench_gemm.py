@@ -52,7 +52,7 @@ import numpy as np
 from jax import lax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_io import write_results  # noqa: E402
+from results_io import require_positive, write_results  # noqa: E402
 
 from seqjax.models.quantize import quantize_array  # noqa: E402
 
@@ -273,11 +273,14 @@ def markdown(rows: list[dict], layers: int, rounds: int, stream_mb: int = 256) -
 
 
 def parse_rows(p: argparse.ArgumentParser, text: str) -> list[int]:
-    """``--rows`` as a list of ints, or a one-line usage error naming the bad value."""
+    """``--rows`` as a list of ints >= 1, or a one-line usage error naming the bad value."""
     try:
-        return [int(r) for r in text.split(",")]
+        rows = [int(r) for r in text.split(",")]
     except ValueError:
         p.error(f"--rows {text!r}: give comma-separated integers, e.g. 1,4,16")
+    if min(rows) < 1:
+        p.error(f"--rows {text!r}: every value must be at least 1")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -294,8 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="experiments/results/bench_gemm", help="output path stem")
     args = p.parse_args(argv)
     rows = parse_rows(p, args.rows)
-    if min(rows) < 1 or args.layers < 1 or args.rounds < 1 or args.stream_mb < 1:
-        p.error("--rows, --layers, --rounds and --stream-mb must be positive")
+    require_positive(p, args, "layers", "rounds", "stream_mb")
     rows = run(rows, args.layers, args.rounds, args.stream_mb)
     meta = {
         "layers": args.layers,

@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gemm import D, F, _chain, best_interleaved, parse_rows  # noqa: E402
-from results_io import write_results  # noqa: E402
+from results_io import require_positive, write_results  # noqa: E402
 
 from seqjax.decoding.compile_options import host_cpu_flags  # noqa: E402
 
@@ -178,10 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="experiments/results/bench_rowmm_c", help="output path stem")
     args = p.parse_args(argv)
     rows = parse_rows(p, args.rows)
-    if min(rows) < 1 or max(rows) > 8:
+    if max(rows) > 8:
         p.error(f"--rows {args.rows!r}: the C kernel takes 1 to 8 rows")
-    if min(args.layers, args.rounds, args.repeats, args.stream_mb) < 1:
-        p.error("--layers, --rounds, --repeats and --stream-mb must be positive")
+    require_positive(p, args, "layers", "rounds", "repeats", "stream_mb")
     if "avx512f" not in host_cpu_flags():
         p.error("this CPU has no AVX-512 (avx512f): the C kernels use AVX-512 intrinsics")
     with tempfile.TemporaryDirectory() as tmp:

@@ -215,13 +215,6 @@ def add_step_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tgt-len", type=int, default=32, help="target tokens per sentence")
 
 
-def require_positive(p: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
-    """A one-line usage error for the first of ``names`` (attributes of ``args``) below 1."""
-    for name in names:
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-
-
 def bench_step(
     cfg: ModelConfig, optimizer_for: Callable[[TrainConfig], Any] = make_optimizer
 ) -> tuple[Any, Any, Any]:

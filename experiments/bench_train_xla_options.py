@@ -49,8 +49,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train import add_step_args, bench_step, random_batch, require_positive, timed  # noqa: E402
-from results_io import write_results  # noqa: E402
+from bench_train import add_step_args, bench_step, random_batch, timed  # noqa: E402
+from results_io import require_positive, write_results  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},

@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train import add_step_args, require_positive  # noqa: E402
-from results_io import write_results  # noqa: E402
+from bench_train import add_step_args  # noqa: E402
+from results_io import require_positive, write_results  # noqa: E402
 
 # One HLO instruction: ``%name = f32[8000,1024]{1,0} op(`` (tuples and tokens are skipped).
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w\-.]+) = (\w+)\[([\d,]*)\]\S* ([\w\-]+)\(", re.M)

@@ -51,8 +51,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train import add_step_args, require_positive  # noqa: E402
-from results_io import write_results  # noqa: E402
+from bench_train import add_step_args  # noqa: E402
+from results_io import require_positive, write_results  # noqa: E402
 
 CLASSES = ("dot", "copy/transpose", "dropout", "optimizer", "other")
 _OPTIMIZER_SOURCES = ("transform.py", "alias.py", "update.py", "numerics.py", "clipping.py",

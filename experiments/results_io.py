@@ -7,6 +7,7 @@ one CPU does not carry over to another (issue 19: AVX-512 vs AVX2 machines).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -106,6 +107,13 @@ def machine_line(info: dict[str, Any]) -> str:
         )
         + f"load average {info['load_before'][0]} before, {info['load_after'][0]} after._\n\n"
     )
+
+
+def require_positive(p: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    """A one-line usage error for the first of ``names`` (attributes of ``args``) below 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
 
 
 def write_results(out: str | Path, meta: dict[str, Any], rows: list[Any], markdown: str) -> None:

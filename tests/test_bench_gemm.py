@@ -42,8 +42,8 @@ def test_bound_and_shares_follow_the_measured_rates(tmp_path):
     "argv, message",
     [
         (["--rows", "1,x"], "--rows '1,x': give comma-separated integers"),
-        (["--rows", "0"], "must be positive"),
-        (["--stream-mb", "0"], "must be positive"),
+        (["--rows", "4,0"], "--rows '4,0': every value must be at least 1"),
+        (["--stream-mb", "0"], "--stream-mb must be at least 1, got 0"),
     ],
 )
 def test_bad_arguments_are_one_line_usage_errors(argv, message, capsys):

@@ -46,7 +46,7 @@ def test_markdown_marks_cases_a_row_did_not_run():
 @pytest.mark.parametrize(
     "argv, message",
     [(["--rows", "9"], "takes 1 to 8 rows"), (["--rows", "a"], "comma-separated integers"),
-     (["--rounds", "0"], "must be positive")],
+     (["--rounds", "0"], "--rounds must be at least 1, got 0"), (["--rows", "0"], "at least 1")],
 )  # fmt: skip
 def test_bad_arguments_are_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
