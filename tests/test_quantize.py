@@ -84,8 +84,8 @@ def test_bf16_matmul_is_bfloat16_arithmetic(lead):
     w = rng.standard_normal((40, 24)).astype(np.float32) * np.logspace(-2, 1, 24, dtype=np.float32)
     x = rng.standard_normal((*lead, 40)).astype(np.float32) * 3
     qa = quantize_array(w, (0,), act="bf16")
-    q = np.asarray(qa.q.astype(jnp.float32), np.float64)
-    assert qa.q.dtype == jnp.bfloat16 and qa.q.shape == w.shape
+    q = np.asarray(qa.dequantize(), np.float64)
+    assert qa.q.dtype == jnp.bfloat16 and qa.shape == w.shape and qa.q.shape == w.T.shape
     assert np.all(np.asarray(qa.scale) == 1) and qa.scale.shape == (1, 24)
     assert np.all(np.abs(q - w) <= np.abs(w) * 2**-8)
     got = np.asarray(jax.jit(lambda x, w: x @ w)(x, qa))
@@ -94,6 +94,37 @@ def test_bf16_matmul_is_bfloat16_arithmetic(lead):
     assert np.any(x_bf != x)  # the activations are rounded too
     want = x_bf @ q
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize(
+    ("shape", "axes"),
+    [((6, 10), (0,)), ((10, 6), (1,)), ((3, 4, 10), (0, 1)), ((6, 1, 2, 5), (0,))],
+)
+def test_bf16_output_major_storage_keeps_the_logical_array(shape, axes):
+    """bf16 ``q`` is stored output-major, yet every view the models take (``shape``,
+    ``reshape(rows, -1)``, ``.T``, row slices, lookups, ``x @ w``) equals that view of the
+    rounded logical array: a kernel ``[K, N]``, an embedding ``[V, D]`` (per-row scales), an
+    output projection ``[H, Dh, D]`` and a one-block ``[D, 1, H, Dh]`` q projection."""
+    w = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    qa = quantize_array(w, axes, act="bf16")
+    ref = np.asarray(jnp.asarray(w, jnp.bfloat16).astype(jnp.float32))
+    assert qa.shape == shape and qa.ndim == len(shape)
+    np.testing.assert_array_equal(np.asarray(qa.dequantize()), ref)
+    if axes == (1,):  # an embedding table: lookups, and the tied projection x @ table.T
+        ids = jnp.array([[0, 3], [9, 9]])
+        np.testing.assert_array_equal(np.asarray(quant.take_rows(qa, ids)), ref[np.asarray(ids)])
+        assert qa.T.q is qa.q  # no copy: the table is already output-major for its .T
+        matrix, ref2 = qa.T, ref.T
+    else:
+        rows = int(np.prod([shape[i] for i in axes]))
+        matrix, ref2 = qa.reshape(rows, -1), ref.reshape(rows, -1)
+        np.testing.assert_array_equal(np.asarray(matrix.dequantize()), ref2)
+        np.testing.assert_array_equal(np.asarray(matrix[1:3].dequantize()), ref2[1:3])
+        np.testing.assert_array_equal(np.asarray(matrix.T.dequantize()), ref2.T)
+    x = np.random.default_rng(5).standard_normal((2, ref2.shape[0])).astype(np.float32)
+    x_bf = np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32))
+    got = np.asarray(jnp.asarray(x) @ matrix)
+    np.testing.assert_allclose(got, x_bf @ ref2, rtol=1e-5, atol=1e-5)
 
 
 def test_quantize_rows_round_trips_within_half_a_step():
@@ -352,8 +383,9 @@ def test_transformer_modules_take_int8_weights(mode):
         assert not scaled, shape
         if mode == "w8a8":  # and the integer dots take the int8 weight as it is
             assert f"(tensor<{shape}xi8>) -> tensor<{shape}xf32>" not in text, shape
-        if mode == "bf16":  # the bfloat16 dots take the bf16 weight as it is
-            assert f"(tensor<{shape}xbf16>) -> tensor<{shape}xf32>" not in text, shape
+    if mode == "bf16":  # the bfloat16 dots take the stored bf16 weights as they are
+        for stored in {"x".join(map(str, x.q.shape)) for x in leaves if hasattr(x, "q")}:
+            assert f"(tensor<{stored}xbf16>) -> tensor<{stored}xf32>" not in text, stored
     memory = jax.jit(model.encode)(qp, src, mask)
     float_memory = jax.jit(model.encode)(dequantize(qp), src, mask)
     cache = jax.jit(model.init_cache, static_argnums=3)(qp, memory, mask, 4)

@@ -36,6 +36,19 @@ def _dense_init() -> Callable:
     return nn.initializers.xavier_uniform()
 
 
+def _kernel_param(module: nn.Module, shape: tuple[int, ...]) -> Any:
+    """The module's ``kernel`` parameter of ``shape``. A ``QuantizedArray`` is taken as it is:
+    Flax's shape check reads its first leaf, and a bf16 one stores ``q`` output-major
+    (``seqjax.models.quantize``), so it is checked by its logical shape here instead."""
+    if module.has_variable("params", "kernel"):
+        kernel = module.get_variable("params", "kernel")
+        if isinstance(kernel, QuantizedArray):
+            if kernel.shape != shape:
+                raise ValueError(f"{module.name}: kernel {kernel.shape}, expected {shape}")
+            return kernel
+    return module.param("kernel", _dense_init(), shape)
+
+
 class MultiHeadProjection(nn.Module):
     """Projects ``[B, T, D]`` to ``n`` head-split tensors ``[B, H, T, Dh]`` with one matmul.
 
@@ -51,11 +64,8 @@ class MultiHeadProjection(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array) -> tuple[jax.Array, ...]:
-        kernel = self.param(
-            "kernel",
-            _dense_init(),
-            (x_BxTxD.shape[-1], self.n, self.num_heads, self.head_dim),
-        )
+        shape = (x_BxTxD.shape[-1], self.n, self.num_heads, self.head_dim)
+        kernel = _kernel_param(self, shape)
         x = x_BxTxD.astype(self.dtype)
         # One plain ``x @ W[D, n*H*Dh]`` and the heads split afterwards: an einsum straight
         # to ``[n, B, H, T, Dh]`` made XLA:CPU transpose the whole kernel at every call
@@ -81,7 +91,7 @@ class OutputProjection(nn.Module):
     @nn.compact
     def __call__(self, x_BxHxTxDh: jax.Array) -> jax.Array:
         _, h, _, dh = x_BxHxTxDh.shape
-        kernel = self.param("kernel", _dense_init(), (h, dh, self.d_model))
+        kernel = _kernel_param(self, (h, dh, self.d_model))
         bias = self.param("bias", nn.initializers.zeros, (self.d_model,))
         if isinstance(kernel, QuantizedArray):
             b, _, t, _ = x_BxHxTxDh.shape
