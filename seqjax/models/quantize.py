@@ -24,9 +24,10 @@ program,
     w`` rounds ``x`` to bfloat16 as well and runs a bfloat16 x bfloat16 -> float32 dot,
     everything else (LayerNorm, attention, the caches, softmax) stays float32. For CPUs
     with bfloat16 dot instructions (AVX512_BF16, AMX): on a Zen 4 EPYC transformer-base
-    decodes 1.3-1.4x faster than in float32 at 16-256 rows per step, 1.07x at 4 rows and
-    0.73x at one (``experiments/results/bench_vs_peers_zen4_bf16.md``). A one-row dot is
-    padded to four rows, as XLA:CPU's bfloat16 GEMV is ~5x slower than its 4-row GEMM.
+    decodes 1.11-1.40x faster than in float32 at 1-256 rows per step
+    (``experiments/results/bench_vs_peers_zen4_bf16_nt.md``). The weights are stored
+    output-major (``QuantizedArray``), and a one-row dot is padded to four rows, as
+    XLA:CPU's bfloat16 GEMV is ~5x slower than its 4-row GEMM.
 
   The embedding lookup converts only the looked-up rows (all modes);
 - in the RNN (every entry point, so ``w8a8`` runs as ``int8`` there, and ``bf16`` as float32
