@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import doctest
 import re
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -125,6 +126,24 @@ def test_bf16_output_major_storage_keeps_the_logical_array(shape, axes):
     x_bf = np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32))
     got = np.asarray(jnp.asarray(x) @ matrix)
     np.testing.assert_allclose(got, x_bf @ ref2, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_warns_on_a_cpu_without_bfloat16_dots(monkeypatch):
+    """``quantize_params(..., "bf16")`` warns (one line, naming the instructions) where the
+    CPU lists none of them, and stays silent where it does; other modes never warn."""
+    from seqjax.decoding import compile_options
+
+    params = {"dense": {"kernel": np.ones((64, 64), np.float32)}}
+    monkeypatch.setattr(compile_options, "host_cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    with pytest.warns(UserWarning, match=r"no bfloat16 dot instructions \(avx512_bf16"):
+        quantize_params(params, "bf16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quantize_params(params, "w8a8")
+        monkeypatch.setattr(
+            compile_options, "host_cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"})
+        )
+        quantize_params(params, "bf16")
 
 
 def test_quantize_rows_round_trips_within_half_a_step():

@@ -101,6 +101,16 @@ def eigen_can_help(cpu_flags: frozenset[str] | set[str]) -> bool:
     return "avx2" in cpu_flags and "avx512f" not in cpu_flags
 
 
+def has_bf16_dots(cpu_flags: frozenset[str] | set[str]) -> bool:
+    """Whether the CPU lists bfloat16 dot instructions (x86 ``avx512_bf16`` or ``amx_bf16``,
+    Arm ``bf16``), which ``--quantize bf16`` is for; elsewhere XLA converts to float32.
+
+    >>> has_bf16_dots(frozenset({"avx2", "avx512f", "avx512_bf16"})), has_bf16_dots({"avx2"})
+    (True, False)
+    """
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(cpu_flags))
+
+
 def matrix_bytes(params: Any) -> int:
     """Bytes of the leaves of ``params`` with two or more dimensions (arrays, tracers or
     ``ShapeDtypeStruct``; int8 ``QuantizedArray`` leaves count their int8 bytes)."""

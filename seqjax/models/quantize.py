@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -273,6 +274,8 @@ def quantize_params(params: Any, mode: str = "int8", *, min_size: int = 1024) ->
     ``mode`` is one of ``QUANT_MODES`` (see the module docstring)."""
     if mode not in QUANT_MODES:
         raise ValueError(f"quantize: mode must be one of {', '.join(QUANT_MODES)}, got {mode!r}")
+    if mode == "bf16":
+        _warn_without_bf16_dots()
     act = _ACTS[mode]
 
     def one(path: tuple[Any, ...], leaf: Any) -> Any:
@@ -281,6 +284,20 @@ def quantize_params(params: Any, mode: str = "int8", *, min_size: int = 1024) ->
         return leaf if axes is None else quantize_array(leaf, axes, act)
 
     return jax.tree_util.tree_map_with_path(one, params)
+
+
+def _warn_without_bf16_dots() -> None:
+    """A warning where decoding runs on a CPU that lists no bfloat16 dot instructions: the
+    mode was measured faster only on one that has them (module docstring)."""
+    from seqjax.decoding import compile_options
+
+    flags = compile_options.host_cpu_flags()
+    if jax.default_backend() == "cpu" and flags and not compile_options.has_bf16_dots(flags):
+        warnings.warn(
+            "quantize bf16: this CPU lists no bfloat16 dot instructions (avx512_bf16, "
+            "amx_bf16); bfloat16 products may run slower than float32 here",
+            stacklevel=3,
+        )
 
 
 def _is_quantized(x: Any) -> bool:
