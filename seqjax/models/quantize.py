@@ -84,6 +84,13 @@ _EMBED_MODULES = ("src_embed", "tgt_embed")
 _HEAD_SPLIT_OUT = ("out", "self_out", "cross_out")  # kernels [H, Dh, D]
 
 
+def _split_axes(scale_shape: Sequence[int]) -> tuple[list[int], list[int]]:
+    """(output axes, other axes) of an array whose scale has ``scale_shape``: where the
+    scale's size is not 1 / is 1. A bf16 ``q`` stores them in that order (output-major)."""
+    out = [i for i, d in enumerate(scale_shape) if d != 1]
+    return out, [i for i in range(len(scale_shape)) if i not in out]
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantizedArray:
     """An int8 (or bfloat16) array with float scales: ``value = q * scale`` (``scale``
@@ -115,16 +122,11 @@ class QuantizedArray:
     def _out_major(self) -> bool:
         return self.act == "bf16"
 
-    def _axes(self) -> tuple[list[int], list[int]]:
-        """(output axes, other axes) of the logical array: where ``scale`` is not 1 / is."""
-        out = [i for i, d in enumerate(self.scale.shape) if d != 1]
-        return out, [i for i in range(self.scale.ndim) if i not in out]
-
     @property
     def shape(self) -> tuple[int, ...]:
         if not self._out_major:
             return tuple(self.q.shape)
-        out, rest = self._axes()
+        out, rest = _split_axes(self.scale.shape)
         dims = dict(zip(out + rest, self.q.shape, strict=True))
         return tuple(dims[i] for i in range(len(dims)))
 
@@ -139,7 +141,7 @@ class QuantizedArray:
     def dequantize(self) -> jax.Array:
         q = self.q
         if self._out_major:  # back to the logical axis order
-            out, rest = self._axes()
+            out, rest = _split_axes(self.scale.shape)
             q = jnp.transpose(q, np.argsort(out + rest))
         return q.astype(self.scale.dtype) * self.scale
 
@@ -172,7 +174,7 @@ class QuantizedArray:
         if self._out_major:  # the logical axis 0 is the first of the stored other axes
             if not isinstance(index, slice):
                 raise ValueError("QuantizedArray: bf16 arrays take slices of rows only")
-            n_out = len(self._axes()[0])
+            n_out = len(_split_axes(self.scale.shape)[0])
             return QuantizedArray(self.q[(slice(None),) * n_out + (index,)], self.scale, self.act)
         return QuantizedArray(self.q[index], self.scale, self.act)
 
@@ -244,9 +246,8 @@ def quantize_array(w: Any, contract_axes: Sequence[int], act: str = "float") -> 
     """
     w = np.asarray(w, np.float32)
     if act == "bf16":  # output-major storage (QuantizedArray): outputs, then the rest
-        out = [i for i, d in enumerate(w.shape) if i not in contract_axes and d != 1]
-        rest = [i for i in range(w.ndim) if i not in out]
-        shape = tuple(d if i in out else 1 for i, d in enumerate(w.shape))
+        shape = tuple(1 if i in contract_axes else d for i, d in enumerate(w.shape))
+        out, rest = _split_axes(shape)
         q = jnp.asarray(np.transpose(w, out + rest), jnp.bfloat16)
         return QuantizedArray(q, jnp.ones(shape, jnp.float32), act)
     amax = np.max(np.abs(w), axis=tuple(contract_axes), keepdims=True)
