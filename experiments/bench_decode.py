@@ -33,8 +33,9 @@ from results_io import write_results
 
 from seqjax.config import model_preset
 from seqjax.decoding import beam_search, greedy
-from seqjax.decoding.compile_options import decode_compiler_options
+from seqjax.decoding.compile_options import decode_compiler_options, one_row_output_major
 from seqjax.models import build_model
+from seqjax.models.quantize import output_major
 
 
 def make_decoder(
@@ -61,6 +62,8 @@ def make_decoder(
 def bench_cell(model, params, method, batch, args, rng):
     counter = {"traces": 0}
     rows = batch * (1 if method == "greedy" else args.beam_size)
+    if getattr(model, "takes_int8", False) and one_row_output_major(rows, params):
+        params = output_major(params)  # as Translator.decode_params: one row on AVX2
     fn = make_decoder(model, method, args.beam_size, args.new_tokens, counter, rows, params)
     cfg = model.config
     src = jnp.asarray(rng.integers(4, cfg.vocab_size, (batch, args.src_len)), jnp.int32)

@@ -62,9 +62,9 @@ from peer_worker import Local, Worker
 from results_io import cap_isa, write_results
 
 from seqjax.decoding import beam_search, greedy
-from seqjax.decoding.compile_options import decode_compiler_options
+from seqjax.decoding.compile_options import decode_compiler_options, one_row_output_major
 from seqjax.interop.hf import load_hf
-from seqjax.models.quantize import QUANT_MODES, quantize_params
+from seqjax.models.quantize import QUANT_MODES, output_major, quantize_params
 
 VOCAB, PAD, EOS, UNK = 8000, 7999, 0, 1  # opus-mt layout: </s> 0, <unk> 1, <pad> last
 
@@ -141,6 +141,15 @@ class SeqjaxRunner:
         self.n = new_tokens
         self.fns: dict[tuple[str, int], Any] = {}
         self.traces = 0
+        self._one_row: Any = None  # output-major copy for one-row decoders (on AVX2)
+
+    def _params(self, rows: int) -> Any:
+        """The params a ``rows``-row decoder reads, as ``Translator.decode_params`` chooses."""
+        if not one_row_output_major(rows, self.params):
+            return self.params
+        if self._one_row is None:
+            self._one_row = output_major(self.params)
+        return self._one_row
 
     def _fn(self, method: str, beam: int, batch: int):
         key = (method, beam, batch)
@@ -163,13 +172,14 @@ class SeqjaxRunner:
 
             # the library's per-size XLA:CPU matmul kernels, as ``Translator`` compiles
             rows = batch * (1 if method == "greedy" else beam)
-            options = decode_compiler_options(rows, self.params)
+            options = decode_compiler_options(rows, self._params(rows))
             self.fns[key] = jax.jit(run, compiler_options=options or None)
         return self.fns[key]
 
     def __call__(self, src_BxS: np.ndarray, method: str, beam: int) -> np.ndarray:
         fn = self._fn(method, beam, src_BxS.shape[0])
-        return np.asarray(fn(self.params, jnp.asarray(src_BxS, jnp.int32)))
+        rows = src_BxS.shape[0] * (1 if method == "greedy" else beam)
+        return np.asarray(fn(self._params(rows), jnp.asarray(src_BxS, jnp.int32)))
 
 
 WORKER_CLASSES = ("SeqjaxRunner", "HFRunner", "CT2Runner")  # what a worker may build

@@ -9,8 +9,13 @@ import pytest
 
 from seqjax.config import ConfigError, model_preset
 from seqjax.decoding import compile_options
-from seqjax.decoding.compile_options import SMALL_ROWS, decode_compiler_options, matrix_bytes
-from seqjax.models.quantize import quantize_params
+from seqjax.decoding.compile_options import (
+    SMALL_ROWS,
+    decode_compiler_options,
+    matrix_bytes,
+    one_row_output_major,
+)
+from seqjax.models.quantize import output_major, quantize_params
 from seqjax.models.transformer import Transformer
 
 EIGEN = {"xla_cpu_experimental_ynn_fusion_type": ""}
@@ -103,6 +108,34 @@ def test_w8a8_and_bf16_weights_keep_the_low_precision_kernels():
     bf16 = quantize_params(params, "bf16", min_size=0)  # bfloat16 dots: YNNPACK's as well
     assert _opts(4, bf16, large=tiny // 4) == {}
     assert _opts(4, (params, bf16), large=tiny // 4) == {}
+
+
+def test_one_row_reads_output_major_float32_weights_on_avx2_only():
+    """One row per step on large float32 weights on an AVX2 CPU: the output-major copy
+    (and XLA's defaults for it); every other condition keeps the params as they are."""
+    model = Transformer(model_preset("tiny"))
+    params = jax.jit(model.init)(jax.random.key(0))
+    tiny = 2048
+
+    def ask(rows, p=params, flags=AVX2, platform="cpu", **env):
+        return one_row_output_major(
+            rows, p, platform=platform, env=env, large_bytes=tiny, cpu_flags=flags
+        )
+
+    assert ask(1)
+    assert not any(ask(rows) for rows in (2, 4, 16, 64))
+    assert not ask(1, flags=AVX512) and not ask(1, flags=frozenset({"avx", "sse4_2"}))
+    assert not ask(1, platform="gpu") and not ask(1, p=None)
+    assert not ask(1, SEQJAX_CPU_DOTS="ynnpack") and not ask(1, SEQJAX_CPU_DOTS="eigen")
+    assert not ask(1, XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=dot")
+    assert ask(1, SEQJAX_CPU_DOTS=" Auto ")
+    assert not one_row_output_major(1, params, platform="cpu", env={}, cpu_flags=AVX2)  # 64 MB
+    for mode in ("int8", "w8a8", "bf16"):  # quantised weights keep their own path
+        assert not ask(1, p=quantize_params(params, mode, min_size=0))
+    nt = output_major(params, min_size=0)
+    assert not ask(1, p=nt)  # already output-major
+    # its program: YNNPACK's kernels (XLA's own ran [N, K] products 3-7x slower)
+    assert _opts(1, params, large=tiny) == EIGEN and _opts(1, nt, large=tiny) == {}
 
 
 def test_the_option_compiles_and_computes_the_same_product():

@@ -280,3 +280,44 @@ def test_translator_compiles_small_batches_with_eigen_dots(monkeypatch):
     assert tr.translate(few) == out_auto
     assert default._cache_size() == before + 2
     assert len(set(out_auto)) == 3  # distinct outputs: the comparison means something
+
+
+def test_translator_decodes_one_row_from_an_output_major_copy(monkeypatch):
+    """One row per step (greedy at batch 1, streaming) on an AVX2 CPU reads a float32 copy
+    of the weights stored output-major (``compile_options.one_row_output_major``; the tiny
+    model's weights count as large against a 2 kB threshold), made once and compiled with
+    XLA's defaults; the text is the one decoded from the params as they are."""
+    from seqjax.app import translate as translate_mod
+    from seqjax.decoding import compile_options
+    from seqjax.models.quantize import QuantizedArray
+
+    monkeypatch.setattr(compile_options, "LARGE_WEIGHTS_BYTES", 2048)
+    monkeypatch.setattr(compile_options, "host_cpu_flags", lambda: frozenset({"avx", "avx2"}))
+    monkeypatch.setattr(translate_mod, "_PROGRAMS", {})
+    monkeypatch.delenv("SEQJAX_CPU_DOTS", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "")
+
+    cfg = model_preset("tiny", share_embeddings=False, tie_output=False)
+    model = Transformer(cfg)
+    tok = _WordTokenizer()
+    one = DecodeConfig(method="greedy", max_len=8, batch_size=1)
+    tr = Translator(model, _varied_params(model, 4), tok, tok, cfg, one, buckets=(8,))
+    rng = np.random.default_rng(3)
+    sentences = [" ".join(f"w{i}" for i in rng.integers(4, 64, 6)) for _ in range(4)]
+    out = tr.translate(sentences)
+    copy = tr.decode_params(1)
+    kernels = [x for x in jax.tree.leaves(copy, is_leaf=lambda x: isinstance(x, QuantizedArray))]
+    assert any(isinstance(x, QuantizedArray) and x.act == "f32" for x in kernels)
+    assert tr.decode_params(1) is copy  # made once
+    assert tr.decode_params(2) is tr.params  # more rows: the params as they are
+    assert list(translate_mod._PROGRAMS) == [()]  # one row: XLA's defaults, not Eigen
+    pieces: list[str] = []
+    translate_mod.translate_streaming(tr, sentences, one, pieces.append)
+    assert "".join(pieces).splitlines() == out
+    monkeypatch.setenv("SEQJAX_CPU_DOTS", "ynnpack")  # the override: the stored layout
+    assert tr.decode_params(1) is tr.params
+    assert tr.translate(sentences) == out
+    monkeypatch.delenv("SEQJAX_CPU_DOTS")
+    tr.params = _varied_params(model, 5)  # new params: a new copy
+    assert tr.decode_params(1) is not copy
+    assert len(set(out)) == 4  # distinct outputs: the comparison means something

@@ -97,18 +97,25 @@ def test_bf16_matmul_is_bfloat16_arithmetic(lead):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("act", ["bf16", "f32"])
 @pytest.mark.parametrize(
     ("shape", "axes"),
     [((6, 10), (0,)), ((10, 6), (1,)), ((3, 4, 10), (0, 1)), ((6, 1, 2, 5), (0,))],
 )
-def test_bf16_output_major_storage_keeps_the_logical_array(shape, axes):
-    """bf16 ``q`` is stored output-major, yet every view the models take (``shape``,
-    ``reshape(rows, -1)``, ``.T``, row slices, lookups, ``x @ w``) equals that view of the
-    rounded logical array: a kernel ``[K, N]``, an embedding ``[V, D]`` (per-row scales), an
-    output projection ``[H, Dh, D]`` and a one-block ``[D, 1, H, Dh]`` q projection."""
+def test_output_major_storage_keeps_the_logical_array(shape, axes, act):
+    """bf16 (and ``output_major``'s float32) ``q`` is stored output-major, yet every view the
+    models take (``shape``, ``reshape(rows, -1)``, ``.T``, row slices, lookups, ``x @ w``)
+    equals that view of the (rounded) logical array: a kernel ``[K, N]``, an embedding
+    ``[V, D]`` (per-row scales), an output projection ``[H, Dh, D]`` and a one-block
+    ``[D, 1, H, Dh]`` q projection."""
     w = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
-    qa = quantize_array(w, axes, act="bf16")
-    ref = np.asarray(jnp.asarray(w, jnp.bfloat16).astype(jnp.float32))
+    qa = quantize_array(w, axes, act=act)
+    out = [i for i, d in enumerate(shape) if i not in axes and d != 1]  # output channels
+    assert qa.q.shape == tuple(
+        shape[i] for i in out + [i for i in range(len(shape)) if i not in out]
+    )
+    assert qa.q.dtype == (jnp.bfloat16 if act == "bf16" else jnp.float32)
+    ref = np.asarray(jnp.asarray(w, jnp.bfloat16).astype(jnp.float32)) if act == "bf16" else w
     assert qa.shape == shape and qa.ndim == len(shape)
     np.testing.assert_array_equal(np.asarray(qa.dequantize()), ref)
     if axes == (1,):  # an embedding table: lookups, and the tied projection x @ table.T
@@ -122,10 +129,41 @@ def test_bf16_output_major_storage_keeps_the_logical_array(shape, axes):
         np.testing.assert_array_equal(np.asarray(matrix.dequantize()), ref2)
         np.testing.assert_array_equal(np.asarray(matrix[1:3].dequantize()), ref2[1:3])
         np.testing.assert_array_equal(np.asarray(matrix.T.dequantize()), ref2.T)
-    x = np.random.default_rng(5).standard_normal((2, ref2.shape[0])).astype(np.float32)
-    x_bf = np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32))
-    got = np.asarray(jnp.asarray(x) @ matrix)
-    np.testing.assert_allclose(got, x_bf @ ref2, rtol=1e-5, atol=1e-5)
+    for rows in (1, 2):  # one row: bf16 pads it to four
+        x = np.random.default_rng(5).standard_normal((rows, ref2.shape[0])).astype(np.float32)
+        if act == "bf16":
+            x = np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32))
+        got = np.asarray(jnp.asarray(x) @ matrix)
+        np.testing.assert_allclose(got, x.astype(np.float64) @ ref2, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["transformer", "transformer_marian"])
+def test_output_major_float32_is_the_same_model(family):
+    """``output_major`` keeps every value (``dequantize`` gives the params back bit for
+    bit), the compiled step takes its float32 matrices in their stored ``[N, K]`` order,
+    and decoding from it gives float32's tokens, its step logits to float rounding."""
+    model, params = model_and_params(family)
+    nt = quant.output_major(params, min_size=0)
+    back = dequantize(nt)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    moved = [x for x in jax.tree.leaves(nt, is_leaf=quant._is_quantized) if quant._is_quantized(x)]
+    assert moved and all(x.act == "f32" and x.q.dtype == jnp.float32 for x in moved)
+    assert any(x.q.shape != x.shape for x in moved)  # stored transposed, not as they were
+    src = _sources(model, rows=8)
+    run = _greedy_fn(model, src, 12)
+    want = np.asarray(run(params))
+    np.testing.assert_array_equal(np.asarray(run(nt)), want)
+    assert len({tuple(r) for r in want.tolist()}) > 1  # rows differ: the equality means something
+    mask = src != model.config.pad_id
+    cache = model.init_cache(params, model.encode(params, src, mask), mask, 4)
+    tokens = jnp.full((8,), model.config.bos_id, jnp.int32)
+    step = jax.jit(model.step)
+    got = step(model.step.prepare(nt), tokens, jnp.int32(0), cache)[0]
+    ref = step(model.step.prepare(params), tokens, jnp.int32(0), cache)[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="quantised already"):
+        quant.output_major(quantize_params(params, "int8"))
 
 
 def test_bf16_warns_on_a_cpu_without_bfloat16_dots(monkeypatch):

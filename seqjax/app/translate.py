@@ -41,9 +41,10 @@ from seqjax.data import Tokenizer, decode_lines, pad_batch
 from seqjax.data.reader import _read_bytes
 from seqjax.decode_checks import check_token_ids
 from seqjax.decoding import DecodeResult, decode, ensemble, numeric_options, static_part
-from seqjax.decoding.compile_options import call_compiler_options
+from seqjax.decoding.compile_options import call_compiler_options, one_row_output_major
 from seqjax.decoding.outputs import hard_alignment
 from seqjax.models import build_model
+from seqjax.models.quantize import output_major
 
 DECODE_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256)
 
@@ -279,12 +280,31 @@ class Translator:
     warn_stream: Any = None
     amateur: Translator | None = None  # small model for contrastive decoding (same vocab)
     mesh: Mesh | None = None  # data-parallel decoding over this mesh (None: one device)
+    # (params, their output-major copy) for one-row decoders, made on first use
+    _one_row: tuple[Any, Any] | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.mesh is not None and self.mesh.size == 1:
             self.mesh = None  # one device: the plain path is the same program
         if self.mesh is not None:
             self.params = sharding.place_params(self.params, self.mesh)
+
+    def decode_params(self, rows: int) -> Any:
+        """The params a decoder of ``rows`` rows per step reads: ``self.params``, or where
+        ``compile_options.one_row_output_major`` says so (one row per step, float32
+        weights on an AVX2 CPU) a copy stored output-major (``quantize.output_major``),
+        made on first use and kept (the weight matrices once more in memory) while
+        ``self.params`` stays the same object. The same values; the matmuls sum in another
+        order, so a token may differ where two candidates tie to float rounding."""
+        if self.mesh is not None or not getattr(self.model, "takes_int8", False):
+            return self.params  # sharded params, ensembles (a tuple), the RNN: as they are
+        if not one_row_output_major(rows, self.params):
+            return self.params
+        if self._one_row is None or self._one_row[0] is not self.params:
+            self._one_row = (self.params, output_major(self.params))
+        return self._one_row[1]
 
     @property
     def max_source_tokens(self) -> int:
@@ -407,7 +427,7 @@ class Translator:
                     dev = sharding.shard_rows(batch, self.mesh)
                 res = _decode_batch(
                     self.model,
-                    self.params,
+                    self.decode_params(loop_rows(cfg, src.shape[0])),
                     dev["src"],
                     jax.random.fold_in(jax.random.key(cfg.seed), start),
                     numeric_options(cfg),
@@ -453,10 +473,11 @@ class Translator:
             key = jax.random.fold_in(jax.random.key(seed_start[0]), seed_start[1])
             return _decode_batch(model, params, src, key, numerics, static_cfg, max_len)
 
-        args = (self.params, src_BxS, np.array([cfg.seed, start], np.int32), numeric_options(cfg))
+        params = self.decode_params(loop_rows(cfg, src_BxS.shape[0]))
+        args = (params, src_BxS, np.array([cfg.seed, start], np.int32), numeric_options(cfg))
         what = getattr(model, "config", None)
         static = f"_decode_batch {type(model).__qualname__} {what!r} {static_cfg!r} {max_len}"
-        options = _decode_options(self.params, src_BxS, static_cfg)
+        options = _decode_options(params, src_BxS, static_cfg)
         call = export_cache.exported(fn, static, args, compiler_options=options)
         return None if call is None else call(*args)
 
@@ -562,7 +583,8 @@ def translate_streaming(
         line = _LineStream(tok, write)
         with consumer(line.on_token) as sid:
             res = _decode_batch(
-                translator.model, translator.params, jnp.asarray(src), jax.random.fold_in(key, i),
+                translator.model, translator.decode_params(loop_rows(cfg, 1)), jnp.asarray(src),
+                jax.random.fold_in(key, i),
                 numeric_options(cfg), static_part(cfg), max_len, stream=sid,
             )  # fmt: skip
             tokens = sharding.to_host(res.tokens)[0, 0]

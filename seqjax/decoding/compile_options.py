@@ -17,6 +17,11 @@ about twice the 32 MB L3, ``bench_cpu_dots_epyc.md``), and YNNPACK's integer dot
 the only fast ones (Eigen's are 3-9x slower), so ``w8a8`` weights keep it at every size;
 so do ``bf16`` weights (Eigen's bfloat16 dots were 3-4.5x slower at 4-64 rows on a Zen 4).
 
+One row per step is the exception to the rule on AVX2: there ``one_row_output_major``
+has ``Translator`` decode from a copy of the float32 weights stored output-major
+(``[N, K]``), with YNNPACK's kernels, 1.24x faster for transformer-base greedy batch 1
+on a Zen 2 EPYC (``experiments/results/bench_vs_peers_zen2_one_row.md``).
+
 The size threshold is a constant (``LARGE_WEIGHTS_BYTES``, 64 MB: twice the L3 where it
 was measured), not read from the machine: the two kernels sum in different orders, so
 the choice can change a decoded token, and a threshold that followed each machine's
@@ -125,13 +130,62 @@ def matrix_bytes(params: Any) -> int:
     return total
 
 
-def _has_low_precision_dots(params: Any) -> bool:
-    """True when ``params`` hold ``w8a8`` or ``bf16`` weights (their dots are int8 x int8
-    or bfloat16 x bfloat16, YNNPACK's kernels)."""
+def _needs_ynnpack(params: Any) -> bool:
+    """True when ``params`` hold ``w8a8``, ``bf16`` or output-major float32 weights
+    (``quantize.output_major``): their dots (int8 x int8, bfloat16 x bfloat16, float32
+    against ``[N, K]``) run 3-10x slower in XLA's own kernels than in YNNPACK's."""
     from seqjax.models.quantize import QuantizedArray
 
     leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, QuantizedArray))
-    return any(isinstance(x, QuantizedArray) and x.act in ("int8", "bf16") for x in leaves)
+    return any(isinstance(x, QuantizedArray) and x.act in ("int8", "bf16", "f32") for x in leaves)
+
+
+def one_row_output_major(
+    rows: int,
+    params: Any,
+    *,
+    platform: str | None = None,
+    env: Mapping[str, str] | None = None,
+    large_bytes: int | None = None,
+    cpu_flags: frozenset[str] | set[str] | None = None,
+) -> bool:
+    """Whether a decoder of ``rows`` rows per step should read ``params`` stored
+    output-major (``quantize.output_major``, compiled with XLA's defaults) instead of as
+    they are.
+
+    True for one row per step (greedy or one sample at batch 1, streaming translation)
+    of float32 weights of at least ``large_bytes`` on the CPUs of the Eigen rule (x86,
+    AVX2, no AVX-512), with ``SEQJAX_CPU_DOTS`` at ``auto``. There the step streams its
+    weights from memory through GEMVs, and on a Zen 2 EPYC transformer-base decoded
+    greedy batch 1 1.24x faster from an output-major copy (209 vs 169 tokens/s, median of
+    8 alternating calls, the same tokens); at 4 rows the same copy was 0.74x (its
+    YNNPACK GEMM against XLA's own kernels on the stored layout), hence one row only.
+    The arguments are ``decode_compiler_options``'.
+
+    >>> big = {"w": jax.ShapeDtypeStruct((8192, 8192), jnp.float32)}
+    >>> avx2 = frozenset({"avx", "avx2", "fma"})
+    >>> one_row_output_major(1, big, platform="cpu", env={}, cpu_flags=avx2)
+    True
+    >>> one_row_output_major(4, big, platform="cpu", env={}, cpu_flags=avx2)
+    False
+    >>> one_row_output_major(1, big, platform="cpu", env={}, cpu_flags=avx2 | {"avx512f"})
+    False
+    >>> one_row_output_major(1, big, platform="cpu", env={"SEQJAX_CPU_DOTS": "ynnpack"}, cpu_flags=avx2)
+    False
+    """
+    env = os.environ if env is None else env
+    if rows != 1 or params is None or (platform or jax.default_backend()) != "cpu":
+        return False
+    if (env.get("SEQJAX_CPU_DOTS", "auto").strip().lower() or "auto") != "auto":
+        return False
+    from seqjax.models.quantize import is_quantized
+
+    if _FLAG in env.get("XLA_FLAGS", "") or is_quantized(params):  # int8, w8a8, bf16, done
+        return False
+    large = LARGE_WEIGHTS_BYTES if large_bytes is None else large_bytes
+    if matrix_bytes(params) < large:
+        return False
+    return eigen_can_help(host_cpu_flags() if cpu_flags is None else cpu_flags)
 
 
 def decode_compiler_options(
@@ -166,7 +220,7 @@ def decode_compiler_options(
     if choice == "ynnpack" or params is None or rows > SMALL_ROWS:
         return {}
     large = LARGE_WEIGHTS_BYTES if large_bytes is None else large_bytes
-    if matrix_bytes(params) < large or _has_low_precision_dots(params):
+    if matrix_bytes(params) < large or _needs_ynnpack(params):
         return {}
     if not eigen_can_help(host_cpu_flags() if cpu_flags is None else cpu_flags):
         return {}

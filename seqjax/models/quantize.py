@@ -30,6 +30,12 @@ program,
     XLA:CPU's bfloat16 GEMV is ~5x slower than its 4-row GEMM.
 
   The embedding lookup converts only the looked-up rows (all modes);
+
+  and one layout that is not a quantisation: ``output_major(params)`` keeps every value
+  in float32 but stores the same matrices output-major (act ``"f32"``: a float32 dot
+  against ``q [N, K]``, unit scales). ``Translator`` uses such a copy for decoders of one
+  row per step on AVX2 CPUs (``compile_options.one_row_output_major``), where XLA's GEMV
+  reads weights stored that way faster;
 - in the RNN (every entry point, so ``w8a8`` runs as ``int8`` there, and ``bf16`` as float32
   arithmetic on the rounded weights) ``dequantize`` at
   the start of the jitted function (the model interface does it), so a float copy exists
@@ -76,6 +82,7 @@ from jax import lax
 
 QUANT_MODES = ("int8", "w8a8", "bf16")
 _ACTS = {"int8": "float", "w8a8": "int8", "bf16": "bf16"}  # mode -> QuantizedArray.act
+_OUT_MAJOR_ACTS = ("bf16", "f32")  # acts whose q is stored output-major
 # XLA:CPU's bfloat16 dot on one row (a GEMV) ran ~5x slower than on four (its GEMM kernels)
 # on a Zen 4: a one-row bf16 product is padded to this many rows (zeros, sliced off after).
 _BF16_MIN_ROWS = 4
@@ -103,9 +110,11 @@ class QuantizedArray:
     the pytree's structure): ``"float"`` multiplies ``x @ w`` in ``x``'s dtype,
     ``"int8"`` quantises ``x`` per row first (the ``w8a8`` mode), ``"bf16"`` rounds ``x``
     to bfloat16 for a bfloat16 dot with float32 sums (the ``bf16`` mode: ``q`` is bfloat16,
-    ``scale`` all ones).
+    ``scale`` all ones), ``"f32"`` is the float32 array itself stored output-major
+    (``output_major``: ``q`` float32, ``scale`` all ones).
 
-    Storage: int8 ``q`` has the array's shape. bfloat16 ``q`` is stored **output-major**:
+    Storage: int8 ``q`` has the array's shape. bfloat16 and ``"f32"`` ``q`` are stored
+    **output-major**:
     the axes where ``scale`` is not 1 (the output channels) first, then the others (the
     contracted ones), each group in its original order, so a ``[K, N]`` kernel is stored
     ``[N, K]`` and a ``[V, D]`` embedding table as it is. XLA:CPU's bfloat16 products read
@@ -114,13 +123,13 @@ class QuantizedArray:
     lookups and ``dequantize`` keep the array's own (logical) axes.
     """
 
-    q: jax.Array  # int8: the array's shape; bfloat16: output-major (above)
+    q: jax.Array  # int8: the array's shape; bfloat16, "f32": output-major (above)
     scale: jax.Array  # float, the array's rank, 1 on the contracted axes
-    act: str = "float"  # static: "float" | "int8" | "bf16" (activations of x @ w)
+    act: str = "float"  # static: "float" | "int8" | "bf16" | "f32" (activations of x @ w)
 
     @property
     def _out_major(self) -> bool:
-        return self.act == "bf16"
+        return self.act in _OUT_MAJOR_ACTS
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -164,7 +173,7 @@ class QuantizedArray:
     def T(self) -> QuantizedArray:  # noqa: N802 (the array attribute's name)
         if self._out_major:
             if self.ndim != 2:
-                raise ValueError("QuantizedArray.T: bf16 arrays transpose as matrices only")
+                raise ValueError("QuantizedArray.T: output-major arrays transpose as matrices only")
             return QuantizedArray(self.q, self.scale.T, self.act)  # same output-major bytes
         return QuantizedArray(self.q.T, self.scale.T, self.act)
 
@@ -173,7 +182,7 @@ class QuantizedArray:
             raise ValueError("QuantizedArray: only input rows (scale size 1) can be sliced")
         if self._out_major:  # the logical axis 0 is the first of the stored other axes
             if not isinstance(index, slice):
-                raise ValueError("QuantizedArray: bf16 arrays take slices of rows only")
+                raise ValueError("QuantizedArray: output-major arrays take slices of rows only")
             n_out = len(_split_axes(self.scale.shape)[0])
             return QuantizedArray(self.q[(slice(None),) * n_out + (index,)], self.scale, self.act)
         return QuantizedArray(self.q[index], self.scale, self.act)
@@ -184,8 +193,8 @@ class QuantizedArray:
             return x @ self.dequantize()  # per-row scales do not factor out of the sum
         if self.act == "int8":
             return self._w8a8_matmul(x)
-        if self.act == "bf16":
-            return self._bf16_matmul(x)
+        if self._out_major:
+            return self._out_major_matmul(x)
         dims = (((x.ndim - 1,), (0,)), ((), ()))
         y = lax.dot_general(x, self.q, dims, preferred_element_type=x.dtype)
         return y * self.scale[0].astype(x.dtype)
@@ -204,13 +213,14 @@ class QuantizedArray:
         y = acc.astype(jnp.float32) * x_scale * self.scale[0].astype(jnp.float32)
         return y[: math.prod(lead)].reshape(*lead, -1).astype(x.dtype)
 
-    def _bf16_matmul(self, x: jax.Array) -> jax.Array:
-        """``x @ w`` with ``x`` rounded to bfloat16: bf16 x bf16 -> float32 (scale is 1),
-        against the output-major ``q [N, K]``."""
+    def _out_major_matmul(self, x: jax.Array) -> jax.Array:
+        """``x @ w`` against the output-major ``q [N, K]`` (scale is 1), float32 sums:
+        ``"bf16"`` rounds ``x`` to bfloat16 (a bf16 x bf16 dot), ``"f32"`` takes it as
+        float32."""
         lead = x.shape[:-1]
-        x_MxK = x.reshape(-1, x.shape[-1]).astype(jnp.bfloat16)
+        x_MxK = x.reshape(-1, x.shape[-1]).astype(self.q.dtype)
         rows = x_MxK.shape[0]
-        if rows == 1:
+        if rows == 1 and self.act == "bf16":
             x_MxK = jnp.pad(x_MxK, ((0, _BF16_MIN_ROWS - 1), (0, 0)))
         dims = (((1,), (1,)), ((), ()))
         y = lax.dot_general(x_MxK, self.q, dims, preferred_element_type=jnp.float32)
@@ -238,17 +248,19 @@ def quantize_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 def quantize_array(w: Any, contract_axes: Sequence[int], act: str = "float") -> QuantizedArray:
     """Symmetric int8 with one scale per slice over ``contract_axes`` (NumPy, on the host);
     ``act`` as ``QuantizedArray.act``. ``act="bf16"``: ``w`` rounded to bfloat16 (to
-    nearest, ties to even) with unit scales of the same shape.
+    nearest, ties to even) with unit scales of the same shape; ``act="f32"``: ``w`` as it
+    is (float32), output-major, unit scales.
 
     >>> qa = quantize_array(np.array([[1.0, 3.14159]], np.float32), (0,), act="bf16")
     >>> str(qa.q.dtype), qa.shape, qa.q.tolist(), qa.scale.tolist()  # q: output-major
     ('bfloat16', (1, 2), [[1.0], [3.140625]], [[1.0, 1.0]])
     """
     w = np.asarray(w, np.float32)
-    if act == "bf16":  # output-major storage (QuantizedArray): outputs, then the rest
+    if act in _OUT_MAJOR_ACTS:  # output-major storage (QuantizedArray): outputs, then the rest
         shape = tuple(1 if i in contract_axes else d for i, d in enumerate(w.shape))
         out, rest = _split_axes(shape)
-        q = jnp.asarray(np.transpose(w, out + rest), jnp.bfloat16)
+        dtype = jnp.bfloat16 if act == "bf16" else jnp.float32
+        q = jnp.asarray(np.ascontiguousarray(np.transpose(w, out + rest)), dtype)
         return QuantizedArray(q, jnp.ones(shape, jnp.float32), act)
     amax = np.max(np.abs(w), axis=tuple(contract_axes), keepdims=True)
     scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
@@ -278,11 +290,34 @@ def quantize_params(params: Any, mode: str = "int8", *, min_size: int = 1024) ->
     if mode == "bf16":
         _warn_without_bf16_dots()
     act = _ACTS[mode]
+    return _map_matrices(params, min_size, lambda leaf, axes: quantize_array(leaf, axes, act))
+
+
+def output_major(params: Any, *, min_size: int = 1024) -> Any:
+    """``params`` with the matrices ``quantize_rule`` selects stored output-major in float32
+    (``QuantizedArray`` act ``"f32"``): the same values (``dequantize`` gives them back
+    exactly), another memory layout for the matmuls (``compile_options.one_row_output_major``
+    says where it is faster). For models with ``takes_int8`` (the Transformer); float32
+    params only.
+
+    >>> p = {"dense": {"kernel": np.arange(2048, dtype=np.float32).reshape(32, 64)}}
+    >>> w = output_major(p)["dense"]["kernel"]
+    >>> w.q.shape, w.shape, w.act, bool(np.array_equal(w.dequantize(), p["dense"]["kernel"]))
+    ((64, 32), (32, 64), 'f32', True)
+    """
+    if is_quantized(params):
+        raise ValueError("output_major: params are quantised already; pass float32 params")
+    return _map_matrices(params, min_size, lambda leaf, axes: quantize_array(leaf, axes, "f32"))
+
+
+def _map_matrices(params: Any, min_size: int, convert: Any) -> Any:
+    """``params`` with ``convert(leaf, contracted axes)`` for each leaf ``quantize_rule``
+    selects."""
 
     def one(path: tuple[Any, ...], leaf: Any) -> Any:
         keys = tuple(str(getattr(k, "key", k)) for k in path)
         axes = quantize_rule(keys, tuple(np.shape(leaf)), min_size)
-        return leaf if axes is None else quantize_array(leaf, axes, act)
+        return leaf if axes is None else convert(leaf, axes)
 
     return jax.tree_util.tree_map_with_path(one, params)
 
