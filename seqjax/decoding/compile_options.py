@@ -19,8 +19,8 @@ so do ``bf16`` weights (Eigen's bfloat16 dots were 3-4.5x slower at 4-64 rows on
 
 One row per step is the exception to the rule on AVX2: there ``one_row_output_major``
 has ``Translator`` decode from a copy of the float32 weights stored output-major
-(``[N, K]``), with YNNPACK's kernels, 1.24x faster for transformer-base greedy batch 1
-on a Zen 2 EPYC (``experiments/results/bench_vs_peers_zen2_one_row.md``).
+(``[N, K]``), with YNNPACK's kernels: 1.02-1.24x faster for transformer-base greedy
+batch 1 on a Zen 2 EPYC (``experiments/results/bench_one_row_zen2_hf.md``).
 
 The size threshold is a constant (``LARGE_WEIGHTS_BYTES``, 64 MB: twice the L3 where it
 was measured), not read from the machine: the two kernels sum in different orders, so
@@ -157,10 +157,10 @@ def one_row_output_major(
     of float32 weights of at least ``large_bytes`` on the CPUs of the Eigen rule (x86,
     AVX2, no AVX-512), with ``SEQJAX_CPU_DOTS`` at ``auto``. There the step streams its
     weights from memory through GEMVs, and on a Zen 2 EPYC transformer-base decoded
-    greedy batch 1 1.24x faster from an output-major copy (209 vs 169 tokens/s, median of
-    8 alternating calls, the same tokens); at 4 rows the same copy was 0.74x (its
-    YNNPACK GEMM against XLA's own kernels on the stored layout), hence one row only.
-    The arguments are ``decode_compiler_options``'.
+    greedy batch 1 1.02-1.24x faster from an output-major copy (8 A/B runs, median about
+    1.1x, never slower; the same tokens; ``experiments/bench_one_row.py``); at 4 rows the
+    same copy was 0.71-0.75x (its YNNPACK GEMM against XLA's own kernels on the stored
+    layout), hence one row only. The arguments are ``decode_compiler_options``'.
 
     >>> big = {"w": jax.ShapeDtypeStruct((8192, 8192), jnp.float32)}
     >>> avx2 = frozenset({"avx", "avx2", "fma"})
