@@ -29,7 +29,11 @@ cache would let the same model and command decode differently on two machines wi
 same instruction set (issue 17's reproducibility). The instruction set does enter the
 choice (``host_cpu_flags``: AVX2 present, AVX-512 absent), as it enters the sums of every
 kernel anyway. On a CPU whose cache differs much from 32 MB the turn moves, and
-``SEQJAX_CPU_DOTS`` sets the kernels by hand.
+``SEQJAX_CPU_DOTS`` sets the kernels by hand. On a Zen 2 EPYC with a 16 MB L3 the chain
+of ``experiments/bench_cpu_dots.py`` turned earlier (Eigen 1.13-1.56x faster at 4-16 rows
+on 17 MB of weights, 1.2-2.0x on 34 MB: ``bench_cpu_dots_zen2.md``), yet the 22 MB LSTM
+``rnn_small`` decoded at 0.62-0.98x with Eigen there (``bench_decode_rnn_small_zen2_dots_*``),
+so the threshold stays.
 
 ``decode_compiler_options(rows, params)`` returns the options for one compiled decoder,
 to pass as ``jax.jit(fn, compiler_options=...)``: ``{}`` (XLA's defaults) unless the
