@@ -260,7 +260,7 @@ def quantize_array(w: Any, contract_axes: Sequence[int], act: str = "float") -> 
         shape = tuple(1 if i in contract_axes else d for i, d in enumerate(w.shape))
         out, rest = _split_axes(shape)
         dtype = jnp.bfloat16 if act == "bf16" else jnp.float32
-        q = jnp.asarray(np.ascontiguousarray(np.transpose(w, out + rest)), dtype)
+        q = jnp.asarray(np.transpose(w, out + rest), dtype)
         return QuantizedArray(q, jnp.ones(shape, jnp.float32), act)
     amax = np.max(np.abs(w), axis=tuple(contract_axes), keepdims=True)
     scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
