@@ -37,9 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from profile_decode import MARIAN, decoder  # noqa: E402
 from results_io import require_positive, write_results  # noqa: E402
 
-from seqjax.decoding import beam_search, greedy  # noqa: E402
 from seqjax.decoding.compile_options import decode_compiler_options  # noqa: E402
 from seqjax.models.quantize import output_major  # noqa: E402
 
@@ -56,8 +56,6 @@ def build(preset: str, hf_dir: str | None = None):
         model, params, _ = load_hf(hf_dir)
         return model, params
     if preset == "marian":
-        from profile_decode import MARIAN
-
         from seqjax.interop.hf import hf_model_config
 
         model = build_model(hf_model_config(MARIAN))
@@ -68,31 +66,17 @@ def build(preset: str, hf_dir: str | None = None):
     return model, jax.jit(model.init)(jax.random.key(0))
 
 
-def decoder(model, method: str, beam: int, n: int, options: dict):
-    """The jitted encode + decode of ``n`` tokens a row, compiled with ``options``."""
-    c = model.config
-
-    def run(params, src_BxS):
-        mask = src_BxS != c.pad_id
-        cache = model.init_cache(params, model.encode(params, src_BxS, mask), mask, n)
-        kw = dict(max_len=n, min_len=n, bos_id=c.bos_id, eos_id=c.eos_id, pad_id=c.pad_id)
-        if method == "greedy":
-            return greedy(model.step_fn(params), cache, **kw).tokens[:, 0]
-        return beam_search(model.step_fn(params), cache, beam_size=beam, alpha=0.6, **kw).tokens[
-            :, 0
-        ]
-
-    return jax.jit(run, compiler_options=options or None)
-
-
 def bench_cell(model, params, nt_params, method: str, batch: int, args) -> dict:
     rows = batch * (1 if method == "greedy" else args.beam_size)
+
+    def program(options: dict | None):  # None: the library's choice for the stored params
+        return decoder(model, method, args.beam_size, args.new_tokens, rows, params, options)
+
     programs = {
-        LAYOUTS[0]: (decoder(model, method, args.beam_size, args.new_tokens,
-                             decode_compiler_options(rows, params)), params),
-        LAYOUTS[1]: (decoder(model, method, args.beam_size, args.new_tokens, {}), params),
-        LAYOUTS[2]: (decoder(model, method, args.beam_size, args.new_tokens, {}), nt_params),
-    }  # fmt: skip
+        LAYOUTS[0]: (program(None), params),
+        LAYOUTS[1]: (program({}), params),
+        LAYOUTS[2]: (program({}), nt_params),
+    }
     rng = np.random.default_rng(args.seed)
     src = jnp.asarray(rng.integers(4, model.config.vocab_size, (batch, args.src_len)), jnp.int32)
     tokens = {k: np.asarray(fn(p, src)) for k, (fn, p) in programs.items()}  # compile, warm

@@ -224,7 +224,9 @@ def build(hf_dir: str | None):
     return model, model.init(jax.random.key(0))
 
 
-def decoder(model, method: str, beam: int, n: int, rows: int, params):
+def decoder(model, method: str, beam: int, n: int, rows: int, params, options=None):
+    """The jitted encode + decode of exactly ``n`` tokens a row (``.tokens [B, K, n]``),
+    compiled with ``options`` (default: the library's choice for ``rows`` and ``params``)."""
     import jax
 
     from seqjax.decoding import beam_search, greedy
@@ -243,7 +245,9 @@ def decoder(model, method: str, beam: int, n: int, rows: int, params):
         ).tokens
 
     # the library's per-size choice of XLA:CPU matmul kernels (SEQJAX_CPU_DOTS overrides)
-    return jax.jit(run, compiler_options=decode_compiler_options(rows, params) or None)
+    if options is None:
+        options = decode_compiler_options(rows, params)
+    return jax.jit(run, compiler_options=options or None)
 
 
 def profile_case(model, params, method: str, batch: int, args) -> dict:

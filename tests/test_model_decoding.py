@@ -247,29 +247,36 @@ def test_translator_compiles_once_per_bucket():
     assert traces(dataclasses.replace(sample, temperature=0.6, top_p=0.8, seed=3)) == (0, 0)
 
 
+def _avx2_translator(monkeypatch, batch_size: int, seed: int) -> Translator:
+    """A greedy ``Translator`` of the untied tiny model as on an AVX2 CPU whose weights
+    count as large (a 2 kB threshold), with ``_decode_batch``'s programs counted afresh."""
+    from seqjax.app import translate as translate_mod
+    from seqjax.decoding import compile_options
+
+    monkeypatch.setattr(compile_options, "LARGE_WEIGHTS_BYTES", 2048)
+    monkeypatch.setattr(compile_options, "host_cpu_flags", lambda: frozenset({"avx", "avx2"}))
+    monkeypatch.setattr(translate_mod, "_PROGRAMS", {})
+    monkeypatch.delenv("SEQJAX_CPU_DOTS", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    cfg = model_preset("tiny", share_embeddings=False, tie_output=False)
+    model = Transformer(cfg)
+    tok = _WordTokenizer()
+    config = DecodeConfig(method="greedy", max_len=8, batch_size=batch_size)
+    return Translator(model, _varied_params(model, seed), tok, tok, cfg, config, buckets=(8,))
+
+
 def test_translator_compiles_small_batches_with_eigen_dots(monkeypatch):
     """A batch of few decoding rows compiles with XLA's own matmul kernels on CPU
     (``seqjax.decoding.compile_options``; the tiny model's weights count as large
     against a 2 kB threshold), a large one with XLA's defaults; both decode the same tokens
     (the kernels differ only in float rounding)."""
     from seqjax.app import translate as translate_mod
-    from seqjax.decoding import compile_options
 
-    monkeypatch.setattr(compile_options, "LARGE_WEIGHTS_BYTES", 2048)
-    monkeypatch.setattr(compile_options, "host_cpu_flags", lambda: frozenset({"avx", "avx2"}))
-
-    cfg = model_preset("tiny", share_embeddings=False, tie_output=False)
-    model = Transformer(cfg)
-    tok = _WordTokenizer()
-    greedy_cfg = DecodeConfig(method="greedy", max_len=8, batch_size=64)
-    tr = Translator(model, _varied_params(model, 3), tok, tok, cfg, greedy_cfg, buckets=(8,))
+    tr = _avx2_translator(monkeypatch, batch_size=64, seed=3)
     rng = np.random.default_rng(2)
     few = [" ".join(f"w{i}" for i in rng.integers(4, 64, 6)) for _ in range(3)]
     many = few + [" ".join(f"w{i}" for i in rng.integers(4, 64, 6)) for _ in range(61)]
     eigen = (("xla_cpu_experimental_ynn_fusion_type", ""),)
-    monkeypatch.setattr(translate_mod, "_PROGRAMS", {})
-    monkeypatch.delenv("SEQJAX_CPU_DOTS", raising=False)
-    monkeypatch.setenv("XLA_FLAGS", "")
     default = translate_mod._decode_program(())  # jit caches are shared per function:
     before = default._cache_size()  # count what this test adds
     out_auto = tr.translate(few)  # 3 sources -> 4 rows
@@ -288,20 +295,10 @@ def test_translator_decodes_one_row_from_an_output_major_copy(monkeypatch):
     model's weights count as large against a 2 kB threshold), made once and compiled with
     XLA's defaults; the text is the one decoded from the params as they are."""
     from seqjax.app import translate as translate_mod
-    from seqjax.decoding import compile_options
     from seqjax.models.quantize import QuantizedArray
 
-    monkeypatch.setattr(compile_options, "LARGE_WEIGHTS_BYTES", 2048)
-    monkeypatch.setattr(compile_options, "host_cpu_flags", lambda: frozenset({"avx", "avx2"}))
-    monkeypatch.setattr(translate_mod, "_PROGRAMS", {})
-    monkeypatch.delenv("SEQJAX_CPU_DOTS", raising=False)
-    monkeypatch.setenv("XLA_FLAGS", "")
-
-    cfg = model_preset("tiny", share_embeddings=False, tie_output=False)
-    model = Transformer(cfg)
-    tok = _WordTokenizer()
-    one = DecodeConfig(method="greedy", max_len=8, batch_size=1)
-    tr = Translator(model, _varied_params(model, 4), tok, tok, cfg, one, buckets=(8,))
+    tr = _avx2_translator(monkeypatch, batch_size=1, seed=4)
+    one, model = tr.decode_config, tr.model
     rng = np.random.default_rng(3)
     sentences = [" ".join(f"w{i}" for i in rng.integers(4, 64, 6)) for _ in range(4)]
     out = tr.translate(sentences)
