@@ -307,6 +307,8 @@ def test_translator_decodes_one_row_from_an_output_major_copy(monkeypatch):
     assert any(isinstance(x, QuantizedArray) and x.act == "f32" for x in kernels)
     assert tr.decode_params(1) is copy  # made once
     assert tr.decode_params(2) is tr.params  # more rows: the params as they are
+    bf16 = Transformer(dataclasses.replace(model.config, dtype="bfloat16"))
+    assert dataclasses.replace(tr, model=bf16).decode_params(1) is tr.params  # float32 only
     assert list(translate_mod._PROGRAMS) == [()]  # one row: XLA's defaults, not Eigen
     pieces: list[str] = []
     translate_mod.translate_streaming(tr, sentences, one, pieces.append)
