@@ -161,9 +161,9 @@ def one_row_output_major(
     of float32 weights of at least ``large_bytes`` on the CPUs of the Eigen rule (x86,
     AVX2, no AVX-512), with ``SEQJAX_CPU_DOTS`` at ``auto``. There the step streams its
     weights from memory through GEMVs, and on a Zen 2 EPYC transformer-base decoded
-    greedy batch 1 1.02-1.24x faster from an output-major copy (8 A/B runs, median about
-    1.1x, never slower; the same tokens; ``experiments/bench_one_row.py``); at 4 rows the
-    same copy was 0.71-0.75x (its YNNPACK GEMM against XLA's own kernels on the stored
+    greedy batch 1 1.02-1.24x faster from an output-major copy (10 A/B runs, median
+    1.15x, never slower; the same tokens; ``experiments/bench_one_row.py``); at 2 rows the
+    same copy was 0.83x and at 4 rows 0.71-0.75x (against XLA's own kernels on the stored
     layout), hence one row only. The arguments are ``decode_compiler_options``'.
 
     >>> big = {"w": jax.ShapeDtypeStruct((8192, 8192), jnp.float32)}
