@@ -66,7 +66,8 @@ def test_w8a8_matmul_is_exact_integer_arithmetic(lead):
     assert got.shape == (*lead, 24) and got.dtype == np.float32
     xq, xs = (np.asarray(a) for a in quantize_rows(jnp.asarray(x)))
     assert xq.dtype == np.int8 and np.all(np.abs(xq) <= 127)
-    acc = xq.astype(np.int64) @ np.asarray(qa.q).astype(np.int64)
+    assert qa.q.shape == (24, 40)  # stored output-major: [N, K]
+    acc = xq.astype(np.int64) @ np.asarray(qa.q).T.astype(np.int64)
     want = acc * xs * np.asarray(qa.scale)[0]
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
     assert np.all(got[..., 0, :] == 0)
@@ -97,25 +98,31 @@ def test_bf16_matmul_is_bfloat16_arithmetic(lead):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("act", ["bf16", "f32"])
+@pytest.mark.parametrize("act", ["int8", "bf16", "f32"])
 @pytest.mark.parametrize(
     ("shape", "axes"),
     [((6, 10), (0,)), ((10, 6), (1,)), ((3, 4, 10), (0, 1)), ((6, 1, 2, 5), (0,))],
 )
 def test_output_major_storage_keeps_the_logical_array(shape, axes, act):
-    """bf16 (and ``output_major``'s float32) ``q`` is stored output-major, yet every view the
-    models take (``shape``, ``reshape(rows, -1)``, ``.T``, row slices, lookups, ``x @ w``)
-    equals that view of the (rounded) logical array: a kernel ``[K, N]``, an embedding
-    ``[V, D]`` (per-row scales), an output projection ``[H, Dh, D]`` and a one-block
-    ``[D, 1, H, Dh]`` q projection."""
+    """w8a8 (act ``int8``), bf16 and ``output_major``'s float32 ``q`` is stored output-major,
+    yet every view the models take (``shape``, ``reshape(rows, -1)``, ``.T``, row slices,
+    lookups, ``x @ w``) equals that view of the logical (quantised) array: a kernel
+    ``[K, N]``, an embedding ``[V, D]`` (per-row scales), an output projection
+    ``[H, Dh, D]`` and a one-block ``[D, 1, H, Dh]`` q projection."""
     w = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
     qa = quantize_array(w, axes, act=act)
     out = [i for i, d in enumerate(shape) if i not in axes and d != 1]  # output channels
     assert qa.q.shape == tuple(
         shape[i] for i in out + [i for i in range(len(shape)) if i not in out]
     )
-    assert qa.q.dtype == (jnp.bfloat16 if act == "bf16" else jnp.float32)
-    ref = np.asarray(jnp.asarray(w, jnp.bfloat16).astype(jnp.float32)) if act == "bf16" else w
+    dtypes = {"int8": jnp.int8, "bf16": jnp.bfloat16, "f32": jnp.float32}
+    assert qa.q.dtype == dtypes[act]
+    if act == "int8":  # the weight-only layout's values: same q and scales, logical order
+        ref = np.asarray(quantize_array(w, axes, act="float").dequantize())
+    elif act == "bf16":
+        ref = np.asarray(jnp.asarray(w, jnp.bfloat16).astype(jnp.float32))
+    else:
+        ref = w
     assert qa.shape == shape and qa.ndim == len(shape)
     np.testing.assert_array_equal(np.asarray(qa.dequantize()), ref)
     if axes == (1,):  # an embedding table: lookups, and the tied projection x @ table.T
@@ -129,10 +136,13 @@ def test_output_major_storage_keeps_the_logical_array(shape, axes, act):
         np.testing.assert_array_equal(np.asarray(matrix.dequantize()), ref2)
         np.testing.assert_array_equal(np.asarray(matrix[1:3].dequantize()), ref2[1:3])
         np.testing.assert_array_equal(np.asarray(matrix.T.dequantize()), ref2.T)
-    for rows in (1, 2):  # one row: bf16 pads it to four
+    for rows in (1, 2):  # one row: bf16 pads it to four, w8a8 to two
         x = np.random.default_rng(5).standard_normal((rows, ref2.shape[0])).astype(np.float32)
         if act == "bf16":
             x = np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32))
+        if act == "int8":  # w8a8 rounds x per row as well (exactness: the test above)
+            xq, xs = (np.asarray(a) for a in quantize_rows(jnp.asarray(x)))
+            x = xq.astype(np.float32) * xs
         got = np.asarray(jnp.asarray(x) @ matrix)
         np.testing.assert_allclose(got, x.astype(np.float64) @ ref2, rtol=1e-5, atol=1e-5)
 
