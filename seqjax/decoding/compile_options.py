@@ -177,19 +177,26 @@ def one_row_output_major(
     >>> one_row_output_major(1, big, platform="cpu", env={"SEQJAX_CPU_DOTS": "ynnpack"}, cpu_flags=avx2)
     False
     """
-    env = os.environ if env is None else env
-    if rows != 1 or params is None or (platform or jax.default_backend()) != "cpu":
-        return False
-    if (env.get("SEQJAX_CPU_DOTS", "auto").strip().lower() or "auto") != "auto":
-        return False
     from seqjax.models.quantize import is_quantized
 
-    if _FLAG in env.get("XLA_FLAGS", "") or is_quantized(params):  # int8, w8a8, bf16, done
-        return False
-    large = LARGE_WEIGHTS_BYTES if large_bytes is None else large_bytes
-    if matrix_bytes(params) < large:
-        return False
-    return eigen_can_help(host_cpu_flags() if cpu_flags is None else cpu_flags)
+    env = os.environ if env is None else env
+    if rows != 1 or params is None or _dots_choice(env) != "auto" or is_quantized(params):
+        return False  # quantised: int8 weight-only, w8a8, bf16, or output-major already
+    # exactly where the rule would pick XLA's own kernels for these float32 weights
+    options = decode_compiler_options(
+        rows, params, platform=platform, env=env, large_bytes=large_bytes, cpu_flags=cpu_flags
+    )
+    return options == {_FLAG: ""}
+
+
+def _dots_choice(env: Mapping[str, str]) -> str:
+    """``SEQJAX_CPU_DOTS`` from ``env``: ``auto`` (unset or empty), ``ynnpack`` or ``eigen``."""
+    choice = env.get("SEQJAX_CPU_DOTS", "auto").strip().lower() or "auto"
+    if choice not in _CHOICES:
+        raise ConfigError(
+            f"SEQJAX_CPU_DOTS={env['SEQJAX_CPU_DOTS']!r}: use one of {', '.join(_CHOICES)}"
+        )
+    return choice
 
 
 def decode_compiler_options(
@@ -212,11 +219,7 @@ def decode_compiler_options(
     ``cpu_flags``: the CPU's feature flags (default ``host_cpu_flags()``).
     """
     env = os.environ if env is None else env
-    choice = env.get("SEQJAX_CPU_DOTS", "auto").strip().lower() or "auto"
-    if choice not in _CHOICES:
-        raise ConfigError(
-            f"SEQJAX_CPU_DOTS={env['SEQJAX_CPU_DOTS']!r}: use one of {', '.join(_CHOICES)}"
-        )
+    choice = _dots_choice(env)
     if (platform or jax.default_backend()) != "cpu" or _FLAG in env.get("XLA_FLAGS", ""):
         return {}
     if choice == "eigen":
