@@ -82,8 +82,9 @@ def test_non_finite_step_is_skipped(tiny_step):
     cfg, model, opt, step = tiny_step
     params = model.init(jax.random.key(1))
     state = init_train_state(params, opt)
-    # Poison one weight: the loss becomes NaN, so the update must be skipped.
-    leaves, tree = jax.tree.flatten(params)
+    # Poison one weight: the loss becomes NaN, so the update must be skipped. On copies:
+    # the step donates ``bad``, and jax >= 0.12 deletes every donated leaf, ``state``'s too.
+    leaves, tree = jax.tree.flatten(jax.tree.map(jnp.copy, params))
     leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(jnp.nan)
     bad = init_train_state(jax.tree.unflatten(tree, leaves), opt)
     before = jax.tree.map(np.asarray, bad)
