@@ -25,9 +25,12 @@ AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma"})  # Zen 3: where Eigen was mea
 AVX512 = AVX2 | {"avx512f", "avx512bw", "avx512_vnni"}  # Zen 4, Xeon: where it was not
 
 
-def _opts(rows, params=BIG, large=32 * MB, flags=AVX2, **env):
+OLD_JAXLIB, NEW_JAXLIB = (0, 10, 2), (0, 12, 1)  # one row per step: Eigen / YNNPACK
+
+
+def _opts(rows, params=BIG, large=32 * MB, flags=AVX2, jaxlib=OLD_JAXLIB, **env):
     return decode_compiler_options(
-        rows, params, platform="cpu", env=env, large_bytes=large, cpu_flags=flags
+        rows, params, platform="cpu", env=env, large_bytes=large, cpu_flags=flags, jaxlib=jaxlib
     )
 
 
@@ -38,6 +41,29 @@ def test_few_rows_on_weights_from_memory_get_xlas_own_kernels_on_cpu_only():
         assert _opts(rows) == {}
     for platform in ("gpu", "tpu", "cuda"):
         assert decode_compiler_options(4, BIG, platform=platform, env={}, cpu_flags=AVX2) == {}
+
+
+def test_one_row_keeps_ynnpack_from_jaxlib_0_12_1():
+    """From ``ONE_ROW_YNNPACK_FROM`` YNNPACK's one-row products are the fastest on AVX2
+    (Zen 2, bench_one_row_zen2_jax0121.md); two or more rows keep XLA's own kernels."""
+    assert compile_options.ONE_ROW_YNNPACK_FROM == NEW_JAXLIB
+    for version in (NEW_JAXLIB, (0, 12, 2), (0, 13), (1, 0, 0)):
+        assert _opts(1, jaxlib=version) == {}
+        assert all(_opts(rows, jaxlib=version) == EIGEN for rows in (2, 4, 16, SMALL_ROWS))
+    for version in (OLD_JAXLIB, (0, 11, 2), (0, 12, 0)):
+        assert _opts(1, jaxlib=version) == EIGEN
+    assert _opts(1, jaxlib=NEW_JAXLIB, SEQJAX_CPU_DOTS="eigen") == EIGEN  # still forced
+
+
+def test_jaxlib_version_is_read_as_integers():
+    assert compile_options.parse_version("0.12.1") == (0, 12, 1)
+    assert compile_options.parse_version("0.13.0.dev20261201+cuda") == (0, 13, 0)
+    assert compile_options.parse_version("0.10.2rc1") == (0, 10, 2)
+    assert compile_options.parse_version("nightly") == ()
+    import jaxlib
+
+    assert compile_options.jaxlib_version() == compile_options.parse_version(jaxlib.__version__)
+    assert len(compile_options.jaxlib_version()) >= 2
 
 
 def test_cpus_with_avx512_or_without_avx2_keep_ynnpack():
@@ -117,12 +143,13 @@ def test_one_row_reads_output_major_float32_weights_on_avx2_only():
     params = jax.jit(model.init)(jax.random.key(0))
     tiny = 2048
 
-    def ask(rows, p=params, flags=AVX2, platform="cpu", **env):
+    def ask(rows, p=params, flags=AVX2, platform="cpu", jaxlib=OLD_JAXLIB, **env):
         return one_row_output_major(
-            rows, p, platform=platform, env=env, large_bytes=tiny, cpu_flags=flags
+            rows, p, platform=platform, env=env, large_bytes=tiny, cpu_flags=flags, jaxlib=jaxlib
         )
 
-    assert ask(1)
+    assert ask(1) and ask(1, jaxlib=(0, 12, 0))
+    assert not ask(1, jaxlib=NEW_JAXLIB)  # there the copy lost to the stored weights
     assert not any(ask(rows) for rows in (2, 4, 16, 64))
     assert not ask(1, flags=AVX512) and not ask(1, flags=frozenset({"avx", "sse4_2"}))
     assert not ask(1, platform="gpu") and not ask(1, p=None)

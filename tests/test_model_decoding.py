@@ -247,14 +247,18 @@ def test_translator_compiles_once_per_bucket():
     assert traces(dataclasses.replace(sample, temperature=0.6, top_p=0.8, seed=3)) == (0, 0)
 
 
-def _avx2_translator(monkeypatch, batch_size: int, seed: int) -> Translator:
+def _avx2_translator(
+    monkeypatch, batch_size: int, seed: int, jaxlib: tuple[int, ...] = (0, 10, 2)
+) -> Translator:
     """A greedy ``Translator`` of the untied tiny model as on an AVX2 CPU whose weights
-    count as large (a 2 kB threshold), with ``_decode_batch``'s programs counted afresh."""
+    count as large (a 2 kB threshold) under jaxlib ``jaxlib`` (the kernel rule depends on
+    it), with ``_decode_batch``'s programs counted afresh."""
     from seqjax.app import translate as translate_mod
     from seqjax.decoding import compile_options
 
     monkeypatch.setattr(compile_options, "LARGE_WEIGHTS_BYTES", 2048)
     monkeypatch.setattr(compile_options, "host_cpu_flags", lambda: frozenset({"avx", "avx2"}))
+    monkeypatch.setattr(compile_options, "jaxlib_version", lambda: jaxlib)
     monkeypatch.setattr(translate_mod, "_PROGRAMS", {})
     monkeypatch.delenv("SEQJAX_CPU_DOTS", raising=False)
     monkeypatch.setenv("XLA_FLAGS", "")
@@ -320,3 +324,21 @@ def test_translator_decodes_one_row_from_an_output_major_copy(monkeypatch):
     tr.params = _varied_params(model, 5)  # new params: a new copy
     assert tr.decode_params(1) is not copy
     assert len(set(out)) == 4  # distinct outputs: the comparison means something
+
+
+def test_translator_keeps_the_stored_weights_for_one_row_from_jaxlib_0_12_1(monkeypatch):
+    """With jaxlib 0.12.1 YNNPACK's one-row products of the stored weights were the fastest
+    (``compile_options.ONE_ROW_YNNPACK_FROM``): no output-major copy, XLA's defaults for
+    one row, XLA's own kernels still for a few rows; the text is the older rule's."""
+    from seqjax.app import translate as translate_mod
+
+    rng = np.random.default_rng(3)
+    sentences = [" ".join(f"w{i}" for i in rng.integers(4, 64, 6)) for _ in range(4)]
+    out = _avx2_translator(monkeypatch, batch_size=1, seed=4).translate(sentences)
+    tr = _avx2_translator(monkeypatch, batch_size=1, seed=4, jaxlib=(0, 12, 1))
+    assert tr.decode_params(1) is tr.params  # no copy
+    assert tr.translate(sentences) == out
+    assert list(translate_mod._PROGRAMS) == [()]  # one row: XLA's defaults
+    tr.decode_config = dataclasses.replace(tr.decode_config, batch_size=4)
+    tr.translate(sentences)  # four rows: XLA's own kernels, as before
+    assert list(translate_mod._PROGRAMS) == [(), (("xla_cpu_experimental_ynn_fusion_type", ""),)]

@@ -20,7 +20,11 @@ so do ``bf16`` weights (Eigen's bfloat16 dots were 3-4.5x slower at 4-64 rows on
 One row per step is the exception to the rule on AVX2: there ``one_row_output_major``
 has ``Translator`` decode from a copy of the float32 weights stored output-major
 (``[N, K]``), with YNNPACK's kernels: 1.02-1.24x faster for transformer-base greedy
-batch 1 on a Zen 2 EPYC (``experiments/results/bench_one_row_zen2_hf.md``).
+batch 1 on a Zen 2 EPYC (``experiments/results/bench_one_row_zen2_hf.md``), with jaxlib
+0.10.2, 0.11.2 and 0.12.0. jaxlib 0.12.1 turned that around (``bench_one_row_zen2_jax0121.md``):
+there YNNPACK takes one-row products of the stored weights, 1.07-1.13x faster than XLA's own
+kernels, while the output-major copy decodes at 0.85-0.90x of it, so from that version
+(``ONE_ROW_YNNPACK_FROM``) one row keeps the stored weights and XLA's defaults.
 
 The size threshold is a constant (``LARGE_WEIGHTS_BYTES``, 64 MB: twice the L3 where it
 was measured), not read from the machine: the two kernels sum in different orders, so
@@ -76,6 +80,9 @@ from seqjax.config import ConfigError
 
 SMALL_ROWS = 32  # measured crossover: Eigen 1.45x ahead at 32 rows, 0.94x at 64
 LARGE_WEIGHTS_BYTES = 64 << 20  # 2 x the 32 MB L3 where the turn was measured
+# First jaxlib where one row per step is fastest with YNNPACK on the stored weights (Zen 2:
+# 0.12.0 still decoded 1.34x faster from the output-major copy, 0.12.1 0.90x).
+ONE_ROW_YNNPACK_FROM = (0, 12, 1)
 _FLAG = "xla_cpu_experimental_ynn_fusion_type"
 _CHOICES = ("auto", "ynnpack", "eigen")
 
@@ -102,6 +109,35 @@ def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
         if key.strip() == "flags":
             return frozenset(value.split())
     return frozenset()
+
+
+@functools.cache
+def jaxlib_version() -> tuple[int, ...]:
+    """The running jaxlib's version as integers, e.g. ``(0, 10, 2)``; read once per process."""
+    import jaxlib
+
+    return parse_version(jaxlib.__version__)
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """The leading dotted integers of a version string.
+
+    >>> parse_version("0.12.1"), parse_version("0.13.0.dev20261201"), parse_version("0.10.2rc1")
+    ((0, 12, 1), (0, 13, 0), (0, 10, 2))
+    """
+    parts = []
+    for piece in text.split("."):
+        digits = ""
+        for ch in piece:
+            if not ch.isdigit():
+                break
+            digits += ch
+        if not digits:
+            break
+        parts.append(int(digits))
+        if len(digits) < len(piece):
+            break  # "2rc1": the number ends inside this piece
+    return tuple(parts)
 
 
 def eigen_can_help(cpu_flags: frozenset[str] | set[str]) -> bool:
@@ -152,6 +188,7 @@ def one_row_output_major(
     env: Mapping[str, str] | None = None,
     large_bytes: int | None = None,
     cpu_flags: frozenset[str] | set[str] | None = None,
+    jaxlib: tuple[int, ...] | None = None,
 ) -> bool:
     """Whether a decoder of ``rows`` rows per step should read ``params`` stored
     output-major (``quantize.output_major``, compiled with XLA's defaults) instead of as
@@ -164,12 +201,16 @@ def one_row_output_major(
     greedy batch 1 1.02-1.24x faster from an output-major copy (10 A/B runs, median
     1.15x, never slower; the same tokens; ``experiments/bench_one_row.py``); at 2 rows the
     same copy was 0.83x and at 4 rows 0.71-0.75x (against XLA's own kernels on the stored
-    layout), hence one row only. The arguments are ``decode_compiler_options``'.
+    layout), hence one row only. With jaxlib from ``ONE_ROW_YNNPACK_FROM`` (0.12.1) the copy
+    lost (0.85-0.90x of the stored weights under YNNPACK), so there it is never made. The
+    arguments are ``decode_compiler_options``'.
 
     >>> big = {"w": jax.ShapeDtypeStruct((8192, 8192), jnp.float32)}
     >>> avx2 = frozenset({"avx", "avx2", "fma"})
-    >>> one_row_output_major(1, big, platform="cpu", env={}, cpu_flags=avx2)
+    >>> one_row_output_major(1, big, platform="cpu", env={}, cpu_flags=avx2, jaxlib=(0, 10, 2))
     True
+    >>> one_row_output_major(1, big, platform="cpu", env={}, cpu_flags=avx2, jaxlib=(0, 12, 1))
+    False
     >>> one_row_output_major(4, big, platform="cpu", env={}, cpu_flags=avx2)
     False
     >>> one_row_output_major(1, big, platform="cpu", env={}, cpu_flags=avx2 | {"avx512f"})
@@ -184,7 +225,13 @@ def one_row_output_major(
         return False  # quantised: int8 weight-only, w8a8, bf16, or output-major already
     # exactly where the rule would pick XLA's own kernels for these float32 weights
     options = decode_compiler_options(
-        rows, params, platform=platform, env=env, large_bytes=large_bytes, cpu_flags=cpu_flags
+        rows,
+        params,
+        platform=platform,
+        env=env,
+        large_bytes=large_bytes,
+        cpu_flags=cpu_flags,
+        jaxlib=jaxlib,
     )
     return options == {_FLAG: ""}
 
@@ -207,6 +254,7 @@ def decode_compiler_options(
     env: Mapping[str, str] | None = None,
     large_bytes: int | None = None,
     cpu_flags: frozenset[str] | set[str] | None = None,
+    jaxlib: tuple[int, ...] | None = None,
 ) -> dict[str, str]:
     """XLA compile options for a decoder whose loop multiplies ``rows`` rows per step.
 
@@ -216,7 +264,9 @@ def decode_compiler_options(
     ``jax.default_backend()``); ``env``: where ``SEQJAX_CPU_DOTS`` and ``XLA_FLAGS`` are
     read (default ``os.environ``); ``large_bytes``: the weight size from which XLA's own
     kernels are used (default ``LARGE_WEIGHTS_BYTES``, the same on every machine);
-    ``cpu_flags``: the CPU's feature flags (default ``host_cpu_flags()``).
+    ``cpu_flags``: the CPU's feature flags (default ``host_cpu_flags()``); ``jaxlib``: the
+    jaxlib version the program compiles with (default ``jaxlib_version()``): from
+    ``ONE_ROW_YNNPACK_FROM`` one row per step keeps XLA's defaults.
     """
     env = os.environ if env is None else env
     choice = _dots_choice(env)
@@ -231,6 +281,8 @@ def decode_compiler_options(
         return {}
     if not eigen_can_help(host_cpu_flags() if cpu_flags is None else cpu_flags):
         return {}
+    if rows == 1 and (jaxlib_version() if jaxlib is None else jaxlib) >= ONE_ROW_YNNPACK_FROM:
+        return {}  # YNNPACK's one-row products of stored weights are the fastest there
     return {_FLAG: ""}
 
 
