@@ -243,6 +243,13 @@ _initialized = False
 # coordination service's heartbeats), so waiting long costs nothing on failure.
 SHUTDOWN_TIMEOUT_S = 6 * 3600
 
+# jax >= 0.12 writes each op's whole Python call stack into the compiled program, and with
+# jax 0.12.1 two processes whose call stacks differ run different programs: a collective
+# called from two lines of the same function (process 0 after taking the run's lock,
+# the others at once) waited forever on CPU. Only the innermost frame is kept instead, the
+# same on every process (session 35: the two-process locked-run test hung without this).
+_TRACEBACKS_FLAG = "jax_include_full_tracebacks_in_locations"
+
 
 def maybe_initialize_distributed(env: Mapping[str, str] | None = None) -> bool:
     """Call ``jax.distributed.initialize()`` when a multi-process launch is configured.
@@ -251,7 +258,9 @@ def maybe_initialize_distributed(env: Mapping[str, str] | None = None) -> bool:
     ``JAX_PROCESS_ID`` (passed through; a partial set is an error). Otherwise, with
     ``SEQJAX_DISTRIBUTED=1``, JAX's own cluster auto-detection (Slurm, Open MPI, TPU) is
     used. Returns True if the runtime was (or already had been) initialized. Must run
-    before anything touches a device.
+    before anything touches a device. A multi-process job also stops JAX from writing
+    whole call stacks into its programs (``jax_include_full_tracebacks_in_locations``),
+    so that every process compiles the same program for a collective wherever it calls it.
     """
     global _initialized
     env = os.environ if env is None else env
@@ -275,6 +284,7 @@ def maybe_initialize_distributed(env: Mapping[str, str] | None = None) -> bool:
         jax.distributed.initialize(shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S)
     else:
         return False
+    jax.config.update(_TRACEBACKS_FLAG, False)
     _initialized = True
     return True
 

@@ -7,6 +7,7 @@ reaches this process (where JAX sees one CPU device).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import subprocess_env
@@ -182,11 +184,58 @@ def test_finished_processes_wait_for_process_0_at_shutdown(monkeypatch):
     monkeypatch.setattr(sharding, "_initialized", False)
     env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2",
            "JAX_PROCESS_ID": "1"}  # fmt: skip
-    assert sharding.maybe_initialize_distributed(env) is True
-    monkeypatch.setattr(sharding, "_initialized", False)
-    assert sharding.maybe_initialize_distributed({"SEQJAX_DISTRIBUTED": "1", "SLURM_JOB_ID": "7"})
+    with _restored_tracebacks_flag():
+        assert sharding.maybe_initialize_distributed(env) is True
+        monkeypatch.setattr(sharding, "_initialized", False)
+        assert sharding.maybe_initialize_distributed(
+            {"SEQJAX_DISTRIBUTED": "1", "SLURM_JOB_ID": "7"}
+        )
     assert [kw["shutdown_timeout_seconds"] for kw in calls] == [sharding.SHUTDOWN_TIMEOUT_S] * 2
     assert sharding.SHUTDOWN_TIMEOUT_S >= 3600 and calls[0]["process_id"] == 1
+
+
+@contextlib.contextmanager
+def _restored_tracebacks_flag():
+    """JAX's ``jax_include_full_tracebacks_in_locations`` as it was, after the block."""
+    before = getattr(jax.config, sharding._TRACEBACKS_FLAG)
+    try:
+        yield
+    finally:
+        jax.config.update(sharding._TRACEBACKS_FLAG, before)
+
+
+def test_a_multi_process_job_compiles_one_program_per_collective(monkeypatch):
+    """Joining a multi-process job turns off whole call stacks in compiled programs: with
+    them, the same collective called from two places compiles to two programs (the
+    locations differ), and under jax 0.12.1 such processes waited for each other forever
+    (``test_two_processes_all_stop_when_the_run_is_locked``). A single process keeps them."""
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: None)
+    monkeypatch.setattr(sharding, "_initialized", False)
+    env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2",
+           "JAX_PROCESS_ID": "0"}  # fmt: skip
+
+    def total(x):
+        return jnp.sum(x)
+
+    def collective(x):  # as sharding.agree: one place that compiles the program
+        jax.clear_caches()  # each call traces afresh, as each process does
+        return jax.jit(total).lower(x).as_text(debug_info=True)
+
+    def first_caller(x):
+        return collective(x)
+
+    def second_caller(x):
+        return collective(x)
+
+    x = jnp.ones(4)
+    with _restored_tracebacks_flag():
+        jax.config.update(sharding._TRACEBACKS_FLAG, True)
+        assert sharding.maybe_initialize_distributed({}) is False  # one process: unchanged
+        assert getattr(jax.config, sharding._TRACEBACKS_FLAG) is True
+        assert first_caller(x) != second_caller(x)  # the callers' lines are in the program
+        assert sharding.maybe_initialize_distributed(env) is True
+        assert getattr(jax.config, sharding._TRACEBACKS_FLAG) is False
+        assert first_caller(x) == second_caller(x)
 
 
 def test_default_cache_dir():
