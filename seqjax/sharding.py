@@ -243,8 +243,8 @@ _initialized = False
 # coordination service's heartbeats), so waiting long costs nothing on failure.
 SHUTDOWN_TIMEOUT_S = 6 * 3600
 
-# jax >= 0.12 writes each op's whole Python call stack into the compiled program, and with
-# jax 0.12.1 two processes whose call stacks differ run different programs: a collective
+# JAX writes each op's whole Python call stack into the compiled program, so two processes
+# whose call stacks differ compile different programs, and under jax 0.12.1 a collective
 # called from two lines of the same function (process 0 after taking the run's lock,
 # the others at once) waited forever on CPU. Only the innermost frame is kept instead, the
 # same on every process (session 35: the two-process locked-run test hung without this).

@@ -91,8 +91,8 @@ def _state(params, opt):
 
 
 def _poisoned(params, opt):
-    # copies: the steps donate their state, and jax >= 0.12 deletes every donated leaf,
-    # which would take the module fixture's params with it
+    # copies: the steps donate their state, which would consume the module fixture's
+    # params (jax 0.12.1 then refuses them in the next test: "Array has been deleted")
     leaves, tree = jax.tree.flatten(jax.tree.map(jnp.copy, params))
     leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(jnp.nan)
     return init_train_state(jax.tree.unflatten(tree, leaves), opt)

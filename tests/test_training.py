@@ -83,7 +83,7 @@ def test_non_finite_step_is_skipped(tiny_step):
     params = model.init(jax.random.key(1))
     state = init_train_state(params, opt)
     # Poison one weight: the loss becomes NaN, so the update must be skipped. On copies:
-    # the step donates ``bad``, and jax >= 0.12 deletes every donated leaf, ``state``'s too.
+    # the step donates ``bad``, which would consume the leaves it shared with ``state``.
     leaves, tree = jax.tree.flatten(jax.tree.map(jnp.copy, params))
     leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(jnp.nan)
     bad = init_train_state(jax.tree.unflatten(tree, leaves), opt)

@@ -23,7 +23,7 @@ has ``Translator`` decode from a copy of the float32 weights stored output-major
 batch 1 on a Zen 2 EPYC (``experiments/results/bench_one_row_zen2_hf.md``), with jaxlib
 0.10.2, 0.11.2 and 0.12.0. jaxlib 0.12.1 turned that around (``bench_one_row_zen2_jax0121.md``):
 there YNNPACK takes one-row products of the stored weights, 1.07-1.13x faster than XLA's own
-kernels, while the output-major copy decodes at 0.85-0.90x of it, so from that version
+kernels, while the output-major copy decodes at 0.85x of it, so from that version
 (``ONE_ROW_YNNPACK_FROM``) one row keeps the stored weights and XLA's defaults.
 
 The size threshold is a constant (``LARGE_WEIGHTS_BYTES``, 64 MB: twice the L3 where it
@@ -81,7 +81,7 @@ from seqjax.config import ConfigError
 SMALL_ROWS = 32  # measured crossover: Eigen 1.45x ahead at 32 rows, 0.94x at 64
 LARGE_WEIGHTS_BYTES = 64 << 20  # 2 x the 32 MB L3 where the turn was measured
 # First jaxlib where one row per step is fastest with YNNPACK on the stored weights (Zen 2:
-# 0.12.0 still decoded 1.34x faster from the output-major copy, 0.12.1 0.90x).
+# 0.12.0 still decoded 1.34x faster from the output-major copy, 0.12.1 0.90-0.96x).
 ONE_ROW_YNNPACK_FROM = (0, 12, 1)
 _FLAG = "xla_cpu_experimental_ynn_fusion_type"
 _CHOICES = ("auto", "ynnpack", "eigen")
@@ -202,7 +202,7 @@ def one_row_output_major(
     1.15x, never slower; the same tokens; ``experiments/bench_one_row.py``); at 2 rows the
     same copy was 0.83x and at 4 rows 0.71-0.75x (against XLA's own kernels on the stored
     layout), hence one row only. With jaxlib from ``ONE_ROW_YNNPACK_FROM`` (0.12.1) the copy
-    lost (0.85-0.90x of the stored weights under YNNPACK), so there it is never made. The
+    lost (0.85x of the stored weights under YNNPACK), so there it is never made. The
     arguments are ``decode_compiler_options``'.
 
     >>> big = {"w": jax.ShapeDtypeStruct((8192, 8192), jnp.float32)}
