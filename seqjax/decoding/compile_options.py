@@ -111,33 +111,12 @@ def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
     return frozenset()
 
 
-@functools.cache
 def jaxlib_version() -> tuple[int, ...]:
-    """The running jaxlib's version as integers, e.g. ``(0, 10, 2)``; read once per process."""
-    import jaxlib
+    """The running jaxlib's version as integers, e.g. ``(0, 10, 2)`` (jaxlib's own
+    ``version.__version_info__``)."""
+    from jaxlib import version
 
-    return parse_version(jaxlib.__version__)
-
-
-def parse_version(text: str) -> tuple[int, ...]:
-    """The leading dotted integers of a version string.
-
-    >>> parse_version("0.12.1"), parse_version("0.13.0.dev20261201"), parse_version("0.10.2rc1")
-    ((0, 12, 1), (0, 13, 0), (0, 10, 2))
-    """
-    parts = []
-    for piece in text.split("."):
-        digits = ""
-        for ch in piece:
-            if not ch.isdigit():
-                break
-            digits += ch
-        if not digits:
-            break
-        parts.append(int(digits))
-        if len(digits) < len(piece):
-            break  # "2rc1": the number ends inside this piece
-    return tuple(parts)
+    return tuple(version.__version_info__)
 
 
 def eigen_can_help(cpu_flags: frozenset[str] | set[str]) -> bool:
